@@ -1,0 +1,3 @@
+"""ML Studio: chat, images, speech and fine-tuning on one GPU, under one model manager."""
+
+__version__ = "0.1.0"
