@@ -1,0 +1,74 @@
+"""main(argv): command line -> StudioConfig -> AppContext -> UI -> launch. Bad settings end in one line."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+import sys
+
+from studio.config import StudioConfig, load_config, read_auth_file
+from studio.errors import ConfigError, StudioError
+
+log = logging.getLogger("studio")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Fail early, naming --port, instead of a traceback from the web server."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}).",
+                              "Another program (maybe another studio) uses it; pick another with --port.") from None
+
+
+def resolve_auth(config: StudioConfig) -> tuple[list[tuple[str, str]] | None, str | None]:
+    """The login pairs, and a generated password to print when sharing/listening without credentials."""
+    pairs: list[tuple[str, str]] = []
+    if config.auth:
+        user, _, password = config.auth.partition(":")
+        pairs.append((user, password))
+    if config.auth_file:
+        pairs.extend(read_auth_file(config.auth_file))
+    if pairs:
+        return pairs, None
+    if config.needs_login:
+        password = secrets.token_urlsafe(18)
+        return [("studio", password)], password
+    return None, None
+
+
+def run(config: StudioConfig) -> None:
+    """Build and serve the studio until interrupted."""
+    check_port_free(config.bind_host, config.port)
+    auth, generated = resolve_auth(config)
+    from studio.context import build_context
+    from studio.ui.layout import CSS, build_app
+
+    ctx = build_context(config)
+    app = build_app(ctx)
+    app.queue(default_concurrency_limit=1, max_size=64)
+    if generated:
+        print(f"Login required (sharing/listening): user 'studio', password {generated}", flush=True)
+    print(f"ML Studio on {ctx.device}: data in {ctx.paths.data_dir}", flush=True)
+    try:
+        app.launch(server_name=config.bind_host, server_port=config.port, share=config.share, auth=auth,
+                   inbrowser=config.open_browser, show_error=False, css=CSS,
+                   allowed_paths=[str(ctx.paths.outputs)], favicon_path=None, quiet=False)
+    finally:
+        ctx.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python launch.py`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        config = load_config(sys.argv[1:] if argv is None else argv)
+        run(config)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("ML Studio stopped.", file=sys.stderr)

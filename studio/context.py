@@ -1,0 +1,99 @@
+"""AppContext: the one object handed to UI builders and API routes. Built once in `main()`; no globals."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from studio.config import GIB, StudioConfig
+from studio.errors import ConfigError
+from studio.memory.probes import MemoryProbe, detect_probe
+from studio.memory.timeline import EventLog, MemoryMonitor
+from studio.models.calibration import Calibration
+from studio.models.kinds import KindRegistry, LoadOptions, default_registry
+from studio.models.manager import ModelManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StudioPaths:
+    """Where the studio keeps what it makes. Everything lives under the data dir."""
+
+    data_dir: Path
+    outputs: Path  # generated images, transcripts
+    runs: Path  # fine-tune run folders (job.json, adapter, metrics)
+    models: Path  # converted and downloaded models
+    calibration: Path  # measured sizes and peaks
+
+    @classmethod
+    def under(cls, data_dir: Path) -> StudioPaths:
+        data_dir = Path(data_dir).expanduser().resolve()
+        return cls(data_dir, data_dir / "outputs", data_dir / "runs", data_dir / "models",
+                   data_dir / "calibration.json")
+
+    def create(self) -> None:
+        """Make the folders; a data dir that cannot be written is a ConfigError naming --data-dir."""
+        try:
+            for folder in (self.data_dir, self.outputs, self.runs, self.models):
+                folder.mkdir(parents=True, exist_ok=True)
+            probe = self.data_dir / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"--data-dir {self.data_dir}: cannot write there ({exc.strerror or exc}).",
+                              "Pick a folder you can write to.") from None
+
+
+@dataclass
+class AppContext:
+    """Config, memory probes and monitor, the model manager and its kinds, the paths."""
+
+    config: StudioConfig
+    paths: StudioPaths
+    probe: MemoryProbe
+    monitor: MemoryMonitor
+    events: EventLog
+    kinds: KindRegistry
+    manager: ModelManager
+
+    @property
+    def device(self) -> str:
+        """"cuda" or "cpu": where models are loaded."""
+        return self.manager.device
+
+    def close(self) -> None:
+        self.monitor.stop()
+
+
+def resolve_device(config: StudioConfig, probe: MemoryProbe) -> str:
+    """cuda when the probe found an NVIDIA GPU (and --device allows it), else cpu."""
+    return "cuda" if probe.device_kind == "cuda" and config.device != "cpu" else "cpu"
+
+
+def build_context(config: StudioConfig, *, probe: MemoryProbe | None = None, start_monitor: bool = True,
+                  monitor_interval: float = 1.0) -> AppContext:
+    """Build everything the app needs. `probe` can be a fake behind the same interface (tests)."""
+    paths = StudioPaths.under(config.data_dir)
+    paths.create()
+    probe = probe or detect_probe(config.device)
+    device = resolve_device(config, probe)
+    events = EventLog()
+    kinds = default_registry()
+    manager = ModelManager(
+        probe=probe, kinds=kinds, calibration=Calibration(paths.calibration), events=events, device=device,
+        budget_bytes=int(config.budget_gb * GIB) if config.budget_gb else None,
+        reserve_bytes=int(config.reserve_gb * GIB),
+        load_options=LoadOptions(offline=config.offline, cache_dir=paths.models),
+    )
+    monitor = MemoryMonitor(probe, interval=monitor_interval, accounted=manager.accounted_bytes,
+                            budget=manager.budget_bytes)
+    monitor.sample()
+    if start_monitor:
+        monitor.start()
+    if config.offline:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # libraries read this; the flag is the user's choice
+    return AppContext(config=config, paths=paths, probe=probe, monitor=monitor, events=events, kinds=kinds,
+                      manager=manager)

@@ -1,0 +1,109 @@
+"""The generic loader: each kind of model registers how to load, estimate, measure and park its models.
+
+The manager knows nothing about transformers, diffusers or whisper; it calls the `ModelKind` registered for
+`spec.kind`. Later engines plug in by registering (or replacing) a kind in the context's registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.errors import ModelLoadError
+from studio.models.estimate import Estimate, Workload, tensor_bytes
+from studio.models.specs import ModelSpec
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What every loader may need from the studio's settings."""
+
+    offline: bool = False  # never contact the Hub
+    cache_dir: Path | None = None  # data_dir/models: converted and downloaded models
+
+
+def move_module(model: Any, device: str) -> Any:
+    """Move a torch module, a diffusers pipeline or a LoadedLM between devices (park/unpark)."""
+    inner = getattr(model, "model", None)
+    if inner is not None and hasattr(inner, "to") and not hasattr(model, "components"):
+        model.model = inner.to(device)
+        return model
+    return model.to(device)
+
+
+def _parkable_default(spec: ModelSpec) -> bool:
+    # bitsandbytes-quantised weights cannot move to the CPU and back; CTranslate2 models have no .to()
+    return spec.precision not in ("nf4", "int8") and spec.backend != "faster-whisper"
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """How one kind of model is handled."""
+
+    name: str
+    load: Callable[[ModelSpec, LoadOptions], Any]  # returns the model on spec.device
+    estimate: Callable[[ModelSpec, Workload], Estimate] | None = None  # None = estimate from the files
+    measure: Callable[[Any, ModelSpec], int] = lambda model, spec: tensor_bytes(model)  # measured bytes, loaded
+    move: Callable[[Any, str], Any] = move_module  # park to "cpu" / back to the device
+    parkable: Callable[[ModelSpec], bool] = _parkable_default
+    description: str = ""
+
+
+@dataclass
+class KindRegistry:
+    """The kinds the manager can load, keyed by `ModelSpec.kind`. Lives in the AppContext, not a module global."""
+
+    kinds: dict[str, ModelKind] = field(default_factory=dict)
+
+    def register(self, kind: ModelKind) -> None:
+        self.kinds[kind.name] = kind
+
+    def get(self, name: str) -> ModelKind:
+        try:
+            return self.kinds[name]
+        except KeyError:
+            known = ", ".join(sorted(self.kinds)) or "none"
+            raise ModelLoadError(f"No loader for models of kind {name!r} (known: {known}).") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.kinds
+
+
+def _load_lm(spec: ModelSpec, opts: LoadOptions) -> Any:
+    from studio.models.loading import load_causal_lm
+
+    return load_causal_lm(spec, offline=opts.offline)
+
+
+def _load_image(spec: ModelSpec, opts: LoadOptions) -> Any:
+    from studio.models.loading import load_diffusion_pipeline
+
+    return load_diffusion_pipeline(spec, offline=opts.offline)
+
+
+def _load_speech(spec: ModelSpec, opts: LoadOptions) -> Any:
+    from studio.models.loading import load_whisper
+
+    root = opts.cache_dir / "whisper" if opts.cache_dir else None
+    return load_whisper(spec, offline=opts.offline, download_root=root)
+
+
+def _measure_speech(model: Any, spec: ModelSpec) -> int:
+    if type(model).__name__ == "WhisperModel":  # faster-whisper holds CTranslate2 buffers, not torch tensors
+        from studio.models.estimate import weights_info
+
+        return weights_info(spec).stored_bytes
+    return tensor_bytes(model)
+
+
+def default_registry() -> KindRegistry:
+    """The kinds the studio ships with: chat and training bases (transformers), image (diffusers), speech."""
+    reg = KindRegistry()
+    reg.register(ModelKind("chat", _load_lm, description="causal language model (transformers)"))
+    reg.register(ModelKind("base-for-training", _load_lm, description="base model for fine-tuning"))
+    reg.register(ModelKind("image", _load_image, description="diffusion pipeline (diffusers)"))
+    reg.register(ModelKind("speech", _load_speech, measure=_measure_speech,
+                           description="Whisper (openai-whisper or faster-whisper)"))
+    return reg

@@ -1,0 +1,169 @@
+"""Safe loading, in one place: safetensors first, `torch.load(weights_only=True)`, never `trust_remote_code`.
+
+Each loader takes a ModelSpec and returns the object the engine uses. Heavy libraries are imported inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from studio.errors import ModelLoadError
+from studio.models.specs import ModelSpec
+
+TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "nf4": "bfloat16", "int8": "float16"}
+
+
+@dataclass
+class LoadedLM:
+    """A causal language model with its tokenizer (what the chat engine and training use)."""
+
+    model: Any
+    tokenizer: Any
+    source: str
+
+
+def torch_dtype(spec: ModelSpec):
+    import torch
+
+    if spec.device == "cpu" and spec.precision in ("nf4", "int8"):
+        return torch.float32
+    return getattr(torch, TORCH_DTYPES[spec.precision])
+
+
+def pretrained_kwargs(spec: ModelSpec, offline: bool) -> dict[str, Any]:
+    """Keyword arguments every `from_pretrained` call in the studio gets."""
+    kwargs: dict[str, Any] = {"trust_remote_code": False, "local_files_only": offline}
+    if spec.source_type == "hub" and spec.revision:
+        kwargs["revision"] = spec.revision
+    return kwargs
+
+
+def safe_torch_load(path: Path | str, map_location: str = "cpu") -> Any:
+    """Read a pickle checkpoint without executing code from it."""
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise ModelLoadError(f"{path}: no such file.") from None
+    except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
+        raise ModelLoadError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:160]}).",
+                             "Only plain tensor checkpoints are accepted; prefer .safetensors.") from None
+
+
+def model_location(spec: ModelSpec) -> str:
+    """The path or Hub id to hand to a loader; a missing local path is a clear error."""
+    path = spec.path
+    if path is not None:
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file or folder.", "Check the path, or pick a model from the list.")
+        return str(path)
+    return spec.source
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:240]
+
+
+def load_causal_lm(spec: ModelSpec, offline: bool = False) -> LoadedLM:
+    """A transformers causal LM + tokenizer; NF4 (double quantization, bf16 compute) or int8 on CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = model_location(spec)
+    kwargs = pretrained_kwargs(spec, offline)
+    model_kwargs: dict[str, Any] = {"dtype": torch_dtype(spec)}
+    if spec.device == "cuda" and spec.precision in ("nf4", "int8"):
+        from transformers import BitsAndBytesConfig
+
+        if spec.precision == "nf4":
+            model_kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16)
+        else:
+            model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        model_kwargs["device_map"] = {"": 0}
+    if spec.source_type == "file" and where.endswith(".gguf"):
+        folder, name = str(Path(where).parent), Path(where).name
+        kwargs["gguf_file"] = name
+        where = folder
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **model_kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{spec.name}: not a loadable causal language model ({_describe(exc)}).",
+                             "Pick a folder with config.json and weights, a .gguf file, or a Hub id.") from None
+    if "quantization_config" not in model_kwargs:
+        model = model.to(spec.device)
+    model.eval()
+    return LoadedLM(model=model, tokenizer=tokenizer, source=where)
+
+
+def load_diffusion_pipeline(spec: ModelSpec, offline: bool = False) -> Any:
+    """A diffusers pipeline from a folder, a Hub id, or a single-file .safetensors checkpoint."""
+    import torch
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    where = model_location(spec)
+    dtype = torch_dtype(spec) if spec.precision in ("fp16", "bf16", "fp32") else torch.float16
+    if spec.device == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # fp16 convolutions are slow or missing on the CPU
+    try:
+        if spec.source_type == "file":
+            if not where.endswith(".safetensors"):
+                raise ModelLoadError(f"{spec.name}: single-file checkpoints must be .safetensors.",
+                                     "Convert .ckpt files to .safetensors first; pickles are not loaded.")
+            pipe = StableDiffusionPipeline.from_single_file(where, torch_dtype=dtype, local_files_only=offline)
+        else:
+            kwargs = pretrained_kwargs(spec, offline)
+            pipe = DiffusionPipeline.from_pretrained(where, torch_dtype=dtype, use_safetensors=True, **kwargs)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as exc:
+        raise ModelLoadError(f"{spec.name}: not a loadable diffusion model ({_describe(exc)}).",
+                             "Pick a diffusers folder (with model_index.json), a .safetensors checkpoint, "
+                             "or a Hub id.") from None
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker = None
+    return pipe.to(spec.device)
+
+
+def load_whisper(spec: ModelSpec, offline: bool = False, download_root: Path | None = None) -> Any:
+    """openai-whisper from a name or a local .pt (weights_only), or faster-whisper from a CTranslate2 folder."""
+    path = spec.path
+    if spec.backend == "faster-whisper" or (path is not None and path.is_dir()):
+        from faster_whisper import WhisperModel
+
+        where = model_location(spec)
+        compute = {"fp16": "float16", "int8": "int8", "fp32": "float32", "bf16": "bfloat16", "nf4": "int8"}
+        compute_type = compute[spec.precision] if spec.device == "cuda" else (
+            "int8" if spec.precision in ("int8", "nf4") else "float32")
+        try:
+            return WhisperModel(where, device=spec.device, compute_type=compute_type, local_files_only=offline)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"{spec.name}: not a CTranslate2 Whisper model ({_describe(exc)}).",
+                                 "Pick a folder with model.bin and config.json from faster-whisper.") from None
+    import whisper
+
+    where = model_location(spec)
+    if path is None and offline:
+        cached = Path(download_root or Path.home() / ".cache" / "whisper") / f"{spec.source}.pt"
+        if not cached.exists():
+            raise ModelLoadError(f"Whisper {spec.source} is not downloaded and the studio is offline.",
+                                 "Pick a local .pt file or a CTranslate2 folder.")
+    try:
+        model = whisper.load_model(where, device=spec.device,
+                                   download_root=str(download_root) if download_root else None)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{spec.name}: not a Whisper model ({_describe(exc)}).",
+                             "Pick a name (tiny ... turbo), an openai-whisper .pt file or a CTranslate2 folder.") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load(weights_only=True) raises UnpicklingError and others
+        raise ModelLoadError(f"{spec.name}: cannot read this Whisper checkpoint ({type(exc).__name__}: "
+                             f"{_describe(exc)}).", "Only weights-only .pt checkpoints are loaded.") from None
+    if spec.precision == "fp16" and spec.device == "cuda":
+        model = model.half()
+    return model

@@ -1,0 +1,699 @@
+"""The model manager: the one owner of device memory.
+
+It estimates before loading, plans evictions, hands out leases that pin a model while it is used, parks idle
+models in CPU RAM or frees them (checking with a weakref that they are really gone), accounts for external
+processes, recovers from out-of-memory, and records every step as an event for the timeline.
+
+State machine per model: unloaded -> loaded <-> parked -> unloaded. Only `_Entry.model` holds a strong
+reference to a model; leases borrow it and drop it on release.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfMemory
+from studio.memory.probes import MemoryProbe
+from studio.memory.timeline import EventLog
+from studio.models.calibration import Calibration
+from studio.models.estimate import Estimate, Workload, estimate as estimate_from_files, tensor_bytes
+from studio.models.kinds import KindRegistry, LoadOptions
+from studio.models.specs import ModelSpec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+GIB = 1024**3
+DEFAULT_CUDA_BUDGET = 12 * GIB
+PARK_HOST_MARGIN = 2 * GIB  # parking never takes host RAM below this
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    """1.9 GB / 350 MB / 12 KB: the units the UI and messages use (GiB-based, as NVML tools show)."""
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit, size in (("GB", GIB), ("MB", 1024**2), ("KB", 1024)):
+        if abs(n) >= size or unit == "KB":
+            value = n / size
+            return f"{value:.1f} {unit}" if abs(value) < 100 or unit == "KB" else f"{value:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
+# States a model can be in.
+LOADED, PARKED, UNLOADED = "loaded", "parked in RAM", "unloaded"
+
+
+@dataclass
+class _Entry:
+    spec: ModelSpec
+    state: str = UNLOADED
+    model: Any = None  # the only strong reference the studio holds
+    estimate: Estimate | None = None
+    measured: int | None = None  # measured weights in bytes (after a load)
+    runtime: int = 0  # runtime bytes accounted while loaded (from the estimate or a calibrated peak)
+    leases: int = 0
+    last_used: float = 0.0
+    load_seconds: float | None = None
+    loads: int = 0
+
+    @property
+    def device_bytes(self) -> int:
+        """Bytes accounted against the budget while loaded."""
+        weights = self.measured if self.measured is not None else (self.estimate.weights_bytes if self.estimate else 0)
+        return weights + self.runtime
+
+    @property
+    def host_bytes(self) -> int:
+        return self.measured if self.measured is not None else (self.estimate.weights_bytes if self.estimate else 0)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What the Models tab shows for one model."""
+
+    key: str
+    name: str
+    kind: str
+    precision: str
+    device: str
+    state: str
+    estimated_bytes: int | None
+    measured_bytes: int | None
+    accounted_bytes: int
+    leases: int
+    last_used: float
+    load_seconds: float | None
+    estimate_method: str
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """One model the plan would move off the device."""
+
+    key: str
+    name: str
+    nbytes: int
+    action: str  # "park" or "unload"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What loading `spec` would take: its estimate and what would be evicted to fit it."""
+
+    spec: ModelSpec
+    estimate: Estimate
+    need: int  # bytes that must be free on the device
+    budget: int
+    free: int  # budget minus what is accounted now
+    evictions: tuple[Eviction, ...]
+    fits: bool
+    reason: str = ""  # why it does not fit, when it does not
+    already_loaded: bool = False
+
+    @property
+    def message(self) -> str:
+        """The sentence shown before a load: 'Loading SDXL (6.9 GB) unloads Whisper small (1.9 GB).'"""
+        head = f"Loading {self.spec.name} ({fmt_bytes(self.need)})"
+        if self.already_loaded:
+            return f"{self.spec.name} is already loaded."
+        if not self.fits:
+            return f"{head} does not fit: {self.reason}"
+        if not self.evictions:
+            return f"{head} fits in the {fmt_bytes(self.free)} free of the budget."
+        parts = []
+        for verb in ("unload", "park"):
+            names = [f"{e.name} ({fmt_bytes(e.nbytes)})" for e in self.evictions if e.action == verb]
+            if names:
+                parts.append(f"{'unloads' if verb == 'unload' else 'parks in RAM'} {', '.join(names)}")
+        return f"{head} {' and '.join(parts)}."
+
+
+@dataclass(frozen=True)
+class FreeReport:
+    """What freeing a model gave back."""
+
+    name: str
+    accounted: int  # bytes the manager stopped accounting
+    observed: int | None  # bytes the probe saw come back (device or RSS), if it could tell
+    leaked: bool  # something outside the manager still holds the model
+    referrers: tuple[str, ...] = ()
+
+
+class _Busy(BudgetError):
+    """A model picked for eviction was leased in the meantime; the plan is made again."""
+
+
+class Lease:
+    """A borrowed model. While any lease is open the model is never evicted. Use as a context manager."""
+
+    def __init__(self, manager: ModelManager, key: str, model: Any) -> None:
+        self._manager = manager
+        self.key = key
+        self._model = model
+        self._open = True
+
+    @property
+    def model(self) -> Any:
+        if not self._open:
+            raise RuntimeError("this lease was released; acquire the model again")
+        return self._model
+
+    def release(self) -> None:
+        if self._open:
+            self._open = False
+            self._model = None  # drop the borrowed reference so an unload can really free it
+            self._manager._release(self.key)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a forgotten lease must not pin a model forever
+        try:
+            self.release()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+@dataclass
+class Reservation:
+    """Memory held outside this process (e.g. a fine-tune worker), accounted like a pinned model."""
+
+    owner: str
+    nbytes: int
+    pid: int | None = None
+    created: float = field(default_factory=time.time)
+    _manager: ModelManager | None = field(default=None, repr=False)
+
+    def attach_pid(self, pid: int) -> None:
+        """Attribute real use through the probe's per-process figures (NVML)."""
+        self.pid = pid
+
+    def release(self) -> None:
+        if self._manager is not None:
+            self._manager._release_reservation(self)
+            self._manager = None
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for out-of-memory errors from torch (CUDA or CPU allocator) and Python, without importing torch."""
+    if isinstance(exc, MemoryError):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "OutOfMemoryError" in names:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
+
+
+def _empty_device_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _trim_host_heap() -> None:
+    """Give freed host memory back to the OS (glibc keeps it otherwise, and RSS would only grow)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+class ModelManager:
+    """Loads, parks and frees models so that what is loaded stays inside the memory budget."""
+
+    def __init__(self, *, probe: MemoryProbe, kinds: KindRegistry, calibration: Calibration, events: EventLog,
+                 device: str, budget_bytes: int | None = None, reserve_bytes: int = int(0.8 * GIB),
+                 park_budget_bytes: int | None = None, load_options: LoadOptions | None = None,
+                 release_timeout: float = 5.0) -> None:
+        self.probe = probe
+        self.kinds = kinds
+        self.calibration = calibration
+        self.events = events
+        self.device = device
+        self._configured_budget = budget_bytes
+        self._reserve = reserve_bytes
+        self.park_budget_bytes = park_budget_bytes
+        self.load_options = load_options or LoadOptions()
+        self.release_timeout = release_timeout
+        self._entries: dict[str, _Entry] = {}
+        self._reservations: list[Reservation] = []
+        self._state_lock = threading.RLock()  # guards _entries/_reservations; held only briefly
+        self._load_lock = threading.RLock()  # serialises loads, parks and frees
+        self.last_free: FreeReport | None = None
+
+    # ----- budget -----------------------------------------------------------------------------------------
+
+    @property
+    def reserve_bytes(self) -> int:
+        return self._reserve
+
+    @property
+    def configured_budget(self) -> int | None:
+        return self._configured_budget
+
+    def budget_bytes(self) -> int:
+        """min(device, configured or 12 GiB) - reserve - memory other processes hold (on CUDA)."""
+        snap = self.probe.snapshot()
+        if snap.device_kind == "cuda":
+            cap = min(snap.total, self._configured_budget or DEFAULT_CUDA_BUDGET)
+            with self._state_lock:
+                tracked_pids = {r.pid for r in self._reservations if r.pid}
+            others = sum(p.used_bytes for p in snap.processes if p.pid not in tracked_pids and p.pid != os.getpid())
+            if not snap.processes:  # NVML could not list processes: fall back to the device-wide figure
+                others = snap.other_processes
+            return max(0, cap - self._reserve - others)
+        cap = self._configured_budget or min(DEFAULT_CUDA_BUDGET, int(snap.host_total * 0.75))
+        return max(0, cap - self._reserve)
+
+    def set_budget(self, budget_bytes: int | None = None, reserve_bytes: int | None = None) -> list[FreeReport]:
+        """Change the budget and/or reserve; evicts idle models if what is loaded no longer fits."""
+        if budget_bytes is not None and budget_bytes <= 0:
+            raise BudgetError("The budget must be more than 0 GB.")
+        if reserve_bytes is not None and reserve_bytes < 0:
+            raise BudgetError("The reserve must be 0 GB or more.")
+        new_budget = budget_bytes if budget_bytes is not None else self._configured_budget
+        new_reserve = reserve_bytes if reserve_bytes is not None else self._reserve
+        if new_budget is not None and new_reserve >= new_budget:
+            raise BudgetError(f"The reserve ({fmt_bytes(new_reserve)}) must be smaller than the budget "
+                              f"({fmt_bytes(new_budget)}).")
+        with self._load_lock:
+            old = (self._configured_budget, self._reserve)
+            self._configured_budget, self._reserve = new_budget, new_reserve
+            try:
+                return self._make_room(0, exclude=None)
+            except BudgetError:
+                self._configured_budget, self._reserve = old
+                raise BudgetError(
+                    f"Models in use hold {fmt_bytes(self.accounted_bytes())}, more than a budget of "
+                    f"{fmt_bytes(new_budget or 0)} minus the reserve.",
+                    "Stop what is running or unload models first.") from None
+
+    def accounted_bytes(self) -> int:
+        """Bytes attributed to loaded models and external reservations."""
+        with self._state_lock:
+            loaded = sum(e.device_bytes for e in self._entries.values() if e.state == LOADED)
+            reservations = list(self._reservations)
+        return loaded + sum(self._reservation_bytes(r) for r in reservations)
+
+    def parked_bytes(self) -> int:
+        with self._state_lock:
+            return sum(e.host_bytes for e in self._entries.values() if e.state == PARKED)
+
+    def _reservation_bytes(self, r: Reservation) -> int:
+        measured = self.probe.process_used(r.pid) if r.pid and self.probe.device_kind == "cuda" else None
+        return max(r.nbytes, measured or 0)
+
+    # ----- estimates and plans ----------------------------------------------------------------------------
+
+    def estimate(self, spec: ModelSpec, workload: Workload | None = None) -> Estimate:
+        """Bytes the model will need, before loading it: calibrated figures first, else from its files."""
+        workload = workload or Workload()
+        kind = self.kinds.get(spec.kind)
+        est = kind.estimate(spec, workload) if kind.estimate else estimate_from_files(spec, workload)
+        weights = self.calibration.weights(spec.key)
+        peak = self.calibration.peak(spec.key, workload.key)
+        if weights is None and peak is None:
+            return est
+        w = weights if weights is not None else est.weights_bytes
+        runtime = max(0, peak - w) if peak is not None else est.runtime_bytes
+        how = "measured peak" if peak is not None else "measured weights"
+        return Estimate(weights_bytes=w, runtime_bytes=runtime, params=est.params, method=f"{how} (calibrated)")
+
+    def plan(self, spec: ModelSpec, workload: Workload | None = None) -> Plan:
+        """What `acquire(spec)` would do, without doing it."""
+        est = self.estimate(spec, workload)
+        with self._state_lock:
+            entry = self._entries.get(spec.key)
+            if entry is not None and entry.state == LOADED:
+                budget = self.budget_bytes()
+                return Plan(spec, est, 0, budget, budget - self.accounted_bytes(), (), True, already_loaded=True)
+        need = est.total
+        if entry is not None and entry.state == PARKED:
+            need = entry.host_bytes + est.runtime_bytes
+        return self._plan_room(spec, est, need, exclude=spec.key)
+
+    def _plan_room(self, spec: ModelSpec | None, est: Estimate | None, need: int, exclude: str | None) -> Plan:
+        budget = self.budget_bytes()
+        with self._state_lock:
+            accounted = self.accounted_bytes()
+            free = budget - accounted
+            pinned = sum(e.device_bytes for e in self._entries.values() if e.state == LOADED and e.leases > 0)
+            pinned += sum(self._reservation_bytes(r) for r in self._reservations)
+            candidates = [e for e in self._entries.values()
+                          if e.state == LOADED and e.leases == 0 and e.spec.key != exclude]
+            parked = self.parked_bytes()
+        deficit = need - free
+        chosen: list[_Entry] = []
+        while deficit > 0 and candidates:
+            enough = [e for e in candidates if e.device_bytes >= deficit]
+            pick = min(enough or candidates, key=lambda e: e.last_used)  # LRU among those that free enough
+            chosen.append(pick)
+            candidates.remove(pick)
+            deficit -= pick.device_bytes
+        evictions = []
+        for e in chosen:
+            action = "park" if self._can_park(e, parked) else "unload"
+            if action == "park":
+                parked += e.host_bytes
+            evictions.append(Eviction(e.spec.key, e.spec.name, e.device_bytes, action))
+        reason = ""
+        if deficit > 0:
+            if need > budget:
+                reason = (f"it needs {fmt_bytes(need)} but the whole budget is {fmt_bytes(budget)}. "
+                          "Try 4-bit (nf4) precision, a smaller model, or a larger --budget-gb.")
+            else:
+                reason = (f"{fmt_bytes(pinned)} of the {fmt_bytes(budget)} budget is held by models in use or "
+                          "by a running job. Wait for them to finish, or stop them.")
+        dummy = est or Estimate(need, 0, 0, "reservation")
+        return Plan(spec or ModelSpec("chat", "reservation"), dummy, need, budget, free, tuple(evictions),
+                    deficit <= 0, reason)
+
+    def _can_park(self, entry: _Entry, parked_now: int) -> bool:
+        kind = self.kinds.get(entry.spec.kind)
+        if not kind.parkable(entry.spec):
+            return False
+        nbytes = entry.host_bytes
+        if self.park_budget_bytes is not None and parked_now + nbytes > self.park_budget_bytes:
+            return False
+        snap = self.probe.snapshot()
+        return snap.host_available - nbytes > PARK_HOST_MARGIN
+
+    # ----- acquire / release ------------------------------------------------------------------------------
+
+    def acquire(self, spec: ModelSpec, workload: Workload | None = None) -> Lease:
+        """A lease on the model, loading (or unparking) it first if needed. Use `with manager.acquire(...)`."""
+        kind = self.kinds.get(spec.kind)
+        lease = self._lease_if_loaded(spec.key)
+        if lease is not None:
+            return lease
+        with self._load_lock:
+            lease = self._lease_if_loaded(spec.key)  # another thread may have loaded it while we waited
+            if lease is not None:
+                return lease
+            est = self.estimate(spec, workload)
+            with self._state_lock:
+                entry = self._entries.setdefault(spec.key, _Entry(spec=spec))
+            if entry.state == PARKED:
+                self._make_room(entry.host_bytes + est.runtime_bytes, exclude=spec.key)
+                entry.model = kind.move(entry.model, spec.device)
+                entry.runtime = est.runtime_bytes
+                with self._state_lock:
+                    entry.state = LOADED
+                self.events.add("unpark", spec.name, entry.device_bytes, f"{spec.name} back on {spec.device}")
+            else:
+                self._load(entry, kind, est)
+            lease = self._lease_if_loaded(spec.key)
+            assert lease is not None
+            return lease
+
+    def _lease_if_loaded(self, key: str) -> Lease | None:
+        with self._state_lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.state != LOADED:
+                return None
+            entry.leases += 1
+            entry.last_used = time.time()
+            return Lease(self, key, entry.model)
+
+    def _load(self, entry: _Entry, kind, est: Estimate) -> None:
+        spec = entry.spec
+        self._make_room(est.total, exclude=spec.key)
+        with self._state_lock:
+            entry.estimate, entry.runtime = est, est.runtime_bytes
+        t0 = time.perf_counter()
+        model = self.run_with_recovery(lambda: kind.load(spec, self.load_options), name=spec.name,
+                                       exclude=spec.key)
+        seconds = time.perf_counter() - t0
+        try:
+            measured = int(kind.measure(model, spec))
+        except Exception:  # noqa: BLE001 - measuring is best-effort; fall back to the estimate
+            measured = est.weights_bytes
+        self.calibration.record_weights(spec.key, measured)
+        with self._state_lock:
+            entry.model, entry.measured, entry.state = model, measured, LOADED
+            entry.load_seconds, entry.loads = seconds, entry.loads + 1
+            entry.last_used = time.time()
+        del model
+        self.events.add("load", spec.name, entry.device_bytes,
+                        f"{spec.name} loaded in {seconds:.1f} s: {fmt_bytes(measured)} measured, "
+                        f"{fmt_bytes(est.weights_bytes)} estimated ({est.method})")
+        if self.accounted_bytes() > self.budget_bytes():  # larger than estimated: make room or give it back
+            try:
+                self._make_room(0, exclude=spec.key)
+            except BudgetError:
+                self._free(entry, reason="larger than its estimate")
+                raise BudgetError(f"{spec.name} measured {fmt_bytes(measured)} once loaded, more than the budget "
+                                  "allows next to the models in use.", "The estimate is corrected; try again "
+                                  "after stopping other work, or use a smaller precision.") from None
+
+    def _release(self, key: str) -> None:
+        with self._state_lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.leases > 0:
+                entry.leases -= 1
+                entry.last_used = time.time()
+
+    # ----- eviction ---------------------------------------------------------------------------------------
+
+    def _make_room(self, need: int, exclude: str | None) -> list[FreeReport]:
+        """Evict idle models until `need` bytes fit; raise BudgetError if they cannot."""
+        with self._load_lock:
+            reports: list[FreeReport] = []
+            for _attempt in range(5):
+                plan = self._plan_room(None, None, need, exclude)
+                if not plan.fits:
+                    raise BudgetError(f"Not enough memory: {plan.reason}")
+                try:
+                    for ev in plan.evictions:
+                        entry = self._entries[ev.key]
+                        if ev.action == "park":
+                            self._park(entry, evicted=True)
+                        else:
+                            reports.append(self._free(entry, reason="evicted to make room", evicted=True))
+                    return reports
+                except _Busy:  # a model was leased after the plan was made: plan again
+                    continue
+            raise BudgetError("Not enough memory: the models that could make room are all in use.")
+
+    def _park(self, entry: _Entry, *, evicted: bool = False) -> None:
+        kind = self.kinds.get(entry.spec.kind)
+        with self._state_lock:
+            if entry.leases:
+                raise _Busy(f"{entry.spec.name} is in use and cannot be parked now.")
+            entry.state = PARKED  # no new leases from here on
+        entry.model = kind.move(entry.model, "cpu")
+        _empty_device_cache()
+        what = "evicted: parked in RAM" if evicted else "parked in RAM"
+        self.events.add("evict" if evicted else "park", entry.spec.name, entry.host_bytes,
+                        f"{entry.spec.name} {what} ({fmt_bytes(entry.host_bytes)})")
+
+    def _free(self, entry: _Entry, *, reason: str = "", evicted: bool = False) -> FreeReport:
+        """Drop the only strong reference, collect, empty the cache, check the weakref, wait for the memory."""
+        with self._state_lock:
+            if entry.leases:
+                raise _Busy(f"{entry.spec.name} is in use and cannot be unloaded now.", "Wait until it finishes.")
+            was_loaded = entry.state == LOADED
+            accounted = entry.device_bytes if was_loaded else 0
+            entry.state = UNLOADED
+            model, entry.model = entry.model, None
+        before = self.probe.snapshot().this_process
+        try:
+            ref = weakref.ref(model)
+        except TypeError:
+            ref = None
+        del model
+        gc.collect()
+        _empty_device_cache()
+        _trim_host_heap()
+        referrers: tuple[str, ...] = ()
+        leaked = ref is not None and ref() is not None
+        if leaked:
+            obj = ref()
+            referrers = tuple(sorted({type(r).__name__ for r in gc.get_referrers(obj)} - {"frame"}))[:8]
+            del obj
+            self.events.add("leak", entry.spec.name, entry.host_bytes,
+                            f"{entry.spec.name} is still referenced outside the manager "
+                            f"({', '.join(referrers) or 'unknown'}); its memory is not free")
+            log.warning("leak: %s still referenced by %s", entry.spec.name, referrers)
+        observed = self._wait_for_release(before, accounted if not leaked else 0)
+        kind = "evict" if evicted else "unload"
+        detail = f"{entry.spec.name} {'evicted' if evicted else 'unloaded'}"
+        detail += f" ({reason})" if reason else ""
+        if observed is not None:
+            detail += f": {fmt_bytes(observed)} came back"
+        self.events.add(kind, entry.spec.name, accounted, detail)
+        report = FreeReport(entry.spec.name, accounted, observed, leaked, referrers)
+        self.last_free = report
+        return report
+
+    def _wait_for_release(self, before: int, expected: int) -> int | None:
+        """Poll the probe until it shows the memory back (CUDA), or just measure it once (CPU)."""
+        if self.probe.device_kind != "cuda" or expected <= 0:
+            return max(0, before - self.probe.snapshot().this_process)
+        deadline = time.monotonic() + self.release_timeout
+        while True:
+            back = before - self.probe.snapshot().this_process
+            if back >= expected * 0.5 or time.monotonic() > deadline:
+                return max(0, back)
+            time.sleep(0.05)
+
+    # ----- user actions -----------------------------------------------------------------------------------
+
+    def _entry(self, key: str) -> _Entry:
+        with self._state_lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            raise ModelLoadError(f"No model {key!r} is known to the manager.")
+        return entry
+
+    def park(self, key: str) -> None:
+        """Move an idle loaded model to CPU RAM, freeing its device memory."""
+        with self._load_lock:
+            entry = self._entry(key)
+            if entry.state != LOADED:
+                raise StudioError(f"{entry.spec.name} is {entry.state}, not loaded: nothing to park.")
+            if not self.kinds.get(entry.spec.kind).parkable(entry.spec):
+                raise StudioError(f"{entry.spec.name} cannot be parked ({entry.spec.precision} models stay on "
+                                  "their device).", "Unload it instead.")
+            if not self._can_park(entry, self.parked_bytes()):
+                raise StudioError(f"Not enough free RAM to park {entry.spec.name} "
+                                  f"({fmt_bytes(entry.host_bytes)}).", "Unload it instead.")
+            self._park(entry)
+
+    def unload(self, key: str) -> FreeReport:
+        """Free a loaded or parked model."""
+        with self._load_lock:
+            entry = self._entry(key)
+            if entry.state == UNLOADED:
+                raise StudioError(f"{entry.spec.name} is not loaded.")
+            return self._free(entry)
+
+    def unload_all(self) -> list[FreeReport]:
+        with self._load_lock:
+            with self._state_lock:
+                keys = [k for k, e in self._entries.items() if e.state != UNLOADED and not e.leases]
+            return [self.unload(k) for k in keys]
+
+    def evict_idle(self, exclude: str | None = None) -> list[FreeReport]:
+        """Move every idle model off the device (parking where possible): the first step of OOM recovery."""
+        with self._load_lock:
+            with self._state_lock:
+                idle = [e for e in self._entries.values()
+                        if e.state == LOADED and e.leases == 0 and e.spec.key != exclude]
+            reports = []
+            for e in idle:
+                if self._can_park(e, self.parked_bytes()):
+                    self._park(e, evicted=True)
+                else:
+                    reports.append(self._free(e, reason="out-of-memory recovery", evicted=True))
+            return reports
+
+    def forget(self, key: str) -> None:
+        """Drop an unloaded model from the list."""
+        with self._state_lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.state == UNLOADED:
+                del self._entries[key]
+
+    def records(self) -> list[ModelRecord]:
+        """Every model the manager knows, most recently used first. Never waits for a load."""
+        with self._state_lock:
+            entries = list(self._entries.values())
+        out = []
+        for e in sorted(entries, key=lambda e: -e.last_used):
+            out.append(ModelRecord(
+                key=e.spec.key, name=e.spec.name, kind=e.spec.kind, precision=e.spec.precision,
+                device=e.spec.device, state=e.state,
+                estimated_bytes=e.estimate.total if e.estimate else None, measured_bytes=e.measured,
+                accounted_bytes=e.device_bytes if e.state == LOADED else 0, leases=e.leases,
+                last_used=e.last_used, load_seconds=e.load_seconds,
+                estimate_method=e.estimate.method if e.estimate else ""))
+        return out
+
+    def reservations(self) -> list[tuple[Reservation, int]]:
+        with self._state_lock:
+            items = list(self._reservations)
+        return [(r, self._reservation_bytes(r)) for r in items]
+
+    # ----- external processes -----------------------------------------------------------------------------
+
+    def reserve(self, owner: str, nbytes: int, pid: int | None = None) -> Reservation:
+        """Set memory aside for another process (e.g. a fine-tune worker), evicting idle models to fit it."""
+        with self._load_lock:
+            self._make_room(nbytes, exclude=None)
+            r = Reservation(owner, int(nbytes), pid, _manager=self)
+            with self._state_lock:
+                self._reservations.append(r)
+        self.events.add("reserve", owner, nbytes, f"{fmt_bytes(nbytes)} reserved for {owner}")
+        return r
+
+    def _release_reservation(self, r: Reservation) -> None:
+        with self._state_lock:
+            if r in self._reservations:
+                self._reservations.remove(r)
+            else:
+                return
+        self.events.add("release", r.owner, r.nbytes, f"{r.owner} released {fmt_bytes(r.nbytes)}")
+
+    # ----- out of memory ----------------------------------------------------------------------------------
+
+    def run_with_recovery(self, fn: Callable[[], T], *, name: str, exclude: str | None = None,
+                          degrade: Sequence[tuple[str, Callable[[], None]]] = ()) -> T:
+        """Run `fn`; on out-of-memory evict idle models and retry once, then apply each degrade step and retry.
+
+        Recovery happens outside the `except` block: a live exception pins the tensors of the failed frame.
+        Ends in StudioOutOfMemory with concrete tips; never lets the OOM escape.
+        """
+        steps: list[tuple[str, Callable[[], None] | None]] = [("", None), ("evict idle models", None),
+                                                                *degrade]
+        tried = []
+        last_message = ""
+        for index, (label, action) in enumerate(steps):
+            if index == 1:
+                self.evict_idle(exclude=exclude)
+            elif action is not None:
+                action()
+            if label:
+                tried.append(label)
+            failed = False
+            try:
+                return fn()
+            except BaseException as exc:  # noqa: BLE001 - filtered right here
+                if not is_oom(exc):
+                    raise
+                failed, last_message = True, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            if failed:  # outside the except block: the traceback (and its tensors) is gone
+                gc.collect()
+                _empty_device_cache()
+                self.events.add("oom", name, 0, f"out of memory in {name}"
+                                + (f" after: {', '.join(tried)}" if tried else "") + f" ({last_message})")
+        raise StudioOutOfMemory(
+            f"Out of memory in {name}, even after: {', '.join(tried) or 'retrying'}.",
+            "Unload other models in the Models tab, lower the size/batch/context, or use 4-bit precision.")
+
+

@@ -1,0 +1,56 @@
+"""User-facing words, in one place, so the studio speaks with one voice. Plus the StudioError -> gr.Error adapter."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from studio.errors import StudioError
+
+log = logging.getLogger(__name__)
+
+TITLE = "ML Studio"
+SUBTITLE = "Chat, images, speech and fine-tuning on one GPU, inside one memory budget."
+
+CPU_NOTICE = "**No NVIDIA GPU in use** — {note}"
+
+MODELS_INTRO = (
+    "Every model the manager knows. Loaded models hold device memory; parked models wait in CPU RAM for a fast "
+    "switch back; unloaded ones hold nothing. A model in use is never evicted."
+)
+NO_MODELS = "No model loaded yet. Load one below, or use a workbench tab."
+SELECT_MODEL = "Pick a model in the list first."
+LOAD_HELP = (
+    "A local folder (transformers or diffusers layout), a single file (.safetensors, .gguf, Whisper .pt) or a "
+    "Hugging Face id. The plan says what would be evicted before anything is loaded."
+)
+EMPTY_SOURCE = "Type a folder, a file path or a Hugging Face id to load."
+BUDGET_HELP = "Budget and reserve apply at once; idle models are evicted if what is loaded no longer fits."
+BUDGET_SET = "Budget now {budget} (reserve {reserve}); models may use {usable}."
+PARKED = "{name} parked in CPU RAM."
+UNLOADED = "{name} unloaded: {freed} no longer accounted."
+LEAK = " Warning: something still holds {name}; its memory is not free yet (see the timeline)."
+LOADED = "{name} loaded: {measured} measured (estimated {estimated}, {method}) in {seconds:.1f} s."
+UNEXPECTED = "Something went wrong: {error}. The studio keeps running; details are in the console."
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn StudioError (and any unexpected error) into a gr.Error the page shows, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import gradio as gr
+
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error(UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])) from None
+
+    return wrapper
