@@ -1,0 +1,389 @@
+"""Tiny random-weight models written to disk in the real formats, so tests and benchmarks run the real loaders.
+
+Nothing here downloads: tokenizers are built in code, weights come from a seeded random init. The outputs are
+what real checkpoints look like on disk (a transformers folder, a diffusers pipeline folder, an openai-whisper
+`.pt` file), so `AutoModelForCausalLM.from_pretrained`, `DiffusionPipeline.from_pretrained` and
+`whisper.load_model` take exactly the code paths they take for real models. Heavy libraries are imported inside
+the builders, so importing this module is cheap.
+
+Builds are deterministic for a given seed (same bytes on disk). torch's RNG is process-wide, so two builds running
+in threads of one process at the same time could interleave their draws (build_all's per-folder lock serialises
+calls that share a root and seed); builds in separate processes, as under pytest-xdist, are always fine.
+
+    python -m studio.models.tiny OUT_DIR     # writes all three and prints their paths
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+# Bump when a builder's output changes, so folders cached by an older version are rebuilt.
+FORMAT_VERSION = 1
+# Written last into every folder that build_all completes.
+MARKER = "tiny-model.json"
+WHISPER_FILE = "whisper-tiny.pt"
+
+# Causal LM tokenizer: ids 0..4, in this order.
+BOS, IM_START, IM_END, PAD, UNK = "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>", "<unk>"
+LM_SPECIAL_TOKENS = (BOS, IM_START, IM_END, PAD, UNK)
+LM_VOCAB_SIZE = 640  # the trainer stops earlier if the corpus runs out of pairs
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('Unknown role: ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+# A small built-in English corpus for the byte-level BPE; any text still round-trips through the byte alphabet.
+CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.",
+    "You are a helpful assistant. Answer the question briefly and clearly, then stop.",
+    "Hello! How are you today? I am fine, thank you. What would you like to talk about?",
+    "The studio runs chat models, image models, speech models and fine-tuning on one graphics card.",
+    "A model manager loads, parks and unloads models so that everything stays inside the memory budget.",
+    "Write a short poem about the sea. The waves roll in and out under the grey morning sky.",
+    "Translate this sentence into French, then explain the grammar of each word in the sentence.",
+    "What is the capital of France? The capital of France is Paris, a city on the river Seine.",
+    "Summarise the following text in three sentences and list the main points as bullet points.",
+    "Numbers and dates: 0 1 2 3 4 5 6 7 8 9, 10, 42, 100, 2024-06-01, 12:30, 3.14, 99%.",
+    "Code: def add(a, b): return a + b  # adds two numbers; print(add(2, 3)) prints 5.",
+    "Learning rate, batch size, epochs, warmup steps and the LoRA rank are hyper-parameters of training.",
+    "The speech model turns spoken words into text with timestamps for every segment of the audio.",
+    "An image of a cat sitting on a window sill at sunset, highly detailed, soft light, oil painting.",
+    "Please keep your answers short. If you do not know the answer, say that you do not know it.",
+    "She sells sea shells by the sea shore; the shells she sells are surely sea shells.",
+    "Questions, answers, instructions and responses: the data set has one example on every line.",
+    "It was the best of times, it was the worst of times, it was the age of wisdom and of foolishness.",
+)
+
+# Stable Diffusion CLIP tokenizer: a byte-level vocabulary plus a few merges (real CLIP has 48894 of them).
+CLIP_MERGES = (
+    ("t", "h"),
+    ("th", "e</w>"),
+    ("a", "n"),
+    ("an", "d</w>"),
+    ("o", "f</w>"),
+    ("i", "n"),
+    ("in", "g</w>"),
+    ("o", "n</w>"),
+    ("e", "r</w>"),
+    ("c", "a"),
+    ("ca", "t</w>"),
+    ("d", "o"),
+    ("do", "g</w>"),
+)
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    """Where build_all put each model."""
+
+    causal_lm: Path  # a transformers folder: config, safetensors weights, tokenizer, chat template
+    sd_pipeline: Path  # a diffusers StableDiffusionPipeline folder (model_index.json and components)
+    whisper_pt: Path  # an openai-whisper checkpoint file
+
+
+def build_tiny_causal_lm(
+    folder: Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    max_position_embeddings: int = 512,
+) -> Path:
+    """A random Llama causal LM with a working ChatML tokenizer, saved like a Hub model folder."""
+    if hidden_size % num_heads:
+        raise ValueError(f"hidden_size ({hidden_size}) must be a multiple of num_heads ({num_heads})")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _chatml_tokenizer(max_position_embeddings)
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (BOS, IM_END, PAD)}
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        dtype="float32",
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[PAD],
+    )
+    with torch.random.fork_rng(devices=[]):  # seed the build without disturbing the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS], eos_token_id=ids[IM_END], pad_token_id=ids[PAD], max_new_tokens=64
+    )
+    model.save_pretrained(folder)  # safetensors (the only format transformers 5 writes)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _chatml_tokenizer(model_max_length: int):
+    """A byte-level BPE trained here on CORPUS, wrapped for transformers, with a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=LM_VOCAB_SIZE,
+        special_tokens=list(LM_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=BOS,
+        eos_token=IM_END,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[IM_START, IM_END],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=model_max_length,
+    )
+
+
+def build_tiny_sd_pipeline(folder: Path, *, seed: int = 0) -> Path:
+    """A random Stable Diffusion 1.x pipeline folder (64x64 images by default, VAE scale factor 8 as in SD)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _clip_tokenizer(folder / "tokenizer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        vae = AutoencoderKL(  # four blocks, so latents are 1/8 of the image size like the real SD VAE
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=32,
+            sample_size=64,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=32,
+                layer_norm_eps=1e-5,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    scheduler = PNDMScheduler(  # the scheduler config SD 1.5 ships with
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _clip_tokenizer(folder: Path):
+    """A CLIPTokenizer from a vocab.json + merges.txt written here: every byte, its end-of-word form, a few merges."""
+    from transformers import CLIPTokenizer
+
+    byte_chars = _bytes_to_unicode()
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + [a + b for a, b in CLIP_MERGES]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in CLIP_MERGES), encoding="utf-8"
+    )
+    return CLIPTokenizer(vocab=vocab, merges=list(CLIP_MERGES), model_max_length=77)
+
+
+def _bytes_to_unicode() -> list[str]:
+    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for bytes 0..255, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, shifted = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + shifted))
+            shifted += 1
+    return chars
+
+
+def build_tiny_whisper(path: Path, *, seed: int = 0) -> Path:
+    """A random multilingual openai-whisper checkpoint (fp16 weights, like the official .pt files)."""
+    import torch
+    from whisper.model import ModelDimensions, Whisper
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dims = ModelDimensions(
+        n_mels=80,
+        n_audio_ctx=1500,
+        n_audio_state=64,
+        n_audio_head=2,
+        n_audio_layer=1,
+        n_vocab=51865,
+        n_text_ctx=448,
+        n_text_state=64,
+        n_text_head=2,
+        n_text_layer=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Whisper(dims)
+    state = {name: tensor.half() for name, tensor in model.state_dict().items()}
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": state}, path)
+    return path
+
+
+def build_all(root: Path, *, seed: int = 0) -> TinyModels:
+    """Build the three tiny models under `root`, or reuse them. Safe when several processes call it at once."""
+    root = Path(root)
+    whisper_folder = _ensure(
+        root / f"whisper-seed{seed}", "whisper", seed, lambda d: build_tiny_whisper(d / WHISPER_FILE, seed=seed)
+    )
+    return TinyModels(
+        causal_lm=_ensure(
+            root / f"causal-lm-seed{seed}", "causal-lm", seed, lambda d: build_tiny_causal_lm(d, seed=seed)
+        ),
+        sd_pipeline=_ensure(
+            root / f"sd-pipeline-seed{seed}", "sd-pipeline", seed, lambda d: build_tiny_sd_pipeline(d, seed=seed)
+        ),
+        whisper_pt=whisper_folder / WHISPER_FILE,
+    )
+
+
+def _ensure(target: Path, kind: str, seed: int, build: Callable[[Path], object]) -> Path:
+    """Reuse `target` if it is complete; else build into a temporary sibling and rename it into place."""
+    stamp = {"kind": kind, "seed": seed, "format": FORMAT_VERSION}
+    if _is_complete(target, stamp):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{target.name}.lock"):  # the others wait, then reuse what the first built
+        if _is_complete(target, stamp):
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".building", dir=target.parent))
+        try:
+            build(staging)
+            (staging / MARKER).write_text(json.dumps(stamp) + "\n", encoding="utf-8")
+            staging.chmod(0o755)  # mkdtemp makes it private
+            _move_into_place(staging, target, stamp)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _is_complete(folder: Path, stamp: dict) -> bool:
+    try:
+        return json.loads((folder / MARKER).read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def _move_into_place(staging: Path, target: Path, stamp: dict) -> None:
+    """Atomic rename; an incomplete or outdated folder already at `target` is swapped out first."""
+    try:
+        os.rename(staging, target)
+        return
+    except OSError:
+        if _is_complete(target, stamp):  # another process got there first (platforms without flock)
+            return
+    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    try:
+        os.rename(target, trash / target.name)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory file lock (POSIX). Without fcntl the atomic rename alone keeps builds correct."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: build (or reuse) the tiny models under OUT_DIR and print where they are."""
+    parser = argparse.ArgumentParser(prog="python -m studio.models.tiny", description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path, help="folder to write the models into (reused if already built)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
+    args = parser.parse_args(argv)
+    models = build_all(args.out_dir, seed=args.seed)
+    for field in dataclasses.fields(models):
+        print(f"{field.name}: {getattr(models, field.name)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
