@@ -1,0 +1,91 @@
+"""A real studio process and a real Chromium (Debian's, driven by Playwright)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Studio:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen
+    log: Path
+
+
+def start_studio(data_dir: Path, *args: str, timeout: float = 90.0) -> Studio:
+    """`python launch.py` in a child process; returns once the page answers HTTP 200."""
+    port = free_port()
+    log = data_dir.parent / f"studio-{port}.log"
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "launch.py", "--no-browser", "--port", str(port), "--data-dir",
+                             str(data_dir), *args], cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"studio exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return Studio(url, data_dir, proc, log)
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise TimeoutError(f"studio did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_studio(studio: Studio) -> None:
+    studio.proc.terminate()
+    try:
+        studio.proc.wait(15)
+    except subprocess.TimeoutExpired:
+        studio.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory) -> Iterator[Studio]:
+    s = start_studio(tmp_path_factory.mktemp("studio-data"), "--device", "cpu", "--budget-gb", "2")
+    yield s
+    stop_studio(s)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run `bash scripts/setup.sh --test`"
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    p = context.new_page()
+    p.set_default_timeout(30_000)
+    yield p
+    context.close()
