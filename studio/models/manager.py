@@ -42,6 +42,8 @@ def fmt_bytes(n: int | float | None) -> str:
     if n is None:
         return "?"
     n = float(n)
+    if n == 0:
+        return "0 B"
     for unit, size in (("GB", GIB), ("MB", 1024**2), ("KB", 1024)):
         if abs(n) >= size or unit == "KB":
             value = n / size

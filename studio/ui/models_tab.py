@@ -70,7 +70,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         refresh_btn = gr.Button("Refresh", elem_id="models-refresh", scale=1)
     status = gr.Markdown(elem_id="models-status")
 
-    with gr.Accordion("Load a model", open=True):
+    with gr.Accordion("Load a model", open=True, elem_id="load-accordion"):
         gr.Markdown(msg.LOAD_HELP)
         with gr.Row():
             kind = gr.Dropdown(list(KINDS), value="chat", label="Kind", elem_id="load-kind", scale=1)
@@ -84,7 +84,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             load_btn = gr.Button("Load", variant="primary", elem_id="load-go")
         plan_out = gr.Markdown(elem_id="load-result")
 
-    with gr.Accordion("Budget", open=False):
+    with gr.Accordion("Budget", open=False, elem_id="budget-accordion"):
         gr.Markdown(msg.BUDGET_HELP)
         with gr.Row():
             budget = gr.Number(label="Budget (GB)", value=round((manager.configured_budget or 0) / GIB, 2) or None,
@@ -165,11 +165,12 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
                    concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
     unload_btn.click(do_unload, [selected], [status], api_name="models_unload", concurrency_id="gpu",
                      concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
-    plan_btn.click(do_plan, [kind, source, precision], [plan_out], api_name="models_plan", **light)
+    plan_btn.click(do_plan, [kind, source, precision], [plan_out], api_name="models_plan", concurrency_id="plan",
+                   concurrency_limit=4)
     load_btn.click(do_load, [kind, source, precision], [plan_out], api_name="models_load", concurrency_id="gpu",
                    concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
-    apply_btn.click(do_budget, [budget, reserve], [budget_out], api_name="models_budget",
-                    **light).then(refresh, [selected], refresh_outputs, **light)
+    apply_btn.click(do_budget, [budget, reserve], [budget_out], api_name="models_budget", concurrency_id="gpu",
+                    concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
     kind.change(kind_changed, [kind], [source], **light)
     timer = gr.Timer(2.0)
     timer.tick(refresh, [selected], refresh_outputs, **light)

@@ -17,12 +17,16 @@ def render(samples: list[Sample], events: list[MemoryEvent], *, width: int = 900
            now: float | None = None, window_s: float = 300.0) -> str:
     """An SVG line chart: used memory (grey area), what models account for (blue), the budget (dashed)."""
     now = now or (samples[-1].time if samples else time.time())
+    if samples:  # a fresh studio shows its first minute across the whole width, not squeezed to the right
+        window_s = min(window_s, max(60.0, now - samples[0].time))
     t0 = now - window_s
     pts = [s for s in samples if s.time >= t0]
     evs = [e for e in events if e.time >= t0]
     pad_l, pad_r, pad_t, pad_b = 64, 12, 14, 26
     w, h = width - pad_l - pad_r, height - pad_t - pad_b
-    top = max([s.total for s in pts] + [1])
+    # scale to what matters: the budget and what is used, with headroom, never beyond the device
+    top = max([max(s.used, s.budget, s.accounted) for s in pts] + [1]) * 1.15
+    top = min(top, max([s.total for s in pts] + [top]))
 
     def x(t: float) -> float:
         return pad_l + w * (t - t0) / window_s
@@ -38,10 +42,12 @@ def render(samples: list[Sample], events: list[MemoryEvent], *, width: int = 900
         out.append(f'<line x1="{pad_l}" x2="{pad_l + w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eef0f3"/>'
                    f'<text x="{pad_l - 6}" y="{yy + 4:.1f}" font-size="10" text-anchor="end" fill="#6b7280">'
                    f'{fmt_bytes(top * frac)}</text>')
-    for minutes in range(0, int(window_s // 60) + 1):
-        xx = x(now - minutes * 60)
+    step = 60 if window_s > 120 else 15
+    for k in range(0, int(window_s // step) + 1):
+        xx = x(now - k * step)
+        label = "now" if k == 0 else (f"-{k * step // 60} min" if step == 60 else f"-{k * step} s")
         out.append(f'<text x="{xx:.1f}" y="{height - 8}" font-size="10" text-anchor="middle" fill="#6b7280">'
-                   f'{"now" if minutes == 0 else f"-{minutes} min"}</text>')
+                   f'{label}</text>')
     if len(pts) >= 2:
         used = " ".join(f"{x(s.time):.1f},{y(s.used):.1f}" for s in pts)
         area = f"{x(pts[0].time):.1f},{y(0):.1f} {used} {x(pts[-1].time):.1f},{y(0):.1f}"

@@ -67,10 +67,12 @@ def test_bad_input_shows_a_message_and_the_page_keeps_working(page, studio):
     source.press("Enter")
     page.locator("#load-go").click()
     expect(page.get_by_text("no such file or folder").first).to_be_visible()
+    page.locator("#budget-accordion").get_by_text("Budget", exact=True).first.click()  # open the accordion
     page.locator("#budget-gb input").fill("-3")
-    page.get_by_text("Budget", exact=True).first.click()
+    page.locator("#budget-gb input").press("Tab")  # commit the value before the click reads it
     page.locator("#budget-apply").click()
     expect(page.get_by_text("Budget must be more than 0 GB").first).to_be_visible()
+    page.screenshot(path=str(studio.data_dir.parent / "models-tab.png"), full_page=True)
     first = bar_attr(page, "data-time")
     page.wait_for_timeout(2500)
     assert bar_attr(page, "data-time") != first  # still serving
