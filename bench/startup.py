@@ -66,20 +66,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     studio, hello = [], []
-    with tempfile.TemporaryDirectory() as data, tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(HELLO)
-        hello_path = f.name
+    with tempfile.TemporaryDirectory() as data:
+        hello_path = str(Path(data) / "hello_world.py")
+        Path(hello_path).write_text(HELLO)
         for i in range(args.runs + 1):  # the first round warms the OS file cache and is not counted
             port = free_port()
-            s = time_to_200([sys.executable, "launch.py", "--no-browser", "--port", str(port), "--data-dir", data],
-                            port)
+            s = time_to_200(
+                [sys.executable, "launch.py", "--no-browser", "--port", str(port), "--data-dir", data], port
+            )
             port = free_port()
             h = time_to_200([sys.executable, hello_path, str(port)], port)
             if i:
                 studio.append(s)
                 hello.append(h)
             print(f"run {i}{' (warm-up)' if not i else ''}: studio {s:.2f} s, hello-world {h:.2f} s", flush=True)
-    os.unlink(hello_path)
     s_med, h_med = statistics.median(studio), statistics.median(hello)
     print(f"studio startup (median of {args.runs}): {s_med:.2f} s")
     print(f"gradio hello-world (median of {args.runs}): {h_med:.2f} s")

@@ -20,8 +20,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}).",
-                              "Another program (maybe another studio) uses it; pick another with --port.") from None
+            raise ConfigError(
+                f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc}).",
+                "Another program (maybe another studio) uses it; pick another with --port.",
+            ) from None
 
 
 def resolve_auth(config: StudioConfig) -> tuple[list[tuple[str, str]] | None, str | None]:
@@ -54,9 +56,18 @@ def run(config: StudioConfig) -> None:
         print(f"Login required (sharing/listening): user 'studio', password {generated}", flush=True)
     print(f"ML Studio on {ctx.device}: data in {ctx.paths.data_dir}", flush=True)
     try:
-        app.launch(server_name=config.bind_host, server_port=config.port, share=config.share, auth=auth,
-                   inbrowser=config.open_browser, show_error=False, css=CSS,
-                   allowed_paths=[str(ctx.paths.outputs)], favicon_path=None, quiet=False)
+        app.launch(
+            server_name=config.bind_host,
+            server_port=config.port,
+            share=config.share,
+            auth=auth,
+            inbrowser=config.open_browser,
+            show_error=False,
+            css=CSS,
+            allowed_paths=[str(ctx.paths.outputs)],
+            favicon_path=None,
+            quiet=False,
+        )
     finally:
         ctx.close()
 

@@ -82,8 +82,10 @@ def validate(cfg: StudioConfig) -> None:
     if not 1 <= cfg.port <= 65535:
         raise ConfigError(f"--port must be between 1 and 65535, not {cfg.port}.")
     if cfg.budget_gb is not None and cfg.budget_gb <= 0:
-        raise ConfigError(f"--budget-gb must be a positive number of GB, not {cfg.budget_gb:g}.",
-                          "Leave it out to use 12 GB capped by the device.")
+        raise ConfigError(
+            f"--budget-gb must be a positive number of GB, not {cfg.budget_gb:g}.",
+            "Leave it out to use 12 GB capped by the device.",
+        )
     if cfg.budget_gb is not None and cfg.budget_gb > 4096:
         raise ConfigError(f"--budget-gb {cfg.budget_gb:g} is more than any device has.")
     if cfg.reserve_gb < 0:
@@ -152,8 +154,15 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             raise ValueError
         return value
     except (TypeError, ValueError):
-        kind = ("true/false" if name in _BOOLS else "a whole number" if name in _INTS
-                else "a number" if name in _FLOATS else "text")
+        kind = (
+            "true/false"
+            if name in _BOOLS
+            else "a whole number"
+            if name in _INTS
+            else "a number"
+            if name in _FLOATS
+            else "text"
+        )
         raise ConfigError(f"{where} must be {kind}, not {value!r}.") from None
 
 

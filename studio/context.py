@@ -31,8 +31,9 @@ class StudioPaths:
     @classmethod
     def under(cls, data_dir: Path) -> StudioPaths:
         data_dir = Path(data_dir).expanduser().resolve()
-        return cls(data_dir, data_dir / "outputs", data_dir / "runs", data_dir / "models",
-                   data_dir / "calibration.json")
+        return cls(
+            data_dir, data_dir / "outputs", data_dir / "runs", data_dir / "models", data_dir / "calibration.json"
+        )
 
     def create(self) -> None:
         """Make the folders; a data dir that cannot be written is a ConfigError naming --data-dir."""
@@ -43,8 +44,10 @@ class StudioPaths:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
-            raise ConfigError(f"--data-dir {self.data_dir}: cannot write there ({exc.strerror or exc}).",
-                              "Pick a folder you can write to.") from None
+            raise ConfigError(
+                f"--data-dir {self.data_dir}: cannot write there ({exc.strerror or exc}).",
+                "Pick a folder you can write to.",
+            ) from None
 
 
 @dataclass
@@ -61,7 +64,7 @@ class AppContext:
 
     @property
     def device(self) -> str:
-        """"cuda" or "cpu": where models are loaded."""
+        """ "cuda" or "cpu": where models are loaded."""
         return self.manager.device
 
     def close(self) -> None:
@@ -73,8 +76,13 @@ def resolve_device(config: StudioConfig, probe: MemoryProbe) -> str:
     return "cuda" if probe.device_kind == "cuda" and config.device != "cpu" else "cpu"
 
 
-def build_context(config: StudioConfig, *, probe: MemoryProbe | None = None, start_monitor: bool = True,
-                  monitor_interval: float = 1.0) -> AppContext:
+def build_context(
+    config: StudioConfig,
+    *,
+    probe: MemoryProbe | None = None,
+    start_monitor: bool = True,
+    monitor_interval: float = 1.0,
+) -> AppContext:
     """Build everything the app needs. `probe` can be a fake behind the same interface (tests)."""
     paths = StudioPaths.under(config.data_dir)
     paths.create()
@@ -83,17 +91,23 @@ def build_context(config: StudioConfig, *, probe: MemoryProbe | None = None, sta
     events = EventLog()
     kinds = default_registry()
     manager = ModelManager(
-        probe=probe, kinds=kinds, calibration=Calibration(paths.calibration), events=events, device=device,
+        probe=probe,
+        kinds=kinds,
+        calibration=Calibration(paths.calibration),
+        events=events,
+        device=device,
         budget_bytes=int(config.budget_gb * GIB) if config.budget_gb else None,
         reserve_bytes=int(config.reserve_gb * GIB),
         load_options=LoadOptions(offline=config.offline, cache_dir=paths.models),
     )
-    monitor = MemoryMonitor(probe, interval=monitor_interval, accounted=manager.accounted_bytes,
-                            budget=manager.budget_bytes)
+    monitor = MemoryMonitor(
+        probe, interval=monitor_interval, accounted=manager.accounted_bytes, budget=manager.budget_bytes
+    )
     monitor.sample()
     if start_monitor:
         monitor.start()
     if config.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # libraries read this; the flag is the user's choice
-    return AppContext(config=config, paths=paths, probe=probe, monitor=monitor, events=events, kinds=kinds,
-                      manager=manager)
+    return AppContext(
+        config=config, paths=paths, probe=probe, monitor=monitor, events=events, kinds=kinds, manager=manager
+    )

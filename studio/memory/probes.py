@@ -82,8 +82,11 @@ def _torch_figures(index: int) -> tuple[int | None, int | None, int | None]:
     try:
         if not torch.cuda.is_initialized():
             return None, None, None
-        return (torch.cuda.memory_allocated(index), torch.cuda.memory_reserved(index),
-                torch.cuda.max_memory_allocated(index))
+        return (
+            torch.cuda.memory_allocated(index),
+            torch.cuda.memory_reserved(index),
+            torch.cuda.max_memory_allocated(index),
+        )
     except Exception:  # noqa: BLE001 - allocator stats are best-effort
         return None, None, None
 
@@ -99,9 +102,17 @@ class HostProbe:
     def snapshot(self) -> MemorySnapshot:
         total, available, rss = _host_figures()
         return MemorySnapshot(
-            time=time.time(), device_kind="cpu", device_name="CPU (host RAM)", total=total,
-            used=total - available, free=available, this_process=rss, host_total=total,
-            host_available=available, host_rss=rss, note=self.note,
+            time=time.time(),
+            device_kind="cpu",
+            device_name="CPU (host RAM)",
+            total=total,
+            used=total - available,
+            free=available,
+            this_process=rss,
+            host_total=total,
+            host_available=available,
+            host_rss=rss,
+            note=self.note,
         )
 
     def process_used(self, pid: int) -> int | None:
@@ -166,10 +177,22 @@ class NvmlProbe:
         if not mine and reserved:
             mine = reserved  # NVML cannot see our pid inside some containers; the allocator can
         return MemorySnapshot(
-            time=time.time(), device_kind="cuda", device_name=self.name, total=int(mem.total),
-            used=int(mem.used), free=int(mem.free), this_process=mine, processes=procs, utilization=util,
-            temperature=temp, torch_allocated=allocated, torch_reserved=reserved, torch_peak=peak,
-            host_total=total, host_available=available, host_rss=rss,
+            time=time.time(),
+            device_kind="cuda",
+            device_name=self.name,
+            total=int(mem.total),
+            used=int(mem.used),
+            free=int(mem.free),
+            this_process=mine,
+            processes=procs,
+            utilization=util,
+            temperature=temp,
+            torch_allocated=allocated,
+            torch_reserved=reserved,
+            torch_peak=peak,
+            host_total=total,
+            host_available=available,
+            host_rss=rss,
         )
 
     def process_used(self, pid: int) -> int | None:
@@ -194,6 +217,7 @@ def detect_probe(device: str = "auto", index: int = 0) -> MemoryProbe:
     except Exception as exc:  # noqa: BLE001 - pynvml raises many kinds (library not found, driver not loaded)
         reason = str(exc) or type(exc).__name__
         if device == "cuda":
-            raise ConfigError(f"--device cuda: no NVIDIA GPU answered ({reason}).",
-                              "Install the NVIDIA driver, or use --device cpu.") from None
+            raise ConfigError(
+                f"--device cuda: no NVIDIA GPU answered ({reason}).", "Install the NVIDIA driver, or use --device cpu."
+            ) from None
         return HostProbe(note=f"No NVIDIA GPU found ({reason}): ML Studio runs on the CPU and budgets host RAM.")

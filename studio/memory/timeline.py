@@ -69,8 +69,15 @@ class Sample:
 class MemoryMonitor:
     """Samples the probe in a daemon thread; keeps the latest snapshot and a window of samples."""
 
-    def __init__(self, probe: MemoryProbe, *, interval: float = 1.0, window_s: float = 600.0,
-                 accounted=lambda: 0, budget=lambda: 0) -> None:
+    def __init__(
+        self,
+        probe: MemoryProbe,
+        *,
+        interval: float = 1.0,
+        window_s: float = 600.0,
+        accounted=lambda: 0,
+        budget=lambda: 0,
+    ) -> None:
         self.probe = probe
         self.interval = interval
         self._accounted = accounted

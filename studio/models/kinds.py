@@ -104,6 +104,9 @@ def default_registry() -> KindRegistry:
     reg.register(ModelKind("chat", _load_lm, description="causal language model (transformers)"))
     reg.register(ModelKind("base-for-training", _load_lm, description="base model for fine-tuning"))
     reg.register(ModelKind("image", _load_image, description="diffusion pipeline (diffusers)"))
-    reg.register(ModelKind("speech", _load_speech, measure=_measure_speech,
-                           description="Whisper (openai-whisper or faster-whisper)"))
+    reg.register(
+        ModelKind(
+            "speech", _load_speech, measure=_measure_speech, description="Whisper (openai-whisper or faster-whisper)"
+        )
+    )
     return reg

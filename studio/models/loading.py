@@ -49,9 +49,11 @@ def safe_torch_load(path: Path | str, map_location: str = "cpu") -> Any:
     except FileNotFoundError:
         raise ModelLoadError(f"{path}: no such file.") from None
     except Exception as exc:  # noqa: BLE001 - unpickling errors come in many types
-        raise ModelLoadError(f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0][:160]}).",
-                             "Only plain tensor checkpoints are accepted; prefer .safetensors.") from None
+        raise ModelLoadError(
+            f"{path}: not a loadable weights-only checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]}).",
+            "Only plain tensor checkpoints are accepted; prefer .safetensors.",
+        ) from None
 
 
 def model_location(spec: ModelSpec) -> str:
@@ -82,8 +84,11 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False) -> LoadedLM:
 
         if spec.precision == "nf4":
             model_kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16)
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=torch.bfloat16,
+            )
         else:
             model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         model_kwargs["device_map"] = {"": 0}
@@ -95,8 +100,10 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False) -> LoadedLM:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **model_kwargs)
     except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"{spec.name}: not a loadable causal language model ({_describe(exc)}).",
-                             "Pick a folder with config.json and weights, a .gguf file, or a Hub id.") from None
+        raise ModelLoadError(
+            f"{spec.name}: not a loadable causal language model ({_describe(exc)}).",
+            "Pick a folder with config.json and weights, a .gguf file, or a Hub id.",
+        ) from None
     if "quantization_config" not in model_kwargs:
         model = model.to(spec.device)
     model.eval()
@@ -115,18 +122,21 @@ def load_diffusion_pipeline(spec: ModelSpec, offline: bool = False) -> Any:
     try:
         if spec.source_type == "file":
             if not where.endswith(".safetensors"):
-                raise ModelLoadError(f"{spec.name}: single-file checkpoints must be .safetensors.",
-                                     "Convert .ckpt files to .safetensors first; pickles are not loaded.")
+                raise ModelLoadError(
+                    f"{spec.name}: single-file checkpoints must be .safetensors.",
+                    "Convert .ckpt files to .safetensors first; pickles are not loaded.",
+                )
             pipe = StableDiffusionPipeline.from_single_file(where, torch_dtype=dtype, local_files_only=offline)
         else:
             kwargs = pretrained_kwargs(spec, offline)
             pipe = DiffusionPipeline.from_pretrained(where, torch_dtype=dtype, use_safetensors=True, **kwargs)
     except ModelLoadError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, EnvironmentError) as exc:
-        raise ModelLoadError(f"{spec.name}: not a loadable diffusion model ({_describe(exc)}).",
-                             "Pick a diffusers folder (with model_index.json), a .safetensors checkpoint, "
-                             "or a Hub id.") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelLoadError(
+            f"{spec.name}: not a loadable diffusion model ({_describe(exc)}).",
+            "Pick a diffusers folder (with model_index.json), a .safetensors checkpoint, or a Hub id.",
+        ) from None
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None
     return pipe.to(spec.device)
@@ -140,30 +150,42 @@ def load_whisper(spec: ModelSpec, offline: bool = False, download_root: Path | N
 
         where = model_location(spec)
         compute = {"fp16": "float16", "int8": "int8", "fp32": "float32", "bf16": "bfloat16", "nf4": "int8"}
-        compute_type = compute[spec.precision] if spec.device == "cuda" else (
-            "int8" if spec.precision in ("int8", "nf4") else "float32")
+        compute_type = (
+            compute[spec.precision]
+            if spec.device == "cuda"
+            else ("int8" if spec.precision in ("int8", "nf4") else "float32")
+        )
         try:
             return WhisperModel(where, device=spec.device, compute_type=compute_type, local_files_only=offline)
         except (RuntimeError, OSError, ValueError) as exc:
-            raise ModelLoadError(f"{spec.name}: not a CTranslate2 Whisper model ({_describe(exc)}).",
-                                 "Pick a folder with model.bin and config.json from faster-whisper.") from None
+            raise ModelLoadError(
+                f"{spec.name}: not a CTranslate2 Whisper model ({_describe(exc)}).",
+                "Pick a folder with model.bin and config.json from faster-whisper.",
+            ) from None
     import whisper
 
     where = model_location(spec)
     if path is None and offline:
         cached = Path(download_root or Path.home() / ".cache" / "whisper") / f"{spec.source}.pt"
         if not cached.exists():
-            raise ModelLoadError(f"Whisper {spec.source} is not downloaded and the studio is offline.",
-                                 "Pick a local .pt file or a CTranslate2 folder.")
+            raise ModelLoadError(
+                f"Whisper {spec.source} is not downloaded and the studio is offline.",
+                "Pick a local .pt file or a CTranslate2 folder.",
+            )
     try:
-        model = whisper.load_model(where, device=spec.device,
-                                   download_root=str(download_root) if download_root else None)
+        model = whisper.load_model(
+            where, device=spec.device, download_root=str(download_root) if download_root else None
+        )
     except RuntimeError as exc:
-        raise ModelLoadError(f"{spec.name}: not a Whisper model ({_describe(exc)}).",
-                             "Pick a name (tiny ... turbo), an openai-whisper .pt file or a CTranslate2 folder.") from None
+        raise ModelLoadError(
+            f"{spec.name}: not a Whisper model ({_describe(exc)}).",
+            "Pick a name (tiny ... turbo), an openai-whisper .pt file or a CTranslate2 folder.",
+        ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load(weights_only=True) raises UnpicklingError and others
-        raise ModelLoadError(f"{spec.name}: cannot read this Whisper checkpoint ({type(exc).__name__}: "
-                             f"{_describe(exc)}).", "Only weights-only .pt checkpoints are loaded.") from None
+        raise ModelLoadError(
+            f"{spec.name}: cannot read this Whisper checkpoint ({type(exc).__name__}: {_describe(exc)}).",
+            "Only weights-only .pt checkpoints are loaded.",
+        ) from None
     if spec.precision == "fp16" and spec.device == "cuda":
         model = model.half()
     return model

@@ -26,7 +26,8 @@ from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfM
 from studio.memory.probes import MemoryProbe
 from studio.memory.timeline import EventLog
 from studio.models.calibration import Calibration
-from studio.models.estimate import Estimate, Workload, estimate as estimate_from_files, tensor_bytes
+from studio.models.estimate import Estimate, Workload
+from studio.models.estimate import estimate as estimate_from_files
 from studio.models.kinds import KindRegistry, LoadOptions
 from studio.models.specs import ModelSpec
 
@@ -248,10 +249,20 @@ def _trim_host_heap() -> None:
 class ModelManager:
     """Loads, parks and frees models so that what is loaded stays inside the memory budget."""
 
-    def __init__(self, *, probe: MemoryProbe, kinds: KindRegistry, calibration: Calibration, events: EventLog,
-                 device: str, budget_bytes: int | None = None, reserve_bytes: int = int(0.8 * GIB),
-                 park_budget_bytes: int | None = None, load_options: LoadOptions | None = None,
-                 release_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        probe: MemoryProbe,
+        kinds: KindRegistry,
+        calibration: Calibration,
+        events: EventLog,
+        device: str,
+        budget_bytes: int | None = None,
+        reserve_bytes: int = int(0.8 * GIB),
+        park_budget_bytes: int | None = None,
+        load_options: LoadOptions | None = None,
+        release_timeout: float = 5.0,
+    ) -> None:
         self.probe = probe
         self.kinds = kinds
         self.calibration = calibration
@@ -301,8 +312,9 @@ class ModelManager:
         new_budget = budget_bytes if budget_bytes is not None else self._configured_budget
         new_reserve = reserve_bytes if reserve_bytes is not None else self._reserve
         if new_budget is not None and new_reserve >= new_budget:
-            raise BudgetError(f"The reserve ({fmt_bytes(new_reserve)}) must be smaller than the budget "
-                              f"({fmt_bytes(new_budget)}).")
+            raise BudgetError(
+                f"The reserve ({fmt_bytes(new_reserve)}) must be smaller than the budget ({fmt_bytes(new_budget)})."
+            )
         with self._load_lock:
             old = (self._configured_budget, self._reserve)
             self._configured_budget, self._reserve = new_budget, new_reserve
@@ -313,7 +325,8 @@ class ModelManager:
                 raise BudgetError(
                     f"Models in use hold {fmt_bytes(self.accounted_bytes())}, more than a budget of "
                     f"{fmt_bytes(new_budget or 0)} minus the reserve.",
-                    "Stop what is running or unload models first.") from None
+                    "Stop what is running or unload models first.",
+                ) from None
 
     def accounted_bytes(self) -> int:
         """Bytes attributed to loaded models and external reservations."""
@@ -366,8 +379,9 @@ class ModelManager:
             free = budget - accounted
             pinned = sum(e.device_bytes for e in self._entries.values() if e.state == LOADED and e.leases > 0)
             pinned += sum(self._reservation_bytes(r) for r in self._reservations)
-            candidates = [e for e in self._entries.values()
-                          if e.state == LOADED and e.leases == 0 and e.spec.key != exclude]
+            candidates = [
+                e for e in self._entries.values() if e.state == LOADED and e.leases == 0 and e.spec.key != exclude
+            ]
             parked = self.parked_bytes()
         deficit = need - free
         chosen: list[_Entry] = []
@@ -386,14 +400,19 @@ class ModelManager:
         reason = ""
         if deficit > 0:
             if need > budget:
-                reason = (f"it needs {fmt_bytes(need)} but the whole budget is {fmt_bytes(budget)}. "
-                          "Try 4-bit (nf4) precision, a smaller model, or a larger --budget-gb.")
+                reason = (
+                    f"it needs {fmt_bytes(need)} but the whole budget is {fmt_bytes(budget)}. "
+                    "Try 4-bit (nf4) precision, a smaller model, or a larger --budget-gb."
+                )
             else:
-                reason = (f"{fmt_bytes(pinned)} of the {fmt_bytes(budget)} budget is held by models in use or "
-                          "by a running job. Wait for them to finish, or stop them.")
+                reason = (
+                    f"{fmt_bytes(pinned)} of the {fmt_bytes(budget)} budget is held by models in use or "
+                    "by a running job. Wait for them to finish, or stop them."
+                )
         dummy = est or Estimate(need, 0, 0, "reservation")
-        return Plan(spec or ModelSpec("chat", "reservation"), dummy, need, budget, free, tuple(evictions),
-                    deficit <= 0, reason)
+        return Plan(
+            spec or ModelSpec("chat", "reservation"), dummy, need, budget, free, tuple(evictions), deficit <= 0, reason
+        )
 
     def _can_park(self, entry: _Entry, parked_now: int) -> bool:
         kind = self.kinds.get(entry.spec.kind)
@@ -448,8 +467,7 @@ class ModelManager:
         with self._state_lock:
             entry.estimate, entry.runtime = est, est.runtime_bytes
         t0 = time.perf_counter()
-        model = self.run_with_recovery(lambda: kind.load(spec, self.load_options), name=spec.name,
-                                       exclude=spec.key)
+        model = self.run_with_recovery(lambda: kind.load(spec, self.load_options), name=spec.name, exclude=spec.key)
         seconds = time.perf_counter() - t0
         try:
             measured = int(kind.measure(model, spec))
@@ -461,17 +479,23 @@ class ModelManager:
             entry.load_seconds, entry.loads = seconds, entry.loads + 1
             entry.last_used = time.time()
         del model
-        self.events.add("load", spec.name, entry.device_bytes,
-                        f"{spec.name} loaded in {seconds:.1f} s: {fmt_bytes(measured)} measured, "
-                        f"{fmt_bytes(est.weights_bytes)} estimated ({est.method})")
+        self.events.add(
+            "load",
+            spec.name,
+            entry.device_bytes,
+            f"{spec.name} loaded in {seconds:.1f} s: {fmt_bytes(measured)} measured, "
+            f"{fmt_bytes(est.weights_bytes)} estimated ({est.method})",
+        )
         if self.accounted_bytes() > self.budget_bytes():  # larger than estimated: make room or give it back
             try:
                 self._make_room(0, exclude=spec.key)
             except BudgetError:
                 self._free(entry, reason="larger than its estimate")
-                raise BudgetError(f"{spec.name} measured {fmt_bytes(measured)} once loaded, more than the budget "
-                                  "allows next to the models in use.", "The estimate is corrected; try again "
-                                  "after stopping other work, or use a smaller precision.") from None
+                raise BudgetError(
+                    f"{spec.name} measured {fmt_bytes(measured)} once loaded, more than the budget "
+                    "allows next to the models in use.",
+                    "The estimate is corrected; try again after stopping other work, or use a smaller precision.",
+                ) from None
 
     def _release(self, key: str) -> None:
         with self._state_lock:
@@ -511,8 +535,12 @@ class ModelManager:
         entry.model = kind.move(entry.model, "cpu")
         _empty_device_cache()
         what = "evicted: parked in RAM" if evicted else "parked in RAM"
-        self.events.add("evict" if evicted else "park", entry.spec.name, entry.host_bytes,
-                        f"{entry.spec.name} {what} ({fmt_bytes(entry.host_bytes)})")
+        self.events.add(
+            "evict" if evicted else "park",
+            entry.spec.name,
+            entry.host_bytes,
+            f"{entry.spec.name} {what} ({fmt_bytes(entry.host_bytes)})",
+        )
 
     def _free(self, entry: _Entry, *, reason: str = "", evicted: bool = False) -> FreeReport:
         """Drop the only strong reference, collect, empty the cache, check the weakref, wait for the memory."""
@@ -538,9 +566,13 @@ class ModelManager:
             obj = ref()
             referrers = tuple(sorted({type(r).__name__ for r in gc.get_referrers(obj)} - {"frame"}))[:8]
             del obj
-            self.events.add("leak", entry.spec.name, entry.host_bytes,
-                            f"{entry.spec.name} is still referenced outside the manager "
-                            f"({', '.join(referrers) or 'unknown'}); its memory is not free")
+            self.events.add(
+                "leak",
+                entry.spec.name,
+                entry.host_bytes,
+                f"{entry.spec.name} is still referenced outside the manager "
+                f"({', '.join(referrers) or 'unknown'}); its memory is not free",
+            )
             log.warning("leak: %s still referenced by %s", entry.spec.name, referrers)
         observed = self._wait_for_release(before, accounted if not leaked else 0)
         kind = "evict" if evicted else "unload"
@@ -580,11 +612,15 @@ class ModelManager:
             if entry.state != LOADED:
                 raise StudioError(f"{entry.spec.name} is {entry.state}, not loaded: nothing to park.")
             if not self.kinds.get(entry.spec.kind).parkable(entry.spec):
-                raise StudioError(f"{entry.spec.name} cannot be parked ({entry.spec.precision} models stay on "
-                                  "their device).", "Unload it instead.")
+                raise StudioError(
+                    f"{entry.spec.name} cannot be parked ({entry.spec.precision} models stay on their device).",
+                    "Unload it instead.",
+                )
             if not self._can_park(entry, self.parked_bytes()):
-                raise StudioError(f"Not enough free RAM to park {entry.spec.name} "
-                                  f"({fmt_bytes(entry.host_bytes)}).", "Unload it instead.")
+                raise StudioError(
+                    f"Not enough free RAM to park {entry.spec.name} ({fmt_bytes(entry.host_bytes)}).",
+                    "Unload it instead.",
+                )
             self._park(entry)
 
     def unload(self, key: str) -> FreeReport:
@@ -605,8 +641,9 @@ class ModelManager:
         """Move every idle model off the device (parking where possible): the first step of OOM recovery."""
         with self._load_lock:
             with self._state_lock:
-                idle = [e for e in self._entries.values()
-                        if e.state == LOADED and e.leases == 0 and e.spec.key != exclude]
+                idle = [
+                    e for e in self._entries.values() if e.state == LOADED and e.leases == 0 and e.spec.key != exclude
+                ]
             reports = []
             for e in idle:
                 if self._can_park(e, self.parked_bytes()):
@@ -628,13 +665,23 @@ class ModelManager:
             entries = list(self._entries.values())
         out = []
         for e in sorted(entries, key=lambda e: -e.last_used):
-            out.append(ModelRecord(
-                key=e.spec.key, name=e.spec.name, kind=e.spec.kind, precision=e.spec.precision,
-                device=e.spec.device, state=e.state,
-                estimated_bytes=e.estimate.total if e.estimate else None, measured_bytes=e.measured,
-                accounted_bytes=e.device_bytes if e.state == LOADED else 0, leases=e.leases,
-                last_used=e.last_used, load_seconds=e.load_seconds,
-                estimate_method=e.estimate.method if e.estimate else ""))
+            out.append(
+                ModelRecord(
+                    key=e.spec.key,
+                    name=e.spec.name,
+                    kind=e.spec.kind,
+                    precision=e.spec.precision,
+                    device=e.spec.device,
+                    state=e.state,
+                    estimated_bytes=e.estimate.total if e.estimate else None,
+                    measured_bytes=e.measured,
+                    accounted_bytes=e.device_bytes if e.state == LOADED else 0,
+                    leases=e.leases,
+                    last_used=e.last_used,
+                    load_seconds=e.load_seconds,
+                    estimate_method=e.estimate.method if e.estimate else "",
+                )
+            )
         return out
 
     def reservations(self) -> list[tuple[Reservation, int]]:
@@ -664,15 +711,20 @@ class ModelManager:
 
     # ----- out of memory ----------------------------------------------------------------------------------
 
-    def run_with_recovery(self, fn: Callable[[], T], *, name: str, exclude: str | None = None,
-                          degrade: Sequence[tuple[str, Callable[[], None]]] = ()) -> T:
+    def run_with_recovery(
+        self,
+        fn: Callable[[], T],
+        *,
+        name: str,
+        exclude: str | None = None,
+        degrade: Sequence[tuple[str, Callable[[], None]]] = (),
+    ) -> T:
         """Run `fn`; on out-of-memory evict idle models and retry once, then apply each degrade step and retry.
 
         Recovery happens outside the `except` block: a live exception pins the tensors of the failed frame.
         Ends in StudioOutOfMemory with concrete tips; never lets the OOM escape.
         """
-        steps: list[tuple[str, Callable[[], None] | None]] = [("", None), ("evict idle models", None),
-                                                                *degrade]
+        steps: list[tuple[str, Callable[[], None] | None]] = [("", None), ("evict idle models", None), *degrade]
         tried = []
         last_message = ""
         for index, (label, action) in enumerate(steps):
@@ -692,10 +744,15 @@ class ModelManager:
             if failed:  # outside the except block: the traceback (and its tensors) is gone
                 gc.collect()
                 _empty_device_cache()
-                self.events.add("oom", name, 0, f"out of memory in {name}"
-                                + (f" after: {', '.join(tried)}" if tried else "") + f" ({last_message})")
+                self.events.add(
+                    "oom",
+                    name,
+                    0,
+                    f"out of memory in {name}"
+                    + (f" after: {', '.join(tried)}" if tried else "")
+                    + f" ({last_message})",
+                )
         raise StudioOutOfMemory(
             f"Out of memory in {name}, even after: {', '.join(tried) or 'retrying'}.",
-            "Unload other models in the Models tab, lower the size/batch/context, or use 4-bit precision.")
-
-
+            "Unload other models in the Models tab, lower the size/batch/context, or use 4-bit precision.",
+        )

@@ -53,8 +53,9 @@ class ModelSpec:
     @property
     def key(self) -> str:
         """A stable string identity (used for calibration records and UI selection)."""
-        raw = "|".join([self.kind, self.source_type, self.source, self.revision or "", self.precision, self.device,
-                        self.backend])
+        raw = "|".join(
+            [self.kind, self.source_type, self.source, self.revision or "", self.precision, self.device, self.backend]
+        )
         return f"{self.name}@{self.precision}/{self.device}#{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 
     @property
@@ -81,20 +82,60 @@ class CatalogEntry:
 
 # Models that run well on a 12 GB card. Dimensions are from the models' published configs.
 CATALOG: tuple[CatalogEntry, ...] = (
-    CatalogEntry("Qwen/Qwen2.5-7B-Instruct", "chat", 7_615_616_512, "Qwen2.5 7B Instruct",
-                 "strong all-rounder", "nf4", 28, 4, 128),
-    CatalogEntry("meta-llama/Llama-3.1-8B-Instruct", "chat", 8_030_261_248, "Llama 3.1 8B Instruct",
-                 "gated on the Hub", "nf4", 32, 8, 128),
-    CatalogEntry("mistralai/Mistral-7B-Instruct-v0.3", "chat", 7_248_023_552, "Mistral 7B Instruct v0.3",
-                 "", "nf4", 32, 8, 128),
-    CatalogEntry("HuggingFaceTB/SmolLM2-1.7B-Instruct", "chat", 1_711_376_384, "SmolLM2 1.7B Instruct",
-                 "small and fast", "bf16", 24, 32, 64),
-    CatalogEntry("stable-diffusion-v1-5/stable-diffusion-v1-5", "image", 1_066_235_307, "Stable Diffusion 1.5",
-                 "512x512, 20-30 steps", "fp16"),
+    CatalogEntry(
+        "Qwen/Qwen2.5-7B-Instruct",
+        "chat",
+        7_615_616_512,
+        "Qwen2.5 7B Instruct",
+        "strong all-rounder",
+        "nf4",
+        28,
+        4,
+        128,
+    ),
+    CatalogEntry(
+        "meta-llama/Llama-3.1-8B-Instruct",
+        "chat",
+        8_030_261_248,
+        "Llama 3.1 8B Instruct",
+        "gated on the Hub",
+        "nf4",
+        32,
+        8,
+        128,
+    ),
+    CatalogEntry(
+        "mistralai/Mistral-7B-Instruct-v0.3", "chat", 7_248_023_552, "Mistral 7B Instruct v0.3", "", "nf4", 32, 8, 128
+    ),
+    CatalogEntry(
+        "HuggingFaceTB/SmolLM2-1.7B-Instruct",
+        "chat",
+        1_711_376_384,
+        "SmolLM2 1.7B Instruct",
+        "small and fast",
+        "bf16",
+        24,
+        32,
+        64,
+    ),
+    CatalogEntry(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "image",
+        1_066_235_307,
+        "Stable Diffusion 1.5",
+        "512x512, 20-30 steps",
+        "fp16",
+    ),
     CatalogEntry("stabilityai/sd-turbo", "image", 1_300_000_000, "SD-Turbo", "1-4 steps, CFG 0", "fp16"),
     CatalogEntry("stabilityai/sdxl-turbo", "image", 3_500_000_000, "SDXL-Turbo", "1-4 steps, CFG 0", "fp16"),
-    CatalogEntry("stabilityai/stable-diffusion-xl-base-1.0", "image", 3_500_000_000, "SDXL base 1.0",
-                 "1024x1024, 25-40 steps", "fp16"),
+    CatalogEntry(
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        "image",
+        3_500_000_000,
+        "SDXL base 1.0",
+        "1024x1024, 25-40 steps",
+        "fp16",
+    ),
     CatalogEntry("tiny", "speech", 39_000_000, "Whisper tiny", "", "fp16"),
     CatalogEntry("base", "speech", 74_000_000, "Whisper base", "", "fp16"),
     CatalogEntry("small", "speech", 244_000_000, "Whisper small", "", "fp16"),

@@ -8,18 +8,25 @@ from studio.context import AppContext
 from studio.ui import memory_bar, models_tab
 from studio.ui import messages as msg
 
-CSS = memory_bar.CSS + """
+CSS = (
+    memory_bar.CSS
+    + """
 #studio-title h1 {margin: 0; font-size: 22px;}
 #studio-title p {margin: 0; color: var(--body-text-color-subdued);}
 """
+)
 
 
 def render_bar(ctx: AppContext) -> str:
     """The memory bar from the monitor's latest snapshot: cheap, never waits for a model load."""
     manager = ctx.manager
     return memory_bar.render(
-        ctx.monitor.latest(), manager.records(), budget=manager.budget_bytes(), accounted=manager.accounted_bytes(),
-        reservations=[(r.owner, n) for r, n in manager.reservations()])
+        ctx.monitor.latest(),
+        manager.records(),
+        budget=manager.budget_bytes(),
+        accounted=manager.accounted_bytes(),
+        reservations=[(r.owner, n) for r, n in manager.reservations()],
+    )
 
 
 def build_app(ctx: AppContext) -> gr.Blocks:

@@ -23,8 +23,9 @@ class BarSegment:
     color: str
 
 
-def segments(snap: MemorySnapshot, records: list[ModelRecord], reservations: list[tuple[str, int]]
-             ) -> list[BarSegment]:
+def segments(
+    snap: MemorySnapshot, records: list[ModelRecord], reservations: list[tuple[str, int]]
+) -> list[BarSegment]:
     """What the bar is made of: each loaded model, each external reservation, then other processes."""
     out = []
     loaded = [r for r in records if r.state == LOADED]
@@ -42,22 +43,34 @@ def device_title(snap: MemorySnapshot) -> str:
     return f"{snap.device_name} — {fmt_bytes(snap.total)}"
 
 
-def render(snap: MemorySnapshot, records: list[ModelRecord], *, budget: int, accounted: int,
-           reservations: list[tuple[str, int]] = ()) -> str:
+def render(
+    snap: MemorySnapshot,
+    records: list[ModelRecord],
+    *,
+    budget: int,
+    accounted: int,
+    reservations: list[tuple[str, int]] = (),
+) -> str:
     """The bar as HTML; data-* attributes carry the raw figures for scripts and tests."""
     total = max(1, snap.total)
     parts = []
     segs = segments(snap, records, list(reservations))
     for seg in segs:
         width = max(0.4, 100.0 * seg.nbytes / total)
-        parts.append(f'<div class="mb-seg" style="width:{width:.2f}%;background:{seg.color}" '
-                     f'title="{html.escape(seg.label)}: {fmt_bytes(seg.nbytes)}"></div>')
+        parts.append(
+            f'<div class="mb-seg" style="width:{width:.2f}%;background:{seg.color}" '
+            f'title="{html.escape(seg.label)}: {fmt_bytes(seg.nbytes)}"></div>'
+        )
     used_pct = 100.0 * snap.used / total
     budget_pct = min(100.0, 100.0 * budget / total) if budget else 0
-    legend = "".join(
-        f'<span class="mb-key"><i style="background:{s.color}"></i>{html.escape(s.label)} '
-        f'<b>{fmt_bytes(s.nbytes)}</b></span>' for s in segs
-    ) or '<span class="mb-key mb-none">no model loaded</span>'
+    legend = (
+        "".join(
+            f'<span class="mb-key"><i style="background:{s.color}"></i>{html.escape(s.label)} '
+            f"<b>{fmt_bytes(s.nbytes)}</b></span>"
+            for s in segs
+        )
+        or '<span class="mb-key mb-none">no model loaded</span>'
+    )
     extra = []
     if snap.utilization is not None:
         extra.append(f"GPU {snap.utilization}%")
@@ -73,7 +86,7 @@ def render(snap: MemorySnapshot, records: list[ModelRecord], *, budget: int, acc
         f'data-budget="{budget}" data-time="{snap.time:.3f}" data-device="{snap.device_kind}">'
         f'<div class="mb-head"><span class="mb-device">{html.escape(device_title(snap))}</span>'
         f'<span class="mb-used">used <b>{fmt_bytes(snap.used)}</b> / {fmt_bytes(snap.total)} '
-        f'({used_pct:.0f}%)</span>'
+        f"({used_pct:.0f}%)</span>"
         f'<span class="mb-models">models <b>{fmt_bytes(accounted)}</b> of budget {fmt_bytes(budget)}</span>'
         f'<span class="mb-stats">{html.escape(stats)}</span></div>'
         f'<div class="mb-track"><div class="mb-used-fill" style="width:{used_pct:.2f}%"></div>'

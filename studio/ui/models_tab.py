@@ -15,8 +15,19 @@ from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec
 from studio.ui import messages as msg
 from studio.ui import timeline
 
-COLUMNS = ["Name", "Kind", "Precision", "Device", "State", "Estimated", "Measured", "Holds now", "In use",
-           "Last use", "Key"]
+COLUMNS = [
+    "Name",
+    "Kind",
+    "Precision",
+    "Device",
+    "State",
+    "Estimated",
+    "Measured",
+    "Holds now",
+    "In use",
+    "Last use",
+    "Key",
+]
 EVENT_COLUMNS = ["Time", "Event", "Model", "Size", "Detail"]
 
 
@@ -28,9 +39,22 @@ def _ago(t: float) -> str:
 
 
 def model_rows(records: list[ModelRecord]) -> list[list[str]]:
-    return [[r.name, r.kind, r.precision, r.device, r.state, fmt_bytes(r.estimated_bytes),
-             fmt_bytes(r.measured_bytes), fmt_bytes(r.accounted_bytes) if r.accounted_bytes else "—",
-             str(r.leases) if r.leases else "", _ago(r.last_used), r.key] for r in records]
+    return [
+        [
+            r.name,
+            r.kind,
+            r.precision,
+            r.device,
+            r.state,
+            fmt_bytes(r.estimated_bytes),
+            fmt_bytes(r.measured_bytes),
+            fmt_bytes(r.accounted_bytes) if r.accounted_bytes else "—",
+            str(r.leases) if r.leases else "",
+            _ago(r.last_used),
+            r.key,
+        ]
+        for r in records
+    ]
 
 
 def spec_from_form(ctx: AppContext, kind: str, source: str, precision: str) -> ModelSpec:
@@ -52,19 +76,27 @@ def spec_from_form(ctx: AppContext, kind: str, source: str, precision: str) -> M
     else:
         source_type = "hub"
     backend = "faster-whisper" if kind == "speech" and source_type == "folder" else ""
-    return ModelSpec(kind=kind, source=source, source_type=source_type, precision=precision, device=ctx.device,
-                     backend=backend)
+    return ModelSpec(
+        kind=kind, source=source, source_type=source_type, precision=precision, device=ctx.device, backend=backend
+    )
 
 
 def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     """Lay out the tab inside the current Blocks context and wire its events."""
     manager = ctx.manager
     gr.Markdown(msg.MODELS_INTRO)
-    table = gr.Dataframe(headers=COLUMNS, value=model_rows(manager.records()), interactive=False, wrap=True,
-                         elem_id="models-table", label="Models")
+    table = gr.Dataframe(
+        headers=COLUMNS,
+        value=model_rows(manager.records()),
+        interactive=False,
+        wrap=True,
+        elem_id="models-table",
+        label="Models",
+    )
     with gr.Row():
-        selected = gr.Dropdown(label="Model", choices=[], value=None, interactive=True, elem_id="models-selected",
-                               scale=3)
+        selected = gr.Dropdown(
+            label="Model", choices=[], value=None, interactive=True, elem_id="models-selected", scale=3
+        )
         park_btn = gr.Button("Park in RAM", elem_id="models-park", scale=1)
         unload_btn = gr.Button("Unload", variant="stop", elem_id="models-unload", scale=1)
         refresh_btn = gr.Button("Refresh", elem_id="models-refresh", scale=1)
@@ -74,11 +106,18 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         gr.Markdown(msg.LOAD_HELP)
         with gr.Row():
             kind = gr.Dropdown(list(KINDS), value="chat", label="Kind", elem_id="load-kind", scale=1)
-            source = gr.Dropdown(label="Folder, file or Hub id", allow_custom_value=True, elem_id="load-source",
-                                 choices=[e.hub_id for e in CATALOG if e.kind == "chat"], value=None, scale=4)
+            source = gr.Dropdown(
+                label="Folder, file or Hub id",
+                allow_custom_value=True,
+                elem_id="load-source",
+                choices=[e.hub_id for e in CATALOG if e.kind == "chat"],
+                value=None,
+                scale=4,
+            )
             default_precision = "nf4" if ctx.device == "cuda" else "fp32"
-            precision = gr.Dropdown(list(PRECISIONS), value=default_precision, label="Precision",
-                                    elem_id="load-precision", scale=1)
+            precision = gr.Dropdown(
+                list(PRECISIONS), value=default_precision, label="Precision", elem_id="load-precision", scale=1
+            )
         with gr.Row():
             plan_btn = gr.Button("Show plan", elem_id="load-plan")
             load_btn = gr.Button("Load", variant="primary", elem_id="load-go")
@@ -87,26 +126,40 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     with gr.Accordion("Budget", open=False, elem_id="budget-accordion"):
         gr.Markdown(msg.BUDGET_HELP)
         with gr.Row():
-            budget = gr.Number(label="Budget (GB)", value=round((manager.configured_budget or 0) / GIB, 2) or None,
-                               elem_id="budget-gb", info="empty = 12 GB capped by the device")
-            reserve = gr.Number(label="Reserve (GB)", value=round(manager.reserve_bytes / GIB, 2),
-                                elem_id="reserve-gb")
+            budget = gr.Number(
+                label="Budget (GB)",
+                value=round((manager.configured_budget or 0) / GIB, 2) or None,
+                elem_id="budget-gb",
+                info="empty = 12 GB capped by the device",
+            )
+            reserve = gr.Number(
+                label="Reserve (GB)", value=round(manager.reserve_bytes / GIB, 2), elem_id="reserve-gb"
+            )
             apply_btn = gr.Button("Apply", elem_id="budget-apply")
         budget_out = gr.Markdown(elem_id="budget-result")
 
     gr.Markdown("### Memory timeline")
     plot = gr.HTML(timeline.render(ctx.monitor.samples(), ctx.events.since()), elem_id="memory-timeline")
-    events_table = gr.Dataframe(headers=EVENT_COLUMNS, value=timeline.event_rows(ctx.events.last(50)),
-                                interactive=False, wrap=True, label="Recent events", elem_id="models-events")
+    events_table = gr.Dataframe(
+        headers=EVENT_COLUMNS,
+        value=timeline.event_rows(ctx.events.last(50)),
+        interactive=False,
+        wrap=True,
+        label="Recent events",
+        elem_id="models-events",
+    )
 
     def refresh(current: str | None):
         records = manager.records()
         choices = [(f"{r.name} — {r.state}", r.key) for r in records]
         keys = {r.key for r in records}
         value = current if current in keys else (records[0].key if records else None)
-        return (model_rows(records), gr.Dropdown(choices=choices, value=value),
-                timeline.render(ctx.monitor.samples(), ctx.events.since()),
-                timeline.event_rows(ctx.events.last(50)))
+        return (
+            model_rows(records),
+            gr.Dropdown(choices=choices, value=value),
+            timeline.render(ctx.monitor.samples(), ctx.events.since()),
+            timeline.event_rows(ctx.events.last(50)),
+        )
 
     refresh_outputs = [table, selected, plot, events_table]
 
@@ -137,9 +190,13 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         with manager.acquire(spec):
             pass
         rec = next(r for r in manager.records() if r.key == spec.key)
-        loaded = msg.LOADED.format(name=rec.name, measured=fmt_bytes(rec.measured_bytes),
-                                   estimated=fmt_bytes(plan.estimate.weights_bytes), method=plan.estimate.method,
-                                   seconds=rec.load_seconds or 0.0)
+        loaded = msg.LOADED.format(
+            name=rec.name,
+            measured=fmt_bytes(rec.measured_bytes),
+            estimated=fmt_bytes(plan.estimate.weights_bytes),
+            method=plan.estimate.method,
+            seconds=rec.load_seconds or 0.0,
+        )
         return f"{plan.message}\n\n{loaded}"
 
     @msg.user_errors
@@ -152,29 +209,61 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             raise InputError(f"Reserve must be 0 GB or more, not {reserve_gb:g}.")
         manager.set_budget(int(budget_gb * GIB) if budget_gb else None, int(reserve_gb * GIB))
         usable = manager.budget_bytes()
-        return msg.BUDGET_SET.format(budget=fmt_bytes(manager.configured_budget) if manager.configured_budget
-                                     else "default", reserve=fmt_bytes(manager.reserve_bytes),
-                                     usable=fmt_bytes(usable))
+        return msg.BUDGET_SET.format(
+            budget=fmt_bytes(manager.configured_budget) if manager.configured_budget else "default",
+            reserve=fmt_bytes(manager.reserve_bytes),
+            usable=fmt_bytes(usable),
+        )
 
     def kind_changed(kind_v: str):
         return gr.Dropdown(choices=[e.hub_id for e in CATALOG if e.kind == kind_v])
 
     light = {"queue": False, "show_progress": "hidden"}
     refresh_btn.click(refresh, [selected], refresh_outputs, api_name="models_list", **light)
-    park_btn.click(do_park, [selected], [status], api_name="models_park", concurrency_id="gpu",
-                   concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
-    unload_btn.click(do_unload, [selected], [status], api_name="models_unload", concurrency_id="gpu",
-                     concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
-    plan_btn.click(do_plan, [kind, source, precision], [plan_out], api_name="models_plan", concurrency_id="plan",
-                   concurrency_limit=4)
-    load_btn.click(do_load, [kind, source, precision], [plan_out], api_name="models_load", concurrency_id="gpu",
-                   concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
-    apply_btn.click(do_budget, [budget, reserve], [budget_out], api_name="models_budget", concurrency_id="gpu",
-                    concurrency_limit=1).then(refresh, [selected], refresh_outputs, **light)
+    park_btn.click(
+        do_park, [selected], [status], api_name="models_park", concurrency_id="gpu", concurrency_limit=1
+    ).then(refresh, [selected], refresh_outputs, **light)
+    unload_btn.click(
+        do_unload, [selected], [status], api_name="models_unload", concurrency_id="gpu", concurrency_limit=1
+    ).then(refresh, [selected], refresh_outputs, **light)
+    plan_btn.click(
+        do_plan,
+        [kind, source, precision],
+        [plan_out],
+        api_name="models_plan",
+        concurrency_id="plan",
+        concurrency_limit=4,
+    )
+    load_btn.click(
+        do_load,
+        [kind, source, precision],
+        [plan_out],
+        api_name="models_load",
+        concurrency_id="gpu",
+        concurrency_limit=1,
+    ).then(refresh, [selected], refresh_outputs, **light)
+    apply_btn.click(
+        do_budget, [budget, reserve], [budget_out], api_name="models_budget", concurrency_id="gpu", concurrency_limit=1
+    ).then(refresh, [selected], refresh_outputs, **light)
     kind.change(kind_changed, [kind], [source], **light)
     timer = gr.Timer(2.0)
     timer.tick(refresh, [selected], refresh_outputs, **light)
-    return {"table": table, "selected": selected, "park": park_btn, "unload": unload_btn, "status": status,
-            "kind": kind, "source": source, "precision": precision, "plan": plan_btn, "load": load_btn,
-            "load_result": plan_out, "budget": budget, "reserve": reserve, "apply": apply_btn,
-            "timeline": plot, "events": events_table, "timer": timer}
+    return {
+        "table": table,
+        "selected": selected,
+        "park": park_btn,
+        "unload": unload_btn,
+        "status": status,
+        "kind": kind,
+        "source": source,
+        "precision": precision,
+        "plan": plan_btn,
+        "load": load_btn,
+        "load_result": plan_out,
+        "budget": budget,
+        "reserve": reserve,
+        "apply": apply_btn,
+        "timeline": plot,
+        "events": events_table,
+        "timer": timer,
+    }

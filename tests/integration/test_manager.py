@@ -32,8 +32,16 @@ def lms(tmp_path_factory):
 
 
 def make_manager(tmp_path, budget: int, **kw) -> ModelManager:
-    return ModelManager(probe=HostProbe(), kinds=default_registry(), calibration=Calibration(tmp_path / "cal.json"),
-                        events=EventLog(), device="cpu", budget_bytes=budget, reserve_bytes=0, **kw)
+    return ModelManager(
+        probe=HostProbe(),
+        kinds=default_registry(),
+        calibration=Calibration(tmp_path / "cal.json"),
+        events=EventLog(),
+        device="cpu",
+        budget_bytes=budget,
+        reserve_bytes=0,
+        **kw,
+    )
 
 
 def state(m: ModelManager, spec: ModelSpec) -> str:
@@ -262,9 +270,11 @@ def test_oom_degrades_then_gives_a_clear_error(tmp_path):
         raise RuntimeError("CUDA error: out of memory")
 
     with pytest.raises(StudioOutOfMemory) as info:
-        m.run_with_recovery(always, name="image generation",
-                            degrade=[("VAE tiling", lambda: steps.append("tiling")),
-                                     ("batch 1", lambda: steps.append("batch"))])
+        m.run_with_recovery(
+            always,
+            name="image generation",
+            degrade=[("VAE tiling", lambda: steps.append("tiling")), ("batch 1", lambda: steps.append("batch"))],
+        )
     assert steps == ["tiling", "batch"]
     assert "VAE tiling" in str(info.value) and "Unload" in str(info.value)
 

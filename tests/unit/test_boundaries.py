@@ -25,8 +25,9 @@ print('OK', sorted(m for m in sys.modules if m.split('.')[0] in BLOCKED))
 
 
 def _import_with_blocked(package: str, blocked: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKER, package, blocked], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKER, package, blocked], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_engines_import_without_gradio():

@@ -95,16 +95,19 @@ def test_sharing_needs_login():
 
 
 def _run_launch(*args, cwd=ROOT, timeout=30):
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "launch.py", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_help_is_fast_and_imports_no_torch():
-    code = ("import sys, time; t=time.perf_counter(); sys.argv=['launch.py','--help']\n"
-            "try:\n  import runpy; runpy.run_path('launch.py', run_name='__main__')\n"
-            "except SystemExit: pass\n"
-            "heavy=[m for m in ('torch','transformers','diffusers','whisper','gradio') if m in sys.modules]\n"
-            "print('HEAVY', heavy, 'SECONDS', time.perf_counter()-t)")
+    code = (
+        "import sys, time; t=time.perf_counter(); sys.argv=['launch.py','--help']\n"
+        "try:\n  import runpy; runpy.run_path('launch.py', run_name='__main__')\n"
+        "except SystemExit: pass\n"
+        "heavy=[m for m in ('torch','transformers','diffusers','whisper','gradio') if m in sys.modules]\n"
+        "print('HEAVY', heavy, 'SECONDS', time.perf_counter()-t)"
+    )
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     wall = time.perf_counter() - t0
@@ -118,8 +121,11 @@ def test_help_is_fast_and_imports_no_torch():
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["--budget-gb", "-1"], "--budget-gb"), (["--config", "/nope.toml"], "--config"),
-     (["--data-dir", "/proc/forbidden"], "--data-dir")],
+    [
+        (["--budget-gb", "-1"], "--budget-gb"),
+        (["--config", "/nope.toml"], "--config"),
+        (["--data-dir", "/proc/forbidden"], "--data-dir"),
+    ],
 )
 def test_bad_values_end_in_one_line(args, needle, tmp_path):
     out = _run_launch(*args, "--no-browser", "--port", str(_free_port()))

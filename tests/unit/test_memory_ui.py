@@ -16,20 +16,43 @@ from tests.fakes import FakeGpuProbe
 
 
 def _record(name: str, nbytes: int) -> ModelRecord:
-    return ModelRecord(key=name, name=name, kind="chat", precision="nf4", device="cuda", state=LOADED,
-                       estimated_bytes=nbytes, measured_bytes=nbytes, accounted_bytes=nbytes, leases=0,
-                       last_used=time.time(), load_seconds=1.0, estimate_method="test")
+    return ModelRecord(
+        key=name,
+        name=name,
+        kind="chat",
+        precision="nf4",
+        device="cuda",
+        state=LOADED,
+        estimated_bytes=nbytes,
+        measured_bytes=nbytes,
+        accounted_bytes=nbytes,
+        leases=0,
+        last_used=time.time(),
+        load_seconds=1.0,
+        estimate_method="test",
+    )
 
 
 def test_bar_shows_device_models_and_other_processes():
     probe = FakeGpuProbe(this_process=6 * GIB, others=(ProcessMemory(4242, "Xorg", GIB // 2),))
     snap = probe.snapshot()
-    html = memory_bar.render(snap, [_record("Qwen2.5 7B", 5 * GIB), _record("Whisper small", GIB)],
-                             budget=10 * GIB, accounted=6 * GIB, reservations=[("fine-tune run-3", 2 * GIB)])
+    html = memory_bar.render(
+        snap,
+        [_record("Qwen2.5 7B", 5 * GIB), _record("Whisper small", GIB)],
+        budget=10 * GIB,
+        accounted=6 * GIB,
+        reservations=[("fine-tune run-3", 2 * GIB)],
+    )
     assert "NVIDIA GeForce RTX 4070 Ti — 12.0 GB" in html
     assert "used <b>6.5 GB</b> / 12.0 GB" in html
-    for text in ("Qwen2.5 7B <b>5.0 GB</b>", "Whisper small <b>1.0 GB</b>", "other processes <b>512 MB</b>",
-                 "fine-tune run-3 <b>2.0 GB</b>", "GPU 37%", "61 °C"):
+    for text in (
+        "Qwen2.5 7B <b>5.0 GB</b>",
+        "Whisper small <b>1.0 GB</b>",
+        "other processes <b>512 MB</b>",
+        "fine-tune run-3 <b>2.0 GB</b>",
+        "GPU 37%",
+        "61 °C",
+    ):
         assert text in html, text
     assert f'data-used="{snap.used}"' in html and f'data-budget="{10 * GIB}"' in html
 
@@ -113,8 +136,7 @@ def test_event_log_is_a_ring_buffer():
 def test_build_app_with_a_fake_gpu(tmp_path):
     from studio.ui.layout import build_app, render_bar
 
-    ctx = build_context(StudioConfig(data_dir=tmp_path), probe=FakeGpuProbe(this_process=GIB),
-                        start_monitor=False)
+    ctx = build_context(StudioConfig(data_dir=tmp_path), probe=FakeGpuProbe(this_process=GIB), start_monitor=False)
     app = build_app(ctx)
     assert "memory_bar" in app.studio_components and "models" in app.studio_components
     assert "NVIDIA GeForce RTX 4070 Ti" in render_bar(ctx)
