@@ -203,6 +203,51 @@ class NvmlProbe:
         return None
 
 
+class PeakMeter:
+    """Peak memory of one run above where it started: torch's allocator peak on CUDA, VmHWM on Linux CPUs."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._base: int | None = None
+
+    @staticmethod
+    def _status_kb(field_name: str) -> int | None:
+        try:
+            with open("/proc/self/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith(field_name + ":"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def start(self) -> None:
+        torch = sys.modules.get("torch")
+        if self.device == "cuda" and torch is not None and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+                fh.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+        except OSError:
+            self._base = None
+            return
+        self._base = self._status_kb("VmRSS")
+
+    def stop(self) -> int | None:
+        """Bytes above the starting point at the peak, or None when this platform cannot tell."""
+        if self._base is None:
+            return None
+        torch = sys.modules.get("torch")
+        if self.device == "cuda" and torch is not None and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+            return max(0, torch.cuda.max_memory_allocated() - self._base)
+        peak = self._status_kb("VmHWM")
+        return None if peak is None else max(0, peak - self._base)
+
+
 def detect_probe(device: str = "auto", index: int = 0) -> MemoryProbe:
     """The right probe for the device setting: NVML when a driver answers, else host RAM with a note.
 

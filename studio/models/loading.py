@@ -58,6 +58,14 @@ def safe_torch_load(path: Path | str, map_location: str = "cpu") -> Any:
 
 def model_location(spec: ModelSpec) -> str:
     """The path or Hub id to hand to a loader; a missing local path is a clear error."""
+    if spec.device == "cuda" and spec.backend != "faster-whisper":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ModelLoadError(
+                f"{spec.name}: CUDA was asked for, but this PyTorch ({torch.__version__}) cannot use the GPU.",
+                "Install PyTorch's CUDA build, or start the studio with --device cpu.",
+            )
     path = spec.path
     if path is not None:
         if not path.exists():
@@ -126,10 +134,10 @@ def load_diffusion_pipeline(spec: ModelSpec, offline: bool = False) -> Any:
                     f"{spec.name}: single-file checkpoints must be .safetensors.",
                     "Convert .ckpt files to .safetensors first; pickles are not loaded.",
                 )
-            pipe = StableDiffusionPipeline.from_single_file(where, torch_dtype=dtype, local_files_only=offline)
+            pipe = StableDiffusionPipeline.from_single_file(where, dtype=dtype, local_files_only=offline)
         else:
             kwargs = pretrained_kwargs(spec, offline)
-            pipe = DiffusionPipeline.from_pretrained(where, torch_dtype=dtype, use_safetensors=True, **kwargs)
+            pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True, **kwargs)
     except ModelLoadError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:

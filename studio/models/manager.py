@@ -18,12 +18,13 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfMemory
-from studio.memory.probes import MemoryProbe
+from studio.memory.probes import MemoryProbe, PeakMeter
 from studio.memory.timeline import EventLog
 from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate, Workload
@@ -359,6 +360,26 @@ class ModelManager:
         how = "measured peak" if peak is not None else "measured weights"
         return Estimate(weights_bytes=w, runtime_bytes=runtime, params=est.params, method=f"{how} (calibrated)")
 
+    @contextmanager
+    def track_peak(self, spec: ModelSpec, workload: Workload | None = None) -> Iterator[None]:
+        """Measure the peak memory of a run of `spec` and store it, so the next estimate for it is calibrated.
+
+        CUDA: the allocator's peak. CPU: the process's peak RSS (VmHWM, reset through /proc/self/clear_refs).
+        """
+        workload = workload or Workload()
+        meter = PeakMeter(self.device)
+        meter.start()
+        try:
+            yield
+        finally:
+            extra = meter.stop()
+            if extra is not None:
+                with self._state_lock:
+                    entry = self._entries.get(spec.key)
+                    weights = entry.host_bytes if entry is not None else 0
+                if weights:
+                    self.calibration.record_peak(spec.key, workload.key, weights + extra)
+
     def plan(self, spec: ModelSpec, workload: Workload | None = None) -> Plan:
         """What `acquire(spec)` would do, without doing it."""
         est = self.estimate(spec, workload)
@@ -427,16 +448,28 @@ class ModelManager:
     # ----- acquire / release ------------------------------------------------------------------------------
 
     def acquire(self, spec: ModelSpec, workload: Workload | None = None) -> Lease:
-        """A lease on the model, loading (or unparking) it first if needed. Use `with manager.acquire(...)`."""
+        """A lease on the model, loading (or unparking) it first if needed. Use `with manager.acquire(...)`.
+
+        A workload larger than the one the model was accounted for (a longer context, a bigger image) makes room
+        for the extra runtime memory first.
+        """
         kind = self.kinds.get(spec.kind)
-        lease = self._lease_if_loaded(spec.key)
-        if lease is not None:
-            return lease
+        if workload is None:
+            lease = self._lease_if_loaded(spec.key)
+            if lease is not None:
+                return lease
         with self._load_lock:
+            est = self.estimate(spec, workload)
+            with self._state_lock:
+                entry = self._entries.get(spec.key)
+                extra = est.runtime_bytes - entry.runtime if entry is not None and entry.state == LOADED else 0
+            if extra > 0:
+                self._make_room(extra, exclude=spec.key)
+                with self._state_lock:
+                    entry.runtime = est.runtime_bytes
             lease = self._lease_if_loaded(spec.key)  # another thread may have loaded it while we waited
             if lease is not None:
                 return lease
-            est = self.estimate(spec, workload)
             with self._state_lock:
                 entry = self._entries.setdefault(spec.key, _Entry(spec=spec))
             if entry.state == PARKED:

@@ -149,19 +149,28 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         elem_id="models-events",
     )
 
-    def refresh(current: str | None):
+    choices_seen = gr.State("")  # the dropdown is re-rendered only when its choices change (an open list stays open)
+
+    def refresh(current: str | None, seen: str):
         records = manager.records()
         choices = [(f"{r.name} — {r.state}", r.key) for r in records]
         keys = {r.key for r in records}
-        value = current if current in keys else (records[0].key if records else None)
+        signature = repr(choices)
+        if signature == seen and (current in keys or not keys):
+            dropdown = gr.skip()
+        else:
+            value = current if current in keys else (records[0].key if records else None)
+            dropdown = gr.Dropdown(choices=choices, value=value)
         return (
             model_rows(records),
-            gr.Dropdown(choices=choices, value=value),
+            dropdown,
             timeline.render(ctx.monitor.samples(), ctx.events.since()),
             timeline.event_rows(ctx.events.last(50)),
+            signature,
         )
 
-    refresh_outputs = [table, selected, plot, events_table]
+    refresh_inputs = [selected, choices_seen]
+    refresh_outputs = [table, selected, plot, events_table, choices_seen]
 
     @msg.user_errors
     def do_park(key: str | None) -> str:
@@ -219,13 +228,13 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return gr.Dropdown(choices=[e.hub_id for e in CATALOG if e.kind == kind_v])
 
     light = {"queue": False, "show_progress": "hidden"}
-    refresh_btn.click(refresh, [selected], refresh_outputs, api_name="models_list", **light)
+    refresh_btn.click(refresh, refresh_inputs, refresh_outputs, api_name="models_list", **light)
     park_btn.click(
         do_park, [selected], [status], api_name="models_park", concurrency_id="gpu", concurrency_limit=1
-    ).then(refresh, [selected], refresh_outputs, **light)
+    ).then(refresh, refresh_inputs, refresh_outputs, **light)
     unload_btn.click(
         do_unload, [selected], [status], api_name="models_unload", concurrency_id="gpu", concurrency_limit=1
-    ).then(refresh, [selected], refresh_outputs, **light)
+    ).then(refresh, refresh_inputs, refresh_outputs, **light)
     plan_btn.click(
         do_plan,
         [kind, source, precision],
@@ -241,13 +250,13 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         api_name="models_load",
         concurrency_id="gpu",
         concurrency_limit=1,
-    ).then(refresh, [selected], refresh_outputs, **light)
+    ).then(refresh, refresh_inputs, refresh_outputs, **light)
     apply_btn.click(
         do_budget, [budget, reserve], [budget_out], api_name="models_budget", concurrency_id="gpu", concurrency_limit=1
-    ).then(refresh, [selected], refresh_outputs, **light)
-    kind.change(kind_changed, [kind], [source], **light)
+    ).then(refresh, refresh_inputs, refresh_outputs, **light)
+    kind.change(kind_changed, [kind], [source], api_name="models_kind_sources", **light)
     timer = gr.Timer(2.0)
-    timer.tick(refresh, [selected], refresh_outputs, **light)
+    timer.tick(refresh, refresh_inputs, refresh_outputs, **light)
     return {
         "table": table,
         "selected": selected,

@@ -283,3 +283,63 @@ def test_other_errors_are_not_swallowed(tmp_path):
     m = make_manager(tmp_path, 10**9)
     with pytest.raises(ValueError):
         m.run_with_recovery(lambda: (_ for _ in ()).throw(ValueError("bad")), name="x")
+
+
+def test_measured_peak_calibrates_the_next_estimate(tmp_path, lms):
+    from studio.models.estimate import Workload
+
+    m = make_manager(tmp_path, 10**9)
+    spec, work = lms[2], Workload(context_len=256)
+    with m.acquire(spec, work) as lease, m.track_peak(spec, work):
+        ids = torch.randint(0, 100, (4, 256))
+        lease.model.model(ids)  # a batch of 4 x 256 tokens: activations well above the weights
+    est = m.estimate(spec, work)
+    assert est.method == "measured peak (calibrated)"
+    assert est.total == m.calibration.peak(spec.key, work.key) > est.weights_bytes
+
+
+def test_a_larger_workload_makes_room_for_its_runtime(tmp_path, lms):
+    from studio.models.estimate import Workload
+
+    a, b, _ = lms
+    m = make_manager(tmp_path, 10**9, park_budget_bytes=0)
+    small, large = Workload(context_len=16), Workload(context_len=512, batch=8)
+    with m.acquire(a, small):
+        pass
+    before = m.accounted_bytes()
+    with m.acquire(a, large):
+        assert m.accounted_bytes() - before == m.estimate(a, large).runtime_bytes - m.estimate(a, small).runtime_bytes
+        assert m.accounted_bytes() <= m.budget_bytes()
+
+
+def test_loader_errors_are_specific(tmp_path, tiny_models):
+    from studio.errors import ModelLoadError
+
+    m = make_manager(tmp_path, 10**9)
+    not_a_model = tmp_path / "empty"
+    not_a_model.mkdir()
+    (not_a_model / "config.json").write_text("{}")
+    for spec, needle in [
+        (ModelSpec("chat", str(tmp_path / "missing"), "folder"), "no such file or folder"),
+        (ModelSpec("chat", str(not_a_model), "folder"), "No .safetensors"),
+        (ModelSpec("chat", str(tiny_models.causal_lm), "folder", device="cuda"), "CUDA"),
+    ]:
+        with pytest.raises(ModelLoadError, match=needle):
+            with m.acquire(spec):
+                pass
+    assert m.accounted_bytes() == 0
+    with m.acquire(ModelSpec("chat", str(tiny_models.causal_lm), "folder")):  # and the manager still works
+        pass
+
+
+def test_tiny_image_and_speech_models_load_through_the_manager(tmp_path, tiny_models):
+    m = make_manager(tmp_path, 10**9)
+    for spec in (ModelSpec("image", str(tiny_models.sd_pipeline), "folder"),
+                 ModelSpec("speech", str(tiny_models.whisper_pt), "file")):
+        est = m.estimate(spec)
+        with m.acquire(spec) as lease:
+            assert lease.model is not None
+        rec = next(r for r in m.records() if r.key == spec.key)
+        assert abs(est.weights_bytes - rec.measured_bytes) <= 0.15 * rec.measured_bytes
+        m.park(spec.key)
+        assert not m.unload(spec.key).leaked
