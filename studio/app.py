@@ -6,11 +6,13 @@ import logging
 import secrets
 import socket
 import sys
+from pathlib import Path
 
 from studio.config import StudioConfig, load_config, read_auth_file
 from studio.errors import ConfigError, StudioError
 
 log = logging.getLogger("studio")
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -64,8 +66,8 @@ def run(config: StudioConfig) -> None:
             inbrowser=config.open_browser,
             show_error=False,
             css=CSS,
-            allowed_paths=[str(ctx.paths.outputs)],
-            favicon_path=None,
+            allowed_paths=[str(ctx.paths.outputs), str(ASSETS)],
+            favicon_path=str(ASSETS / "logo.svg"),
             quiet=False,
         )
     finally:

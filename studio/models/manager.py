@@ -304,14 +304,16 @@ class ModelManager:
         cap = self._configured_budget or min(DEFAULT_CUDA_BUDGET, int(snap.host_total * 0.75))
         return max(0, cap - self._reserve)
 
-    def set_budget(self, budget_bytes: int | None = None, reserve_bytes: int | None = None) -> list[FreeReport]:
-        """Change the budget and/or reserve; evicts idle models if what is loaded no longer fits."""
+    def set_budget(self, budget_bytes: int | None, reserve_bytes: int) -> list[FreeReport]:
+        """Set the budget (None = the default: 12 GiB capped by the device) and the reserve.
+
+        Evicts idle models if what is loaded no longer fits; refuses if models in use would not fit.
+        """
         if budget_bytes is not None and budget_bytes <= 0:
             raise BudgetError("The budget must be more than 0 GB.")
-        if reserve_bytes is not None and reserve_bytes < 0:
+        if reserve_bytes < 0:
             raise BudgetError("The reserve must be 0 GB or more.")
-        new_budget = budget_bytes if budget_bytes is not None else self._configured_budget
-        new_reserve = reserve_bytes if reserve_bytes is not None else self._reserve
+        new_budget, new_reserve = budget_bytes, reserve_bytes
         if new_budget is not None and new_reserve >= new_budget:
             raise BudgetError(
                 f"The reserve ({fmt_bytes(new_reserve)}) must be smaller than the budget ({fmt_bytes(new_budget)})."

@@ -334,8 +334,10 @@ def test_loader_errors_are_specific(tmp_path, tiny_models):
 
 def test_tiny_image_and_speech_models_load_through_the_manager(tmp_path, tiny_models):
     m = make_manager(tmp_path, 10**9)
-    for spec in (ModelSpec("image", str(tiny_models.sd_pipeline), "folder"),
-                 ModelSpec("speech", str(tiny_models.whisper_pt), "file")):
+    for spec in (
+        ModelSpec("image", str(tiny_models.sd_pipeline), "folder"),
+        ModelSpec("speech", str(tiny_models.whisper_pt), "file"),
+    ):
         est = m.estimate(spec)
         with m.acquire(spec) as lease:
             assert lease.model is not None
@@ -343,3 +345,17 @@ def test_tiny_image_and_speech_models_load_through_the_manager(tmp_path, tiny_mo
         assert abs(est.weights_bytes - rec.measured_bytes) <= 0.15 * rec.measured_bytes
         m.park(spec.key)
         assert not m.unload(spec.key).leaked
+
+
+def test_lowering_the_budget_evicts_idle_models_but_never_leased_ones(tmp_path, lms):
+    a, b, _ = lms
+    m = make_manager(tmp_path, 10**9, park_budget_bytes=0)
+    sa = m.estimate(a).total
+    with m.acquire(b):
+        pass
+    with m.acquire(a):
+        reports = m.set_budget(int(sa * 1.2), 0)  # a is leased: b goes
+        assert [r.name for r in reports] == ["lm-b"] and state(m, a) == LOADED
+        with pytest.raises(BudgetError, match="in use"):
+            m.set_budget(int(sa * 0.5), 0)  # a cannot go while leased: refused, budget unchanged
+    assert m.configured_budget == int(sa * 1.2)

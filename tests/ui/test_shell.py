@@ -67,11 +67,17 @@ def test_bad_input_shows_a_message_and_the_page_keeps_working(page, studio):
     source.press("Enter")
     page.locator("#load-go").click()
     expect(page.get_by_text("no such file or folder").first).to_be_visible()
+    page.reload()  # a fresh page: no earlier error toast stacked on top of the next one
     page.locator("#budget-accordion").get_by_text("Budget", exact=True).first.click()  # open the accordion
     page.locator("#budget-gb input").fill("-3")
     page.locator("#budget-gb input").press("Tab")  # commit the value before the click reads it
     page.locator("#budget-apply").click()
     expect(page.get_by_text("Budget must be more than 0 GB").first).to_be_visible()
+    page.locator("#budget-gb input").fill("1.5")
+    page.locator("#budget-gb input").press("Tab")
+    page.locator("#budget-apply").click()
+    expect(page.locator("#budget-result")).to_contain_text("Budget now 1.5 GB")
+    expect(page.locator("#memory-bar")).to_contain_text("of budget 717 MB")  # 1.5 GB minus the 0.8 GB reserve
     page.screenshot(path=str(studio.data_dir.parent / "models-tab.png"), full_page=True)
     first = bar_attr(page, "data-time")
     page.wait_for_timeout(2500)

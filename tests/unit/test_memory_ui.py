@@ -68,10 +68,12 @@ def test_budget_subtracts_reserve_and_other_processes(tmp_path):
     ctx = build_context(StudioConfig(data_dir=tmp_path, reserve_gb=0.8), probe=probe, start_monitor=False)
     assert ctx.device == "cuda"
     assert ctx.manager.budget_bytes() == 12 * GIB - int(0.8 * GIB) - 2 * GIB
-    ctx.manager.set_budget(8 * GIB)
+    ctx.manager.set_budget(8 * GIB, int(0.8 * GIB))
     assert ctx.manager.budget_bytes() == 8 * GIB - int(0.8 * GIB) - 2 * GIB
     with pytest.raises(Exception, match="reserve"):
         ctx.manager.set_budget(GIB, 2 * GIB)
+    ctx.manager.set_budget(None, 0)  # back to the default
+    assert ctx.manager.budget_bytes() == 12 * GIB - 2 * GIB
 
 
 def test_cpu_flag_never_touches_nvml():
