@@ -1,0 +1,378 @@
+"""Chat: a transformers causal LM on the shared model manager, streaming token by token with cooperative stop.
+
+No gradio here. The UI and the OpenAI-compatible API both call `ChatEngine.stream()`.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from studio.errors import InputError, ModelLoadError, StudioOutOfMemory
+from studio.models.estimate import Workload
+from studio.models.manager import ModelManager, is_oom
+from studio.models.specs import ModelSpec
+
+ROLES = ("system", "user", "assistant")
+DEFAULT_CONTEXT = 4096
+# Used when a model has no chat template of its own (ChatML, which most instruct models understand).
+FALLBACK_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ChatParams:
+    """How to sample one reply."""
+
+    max_new_tokens: int = 512  # upper bound on the reply's length, in tokens
+    temperature: float = 0.7  # 0 = greedy (deterministic); higher = more varied
+    top_p: float = 0.9  # nucleus sampling: keep the smallest set of tokens whose probability reaches top_p
+    top_k: int = 50  # keep only the k most likely tokens (0 = no limit)
+    repetition_penalty: float = 1.1  # > 1 discourages repeating tokens
+    seed: int = -1  # -1 = a random seed (the one used is reported)
+    context_len: int = 0  # tokens of prompt + reply kept (0 = the model's own limit, at most 4096)
+
+    def check_inputs(self) -> None:
+        """Raise InputError naming the first setting that cannot work."""
+        if not 1 <= self.max_new_tokens <= 32768:
+            raise InputError(f"Max new tokens must be between 1 and 32768, not {self.max_new_tokens}.")
+        if not 0 <= self.temperature <= 5:
+            raise InputError(f"Temperature must be between 0 and 5, not {self.temperature:g}.")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"Top-p must be more than 0 and at most 1, not {self.top_p:g}.")
+        if self.top_k < 0:
+            raise InputError(f"Top-k must be 0 (off) or more, not {self.top_k}.")
+        if not 0.5 <= self.repetition_penalty <= 3:
+            raise InputError(f"Repetition penalty must be between 0.5 and 3, not {self.repetition_penalty:g}.")
+        if self.seed < -1 or self.seed >= 2**63:
+            raise InputError(f"Seed must be -1 (random) or a whole number from 0, not {self.seed}.")
+        if self.context_len < 0:
+            raise InputError(f"Context length must be 0 (the model's) or more, not {self.context_len}.")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class ChatStats:
+    """How a reply went."""
+
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float  # from the request to the last token
+    ttft: float  # time to first token, seconds
+    seed: int
+    finish_reason: str  # "stop" (the model ended), "length" (max new tokens), "stopped" (the user stopped)
+
+    @property
+    def tokens_per_s(self) -> float:
+        gen = self.seconds - self.ttft
+        return (self.new_tokens - 1) / gen if self.new_tokens > 1 and gen > 0 else 0.0
+
+    def summary(self) -> str:
+        return (f"{self.new_tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {self.ttft * 1000:.0f} ms · "
+                f"seed {self.seed} · {self.finish_reason}")
+
+
+@dataclass
+class ChatChunk:
+    """One step of a streamed reply."""
+
+    text: str  # the reply so far
+    delta: str  # what this step added
+    done: bool = False
+    stats: ChatStats | None = None  # set on the last chunk
+    notice: str = ""  # e.g. that older turns were dropped to fit the context
+
+
+def check_messages(messages: list[dict]) -> list[dict[str, str]]:
+    """Validate an OpenAI-style message list; the last message must be the user's and not empty."""
+    if not messages:
+        raise InputError("Type a message first.")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"Message {i + 1} needs a 'role' and a 'content'.")
+        role, content = m["role"], m["content"]
+        if role not in ROLES:
+            raise InputError(f"Message {i + 1} has role {role!r}; use system, user or assistant.")
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if not isinstance(content, str):
+            raise InputError(f"Message {i + 1}'s content must be text.")
+        clean.append({"role": role, "content": content})
+    if clean[-1]["role"] != "user":
+        raise InputError("The last message must be the user's.")
+    if not clean[-1]["content"].strip():
+        raise InputError("Type a message first: the message is empty.")
+    return clean
+
+
+class _TokenStreamer:
+    """Receives token ids from `generate` (transformers' streamer protocol) and hands them to the consumer."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self.queue: queue.Queue = queue.Queue()
+        self.should_stop = should_stop
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:  # the first call carries the prompt
+            self._prompt_seen = True
+            return
+        self.queue.put(("tokens", value.reshape(-1).tolist()))
+
+    def end(self) -> None:
+        self.queue.put(("end", None))
+
+
+def _stopping_criteria(should_stop: Callable[[], bool]):
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):  # checked after every token
+            import torch
+
+            return torch.full((input_ids.shape[0],), bool(should_stop()), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Stop()])
+
+
+@dataclass
+class ChatEngine:
+    """Runs chat on models leased from the manager; keeps which LoRA adapters belong on which base model."""
+
+    manager: ModelManager
+    adapters: dict[str, dict[str, str]] = field(default_factory=dict)  # spec.key -> {adapter name: folder}
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ----- prompt ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def context_limit(lm: Any, params: ChatParams) -> int:
+        model_max = int(getattr(lm.model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
+        return min(params.context_len or min(model_max, DEFAULT_CONTEXT), model_max)
+
+    @staticmethod
+    def _template_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+        template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                            chat_template=template, return_dict=True)
+        ids = out["input_ids"]
+        return list(ids[0] if ids and isinstance(ids[0], list) else ids)
+
+    def build_prompt(self, lm: Any, messages: list[dict], params: ChatParams) -> tuple[list[int], str]:
+        """Token ids of the templated conversation, dropping the oldest turns if it is longer than the context."""
+        limit = self.context_limit(lm, params)
+        budget = limit - params.max_new_tokens
+        if budget <= 0:
+            raise InputError(f"Max new tokens ({params.max_new_tokens}) must be smaller than the context "
+                             f"({limit} tokens).")
+        system = [m for m in messages[:1] if m["role"] == "system"]
+        turns = messages[len(system):]
+        dropped = 0
+        while True:
+            ids = self._template_ids(lm.tokenizer, system + turns)
+            if len(ids) <= budget:
+                break
+            if len(turns) <= 1:
+                raise InputError(f"The message is {len(ids)} tokens with the template, but the context holds "
+                                 f"{limit} tokens including {params.max_new_tokens} for the reply.",
+                                 "Shorten the message, lower max new tokens, or raise the context length.")
+            turns = turns[2:] if len(turns) > 2 and turns[1]["role"] == "assistant" else turns[1:]
+            while turns and turns[0]["role"] != "user":
+                turns = turns[1:]
+            dropped = len(messages) - len(system) - len(turns)
+        notice = (f"Dropped the {dropped} oldest message{'s' if dropped != 1 else ''} to fit the {limit}-token "
+                  "context.") if dropped else ""
+        return ids, notice
+
+    # ----- adapters ----------------------------------------------------------------------------------------
+
+    def attach_adapter(self, spec: ModelSpec, folder: str | Path, name: str | None = None) -> str:
+        """Attach a PEFT LoRA adapter to the resident base model (loading the base only if it is not loaded)."""
+        folder = Path(folder).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{folder}: not a PEFT adapter (no adapter_config.json).",
+                                 "Pick a folder written by the Fine-tune tab or by peft's save_pretrained.")
+        name = name or folder.name
+        with self._lock:
+            self.adapters.setdefault(spec.key, {})[name] = str(folder)
+        try:
+            with self.manager.acquire(spec) as lease:
+                self._sync_adapters(spec, lease.model)
+        except Exception:
+            with self._lock:
+                self.adapters.get(spec.key, {}).pop(name, None)
+            raise
+        return name
+
+    def detach_adapter(self, spec: ModelSpec, name: str) -> None:
+        """Remove an adapter from the base model; the base weights are untouched."""
+        with self._lock:
+            self.adapters.get(spec.key, {}).pop(name, None)
+        lease = self.manager._lease_if_loaded(spec.key)
+        if lease is not None:
+            with lease:
+                model = lease.model.model
+                if name in (getattr(model, "peft_config", None) or {}):
+                    model.delete_adapter(name)
+
+    def attached(self, spec: ModelSpec) -> list[str]:
+        with self._lock:
+            return sorted(self.adapters.get(spec.key, {}))
+
+    def _sync_adapters(self, spec: ModelSpec, lm: Any) -> None:
+        """Load wanted adapters that the (possibly reloaded) model lacks."""
+        with self._lock:
+            wanted = dict(self.adapters.get(spec.key, {}))
+        model = lm.model
+        present = set(getattr(model, "peft_config", None) or {})
+        for name, folder in wanted.items():
+            if name not in present:
+                try:
+                    model.load_adapter(folder, adapter_name=name)
+                except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                    raise ModelLoadError(f"Adapter {name} does not fit {spec.name}: "
+                                         f"{str(exc).splitlines()[0][:200]}",
+                                         "Attach adapters trained on this base model.") from None
+
+    @staticmethod
+    def _use_adapter(lm: Any, name: str | None) -> None:
+        model = lm.model
+        if not getattr(model, "peft_config", None):
+            if name:
+                raise ModelLoadError(f"Adapter {name} is not attached.")
+            return
+        if name:
+            if name not in model.peft_config:
+                raise ModelLoadError(f"Adapter {name} is not attached to this model.")
+            model.set_adapter(name)
+            model.enable_adapters()
+        else:
+            model.disable_adapters()
+
+    # ----- generation --------------------------------------------------------------------------------------
+
+    def stream(self, spec: ModelSpec, messages: list[dict], params: ChatParams | None = None, *,
+               adapter: str | None = None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[ChatChunk]:
+        """Stream a reply to `messages`; the last chunk has `done=True` and the stats. The partial reply of a
+        stopped generation is kept (finish_reason "stopped")."""
+        params = params or ChatParams()
+        params.check_inputs()
+        messages = check_messages(messages)
+        t0 = time.perf_counter()
+        workload = Workload(context_len=params.context_len or 0)
+        with self.manager.acquire(spec, workload) as lease:
+            lm = lease.model
+            self._sync_adapters(spec, lm)
+            self._use_adapter(lm, adapter)
+            prompt_ids, notice = self.build_prompt(lm, messages, params)
+            for attempt in range(2):
+                result = yield from self._generate(spec, lm, prompt_ids, params, should_stop, t0, notice)
+                if result != "oom":
+                    return
+                if attempt == 0:
+                    self.manager.evict_idle(exclude=spec.key)
+            raise StudioOutOfMemory(f"Out of memory while {spec.name} was answering, even after unloading idle "
+                                    "models.", "Lower max new tokens or the context length, or use 4-bit precision.")
+
+    def _generate(self, spec: ModelSpec, lm: Any, prompt_ids: list[int], params: ChatParams,
+                  should_stop: Callable[[], bool], t0: float, notice: str) -> Iterator[ChatChunk]:
+        """One generate call in a worker thread, its tokens streamed back; returns "oom" if it ran out of
+        memory before the first token (so the caller can recover and retry), else "ok"."""
+        import torch
+
+        model, tok = lm.model, lm.tokenizer
+        device = next(model.parameters()).device
+        seed = params.seed if params.seed >= 0 else random.randrange(2**31)
+        torch.manual_seed(seed)
+        abandoned = threading.Event()  # set when the consumer goes away mid-reply: the worker stops too
+
+        def stop_now() -> bool:
+            return abandoned.is_set() or bool(should_stop())
+
+        streamer = _TokenStreamer(stop_now)
+        input_ids = torch.tensor([prompt_ids], device=device)
+        eos = model.generation_config.eos_token_id or tok.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "max_new_tokens": params.max_new_tokens, "streamer": streamer,
+            "stopping_criteria": _stopping_criteria(stop_now),
+            "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids)),
+            "eos_token_id": eos, "repetition_penalty": params.repetition_penalty,
+        }
+        if params.greedy:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
+                          top_k=params.top_k or None)
+        failure: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    model.generate(**kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                failure.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, name=f"chat-{spec.name}", daemon=True)
+        thread.start()
+        ids: list[int] = []
+        text, ttft, ended_by_eos = "", 0.0, False
+        try:
+            while True:
+                kind, value = streamer.queue.get()
+                if kind == "end":
+                    break
+                if not ttft:
+                    ttft = time.perf_counter() - t0
+                for token in value:
+                    if token in eos_ids:
+                        ended_by_eos = True
+                    else:
+                        ids.append(token)
+                new_text = tok.decode(ids, skip_special_tokens=True)
+                if new_text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+                    continue
+                delta, text = new_text[len(text):], new_text
+                if delta:
+                    yield ChatChunk(text=text, delta=delta, notice=notice)
+        finally:
+            if thread.is_alive():
+                abandoned.set()
+            thread.join()
+        if failure:
+            exc = failure.pop()
+            if is_oom(exc) and not ids:
+                del exc
+                return "oom"
+            if is_oom(exc):
+                raise StudioOutOfMemory(f"Out of memory while {spec.name} was answering; the reply so far is kept.",
+                                        "Lower max new tokens or the context length.") from None
+            raise exc
+        text = tok.decode(ids, skip_special_tokens=True)
+        reason = "stop" if ended_by_eos else ("stopped" if should_stop() else "length")
+        now = time.perf_counter()
+        stats = ChatStats(prompt_tokens=len(prompt_ids), new_tokens=len(ids) + int(ended_by_eos),
+                          seconds=now - t0, ttft=ttft or now - t0, seed=seed, finish_reason=reason)
+        yield ChatChunk(text=text, delta="", done=True, stats=stats, notice=notice)
+        return "ok"
+
+    def complete(self, spec: ModelSpec, messages: list[dict], params: ChatParams | None = None, *,
+                 adapter: str | None = None, should_stop: Callable[[], bool] = lambda: False) -> ChatChunk:
+        """The whole reply at once (the last chunk of `stream`)."""
+        chunks = self.stream(spec, messages, params, adapter=adapter, should_stop=should_stop)
+        *_, last = chunks
+        return last

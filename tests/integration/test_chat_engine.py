@@ -1,0 +1,139 @@
+"""The chat engine on a tiny random LM through the real loaders and the manager."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from studio.engines.chat import ChatEngine, ChatParams
+from studio.errors import InputError, ModelLoadError
+from studio.memory.probes import HostProbe
+from studio.memory.timeline import EventLog
+from studio.models.calibration import Calibration
+from studio.models.kinds import default_registry
+from studio.models.manager import ModelManager
+from studio.models.specs import ModelSpec
+
+GREEDY = ChatParams(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
+HELLO = [{"role": "user", "content": "hello there, how are you"}]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chat")
+    manager = ModelManager(probe=HostProbe(), kinds=default_registry(), calibration=Calibration(tmp / "c.json"),
+                           events=EventLog(), device="cpu", budget_bytes=2 * 1024**3, reserve_bytes=0)
+    return ChatEngine(manager)
+
+
+@pytest.fixture(scope="module")
+def lm_spec(tiny_models):
+    return ModelSpec("chat", str(tiny_models.causal_lm), "folder", label="tiny-lm")
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_models, tmp_path_factory):
+    """A LoRA adapter trained for a few steps on the tiny LM (real peft training)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models.causal_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models.causal_lm)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]))
+    text = tok.apply_chat_template(HELLO + [{"role": "assistant", "content": "purple elephants dance"}],
+                                   tokenize=False)
+    batch = tok(text, return_tensors="pt")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(60):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out = tmp_path_factory.mktemp("adapter") / "purple"
+    model.save_pretrained(out)
+    return out
+
+
+def test_stream_is_incremental_and_reports_stats(engine, lm_spec):
+    chunks = list(engine.stream(lm_spec, HELLO, GREEDY))
+    partial = [c for c in chunks if not c.done]
+    assert len(partial) >= 2 and all(c.delta for c in partial)
+    assert "".join(c.delta for c in partial) == chunks[-1].text
+    stats = chunks[-1].stats
+    assert chunks[-1].done and stats.new_tokens >= len(partial) and stats.ttft > 0 and stats.seconds >= stats.ttft
+    assert stats.finish_reason in ("stop", "length")
+
+
+def test_greedy_is_deterministic_and_seeds_reproduce(engine, lm_spec):
+    assert engine.complete(lm_spec, HELLO, GREEDY).text == engine.complete(lm_spec, HELLO, GREEDY).text
+    sampled = ChatParams(temperature=1.5, top_k=0, top_p=1.0, max_new_tokens=16, seed=1234)
+    a, b = engine.complete(lm_spec, HELLO, sampled), engine.complete(lm_spec, HELLO, sampled)
+    assert a.text == b.text and a.stats.seed == 1234
+
+
+def test_stop_ends_within_a_few_tokens_and_keeps_the_partial_reply(engine, lm_spec):
+    stop = threading.Event()
+    seen = []
+    for chunk in engine.stream(lm_spec, HELLO, ChatParams(temperature=0, max_new_tokens=400), should_stop=stop.is_set):
+        seen.append(chunk)
+        if len(seen) == 3:
+            stop.set()
+    last = seen[-1]
+    assert last.done and last.stats.finish_reason == "stopped"
+    assert last.stats.new_tokens <= 3 + 3 and last.text.startswith(seen[1].text)
+
+
+def test_abandoned_stream_releases_the_model(engine, lm_spec):
+    gen = engine.stream(lm_spec, HELLO, ChatParams(max_new_tokens=300))
+    next(gen)
+    gen.close()
+    assert all(r.leases == 0 for r in engine.manager.records())
+
+
+def test_long_conversation_drops_the_oldest_turns_with_a_notice(engine, lm_spec):
+    long_turns = []
+    for i in range(30):
+        long_turns += [{"role": "user", "content": f"question number {i} " * 8},
+                       {"role": "assistant", "content": f"answer number {i} " * 8}]
+    messages = [{"role": "system", "content": "be brief"}, *long_turns, *HELLO]
+    chunk = engine.complete(lm_spec, messages, ChatParams(temperature=0, max_new_tokens=8, context_len=256))
+    assert "Dropped the" in chunk.notice and "256-token context" in chunk.notice
+    assert chunk.stats.prompt_tokens <= 256 - 8
+
+
+@pytest.mark.parametrize(
+    ("messages", "params", "needle"),
+    [
+        ([], GREEDY, "Type a message"),
+        ([{"role": "user", "content": "   "}], GREEDY, "empty"),
+        ([{"role": "robot", "content": "hi"}], GREEDY, "role 'robot'"),
+        ([{"role": "user", "content": "word " * 2000}], ChatParams(context_len=128, max_new_tokens=16), "tokens"),
+        (HELLO, ChatParams(temperature=-1), "Temperature"),
+        (HELLO, ChatParams(max_new_tokens=0), "Max new tokens"),
+        (HELLO, ChatParams(top_p=0), "Top-p"),
+    ],
+)
+def test_bad_input_gets_a_specific_message(engine, lm_spec, messages, params, needle):
+    with pytest.raises(InputError, match=needle):
+        engine.complete(lm_spec, messages, params)
+
+
+def test_adapter_changes_output_and_detach_restores_it_without_reload(engine, lm_spec, adapter_dir):
+    base = engine.complete(lm_spec, HELLO, GREEDY).text
+    loads = [e for e in engine.manager.events.since() if e.kind == "load"]
+    name = engine.attach_adapter(lm_spec, adapter_dir)
+    assert engine.attached(lm_spec) == ["purple"]
+    tuned = engine.complete(lm_spec, HELLO, GREEDY, adapter=name).text
+    assert tuned != base and tuned.startswith("pu")  # it learned the start of "purple elephants dance"
+    assert engine.complete(lm_spec, HELLO, GREEDY).text == base  # attached but not selected: the base answers
+    engine.detach_adapter(lm_spec, name)
+    assert engine.complete(lm_spec, HELLO, GREEDY).text == base
+    assert [e for e in engine.manager.events.since() if e.kind == "load"] == loads  # the base was never reloaded
+
+
+def test_bad_adapter_folder(engine, lm_spec, tmp_path):
+    with pytest.raises(ModelLoadError, match="not a PEFT adapter"):
+        engine.attach_adapter(lm_spec, tmp_path)
