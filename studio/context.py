@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.config import GIB, StudioConfig
+from studio.engines.chat import ChatEngine
 from studio.errors import ConfigError
 from studio.memory.probes import MemoryProbe, detect_probe
 from studio.memory.timeline import EventLog, MemoryMonitor
@@ -61,6 +62,7 @@ class AppContext:
     events: EventLog
     kinds: KindRegistry
     manager: ModelManager
+    chat: ChatEngine  # chat on the manager's models; also serves /v1/chat/completions
 
     @property
     def device(self) -> str:
@@ -109,5 +111,12 @@ def build_context(
     if config.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # libraries read this; the flag is the user's choice
     return AppContext(
-        config=config, paths=paths, probe=probe, monitor=monitor, events=events, kinds=kinds, manager=manager
+        config=config,
+        paths=paths,
+        probe=probe,
+        monitor=monitor,
+        events=events,
+        kinds=kinds,
+        manager=manager,
+        chat=ChatEngine(manager),
     )

@@ -79,8 +79,10 @@ class ChatStats:
         return (self.new_tokens - 1) / gen if self.new_tokens > 1 and gen > 0 else 0.0
 
     def summary(self) -> str:
-        return (f"{self.new_tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {self.ttft * 1000:.0f} ms · "
-                f"seed {self.seed} · {self.finish_reason}")
+        return (
+            f"{self.new_tokens} tokens · {self.tokens_per_s:.1f} tok/s · first token {self.ttft * 1000:.0f} ms · "
+            f"seed {self.seed} · {self.finish_reason}"
+        )
 
 
 @dataclass
@@ -165,8 +167,9 @@ class ChatEngine:
     @staticmethod
     def _template_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
         template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                            chat_template=template, return_dict=True)
+        out = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, chat_template=template, return_dict=True
+        )
         ids = out["input_ids"]
         return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
@@ -175,25 +178,31 @@ class ChatEngine:
         limit = self.context_limit(lm, params)
         budget = limit - params.max_new_tokens
         if budget <= 0:
-            raise InputError(f"Max new tokens ({params.max_new_tokens}) must be smaller than the context "
-                             f"({limit} tokens).")
+            raise InputError(
+                f"Max new tokens ({params.max_new_tokens}) must be smaller than the context ({limit} tokens)."
+            )
         system = [m for m in messages[:1] if m["role"] == "system"]
-        turns = messages[len(system):]
+        turns = messages[len(system) :]
         dropped = 0
         while True:
             ids = self._template_ids(lm.tokenizer, system + turns)
             if len(ids) <= budget:
                 break
             if len(turns) <= 1:
-                raise InputError(f"The message is {len(ids)} tokens with the template, but the context holds "
-                                 f"{limit} tokens including {params.max_new_tokens} for the reply.",
-                                 "Shorten the message, lower max new tokens, or raise the context length.")
+                raise InputError(
+                    f"The message is {len(ids)} tokens with the template, but the context holds "
+                    f"{limit} tokens including {params.max_new_tokens} for the reply.",
+                    "Shorten the message, lower max new tokens, or raise the context length.",
+                )
             turns = turns[2:] if len(turns) > 2 and turns[1]["role"] == "assistant" else turns[1:]
             while turns and turns[0]["role"] != "user":
                 turns = turns[1:]
             dropped = len(messages) - len(system) - len(turns)
-        notice = (f"Dropped the {dropped} oldest message{'s' if dropped != 1 else ''} to fit the {limit}-token "
-                  "context.") if dropped else ""
+        notice = (
+            (f"Dropped the {dropped} oldest message{'s' if dropped != 1 else ''} to fit the {limit}-token context.")
+            if dropped
+            else ""
+        )
         return ids, notice
 
     # ----- adapters ----------------------------------------------------------------------------------------
@@ -202,8 +211,10 @@ class ChatEngine:
         """Attach a PEFT LoRA adapter to the resident base model (loading the base only if it is not loaded)."""
         folder = Path(folder).expanduser()
         if not (folder / "adapter_config.json").is_file():
-            raise ModelLoadError(f"{folder}: not a PEFT adapter (no adapter_config.json).",
-                                 "Pick a folder written by the Fine-tune tab or by peft's save_pretrained.")
+            raise ModelLoadError(
+                f"{folder}: not a PEFT adapter (no adapter_config.json).",
+                "Pick a folder written by the Fine-tune tab or by peft's save_pretrained.",
+            )
         name = name or folder.name
         with self._lock:
             self.adapters.setdefault(spec.key, {})[name] = str(folder)
@@ -242,9 +253,10 @@ class ChatEngine:
                 try:
                     model.load_adapter(folder, adapter_name=name)
                 except (OSError, ValueError, KeyError, RuntimeError) as exc:
-                    raise ModelLoadError(f"Adapter {name} does not fit {spec.name}: "
-                                         f"{str(exc).splitlines()[0][:200]}",
-                                         "Attach adapters trained on this base model.") from None
+                    raise ModelLoadError(
+                        f"Adapter {name} does not fit {spec.name}: {str(exc).splitlines()[0][:200]}",
+                        "Attach adapters trained on this base model.",
+                    ) from None
 
     @staticmethod
     def _use_adapter(lm: Any, name: str | None) -> None:
@@ -263,8 +275,15 @@ class ChatEngine:
 
     # ----- generation --------------------------------------------------------------------------------------
 
-    def stream(self, spec: ModelSpec, messages: list[dict], params: ChatParams | None = None, *,
-               adapter: str | None = None, should_stop: Callable[[], bool] = lambda: False) -> Iterator[ChatChunk]:
+    def stream(
+        self,
+        spec: ModelSpec,
+        messages: list[dict],
+        params: ChatParams | None = None,
+        *,
+        adapter: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[ChatChunk]:
         """Stream a reply to `messages`; the last chunk has `done=True` and the stats. The partial reply of a
         stopped generation is kept (finish_reason "stopped")."""
         params = params or ChatParams()
@@ -283,11 +302,21 @@ class ChatEngine:
                     return
                 if attempt == 0:
                     self.manager.evict_idle(exclude=spec.key)
-            raise StudioOutOfMemory(f"Out of memory while {spec.name} was answering, even after unloading idle "
-                                    "models.", "Lower max new tokens or the context length, or use 4-bit precision.")
+            raise StudioOutOfMemory(
+                f"Out of memory while {spec.name} was answering, even after unloading idle models.",
+                "Lower max new tokens or the context length, or use 4-bit precision.",
+            )
 
-    def _generate(self, spec: ModelSpec, lm: Any, prompt_ids: list[int], params: ChatParams,
-                  should_stop: Callable[[], bool], t0: float, notice: str) -> Iterator[ChatChunk]:
+    def _generate(
+        self,
+        spec: ModelSpec,
+        lm: Any,
+        prompt_ids: list[int],
+        params: ChatParams,
+        should_stop: Callable[[], bool],
+        t0: float,
+        notice: str,
+    ) -> Iterator[ChatChunk]:
         """One generate call in a worker thread, its tokens streamed back; returns "oom" if it ran out of
         memory before the first token (so the caller can recover and retry), else "ok"."""
         import torch
@@ -306,17 +335,21 @@ class ChatEngine:
         eos = model.generation_config.eos_token_id or tok.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos])
         kwargs: dict[str, Any] = {
-            "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-            "max_new_tokens": params.max_new_tokens, "streamer": streamer,
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "max_new_tokens": params.max_new_tokens,
+            "streamer": streamer,
             "stopping_criteria": _stopping_criteria(stop_now),
             "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids)),
-            "eos_token_id": eos, "repetition_penalty": params.repetition_penalty,
+            "eos_token_id": eos,
+            "repetition_penalty": params.repetition_penalty,
         }
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                          top_k=params.top_k or None)
+            kwargs.update(
+                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
+            )
         failure: list[BaseException] = []
 
         def work() -> None:
@@ -346,7 +379,7 @@ class ChatEngine:
                 new_text = tok.decode(ids, skip_special_tokens=True)
                 if new_text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
                     continue
-                delta, text = new_text[len(text):], new_text
+                delta, text = new_text[len(text) :], new_text
                 if delta:
                     yield ChatChunk(text=text, delta=delta, notice=notice)
         finally:
@@ -359,19 +392,34 @@ class ChatEngine:
                 del exc
                 return "oom"
             if is_oom(exc):
-                raise StudioOutOfMemory(f"Out of memory while {spec.name} was answering; the reply so far is kept.",
-                                        "Lower max new tokens or the context length.") from None
+                raise StudioOutOfMemory(
+                    f"Out of memory while {spec.name} was answering; the reply so far is kept.",
+                    "Lower max new tokens or the context length.",
+                ) from None
             raise exc
         text = tok.decode(ids, skip_special_tokens=True)
         reason = "stop" if ended_by_eos else ("stopped" if should_stop() else "length")
         now = time.perf_counter()
-        stats = ChatStats(prompt_tokens=len(prompt_ids), new_tokens=len(ids) + int(ended_by_eos),
-                          seconds=now - t0, ttft=ttft or now - t0, seed=seed, finish_reason=reason)
+        stats = ChatStats(
+            prompt_tokens=len(prompt_ids),
+            new_tokens=len(ids) + int(ended_by_eos),
+            seconds=now - t0,
+            ttft=ttft or now - t0,
+            seed=seed,
+            finish_reason=reason,
+        )
         yield ChatChunk(text=text, delta="", done=True, stats=stats, notice=notice)
         return "ok"
 
-    def complete(self, spec: ModelSpec, messages: list[dict], params: ChatParams | None = None, *,
-                 adapter: str | None = None, should_stop: Callable[[], bool] = lambda: False) -> ChatChunk:
+    def complete(
+        self,
+        spec: ModelSpec,
+        messages: list[dict],
+        params: ChatParams | None = None,
+        *,
+        adapter: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> ChatChunk:
         """The whole reply at once (the last chunk of `stream`)."""
         chunks = self.stream(spec, messages, params, adapter=adapter, should_stop=should_stop)
         *_, last = chunks

@@ -687,6 +687,12 @@ class ModelManager:
                     reports.append(self._free(e, reason="out-of-memory recovery", evicted=True))
             return reports
 
+    def spec_for(self, key: str) -> ModelSpec | None:
+        """The spec of a model the manager knows, by key."""
+        with self._state_lock:
+            entry = self._entries.get(key)
+        return entry.spec if entry is not None else None
+
     def forget(self, key: str) -> None:
         """Drop an unloaded model from the list."""
         with self._state_lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.context import AppContext
-from studio.ui import memory_bar, models_tab
+from studio.ui import chat_tab, memory_bar, models_tab
 from studio.ui import messages as msg
 
 CSS = (
@@ -41,7 +41,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         # never queued: the bar keeps moving while the GPU lane is busy
         timer.tick(lambda: render_bar(ctx), None, bar, queue=False, show_progress="hidden", api_name="memory_bar")
         with gr.Tabs(elem_id="studio-tabs"):
+            with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
+                chat = chat_tab.build(ctx)
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 models = models_tab.build(ctx)
-        app.studio_components = {"memory_bar": bar, "memory_timer": timer, "models": models}
+        app.studio_components = {"memory_bar": bar, "memory_timer": timer, "chat": chat, "models": models}
     return app

@@ -23,8 +23,15 @@ HELLO = [{"role": "user", "content": "hello there, how are you"}]
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chat")
-    manager = ModelManager(probe=HostProbe(), kinds=default_registry(), calibration=Calibration(tmp / "c.json"),
-                           events=EventLog(), device="cpu", budget_bytes=2 * 1024**3, reserve_bytes=0)
+    manager = ModelManager(
+        probe=HostProbe(),
+        kinds=default_registry(),
+        calibration=Calibration(tmp / "c.json"),
+        events=EventLog(),
+        device="cpu",
+        budget_bytes=2 * 1024**3,
+        reserve_bytes=0,
+    )
     return ChatEngine(manager)
 
 
@@ -42,8 +49,9 @@ def adapter_dir(tiny_models, tmp_path_factory):
     tok = AutoTokenizer.from_pretrained(tiny_models.causal_lm)
     model = AutoModelForCausalLM.from_pretrained(tiny_models.causal_lm)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]))
-    text = tok.apply_chat_template(HELLO + [{"role": "assistant", "content": "purple elephants dance"}],
-                                   tokenize=False)
+    text = tok.apply_chat_template(
+        HELLO + [{"role": "assistant", "content": "purple elephants dance"}], tokenize=False
+    )
     batch = tok(text, return_tensors="pt")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     torch.manual_seed(0)
@@ -96,8 +104,10 @@ def test_abandoned_stream_releases_the_model(engine, lm_spec):
 def test_long_conversation_drops_the_oldest_turns_with_a_notice(engine, lm_spec):
     long_turns = []
     for i in range(30):
-        long_turns += [{"role": "user", "content": f"question number {i} " * 8},
-                       {"role": "assistant", "content": f"answer number {i} " * 8}]
+        long_turns += [
+            {"role": "user", "content": f"question number {i} " * 8},
+            {"role": "assistant", "content": f"answer number {i} " * 8},
+        ]
     messages = [{"role": "system", "content": "be brief"}, *long_turns, *HELLO]
     chunk = engine.complete(lm_spec, messages, ChatParams(temperature=0, max_new_tokens=8, context_len=256))
     assert "Dropped the" in chunk.notice and "256-token context" in chunk.notice

@@ -62,12 +62,14 @@ def test_models_tab_lists_a_loaded_model_and_unload_removes_it(page, studio, tin
 
 def test_bad_input_shows_a_message_and_the_page_keeps_working(page, studio):
     page.goto(studio.url)
+    page.get_by_role("tab", name="Models").click()
     source = page.locator("#load-source input")
     source.fill("/no/such/model")
     source.press("Enter")
     page.locator("#load-go").click()
     expect(page.get_by_text("no such file or folder").first).to_be_visible()
     page.reload()  # a fresh page: no earlier error toast stacked on top of the next one
+    page.get_by_role("tab", name="Models").click()
     page.locator("#budget-accordion").get_by_text("Budget", exact=True).first.click()  # open the accordion
     page.locator("#budget-gb input").fill("-3")
     page.locator("#budget-gb input").press("Tab")  # commit the value before the click reads it

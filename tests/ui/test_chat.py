@@ -1,0 +1,65 @@
+"""In Chromium: choose a model, send a message, watch the reply stream in, stop a long reply."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import expect
+
+pytestmark = pytest.mark.ui
+
+
+def _set_model(page, folder: str) -> None:
+    box = page.locator("#chat-model input")
+    box.fill(folder)
+    box.press("Enter")
+
+
+def _open_sampling(page) -> None:
+    page.get_by_text("Sampling", exact=True).first.click()
+
+
+@pytest.fixture(scope="module")
+def long_lm(tmp_path_factory):
+    """A tiny LM with a long context, so a reply can run long enough to be stopped by hand."""
+    from studio.models.tiny import build_tiny_causal_lm
+
+    return build_tiny_causal_lm(tmp_path_factory.mktemp("long") / "long-lm", max_position_embeddings=32768)
+
+
+def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
+    page.goto(studio.url)
+    expect(page.get_by_role("tab", name="Chat")).to_be_visible()
+    _set_model(page, str(tiny_models.causal_lm))
+    expect(page.locator("#chat-plan")).to_contain_text("Loading")
+    _open_sampling(page)
+    page.locator("#chat-max-new input").fill("8")
+    page.locator("#chat-max-new input").press("Tab")
+    page.locator("#chat-input textarea").fill("hello there")
+    page.locator("#chat-send").click()
+    expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=60_000)
+    expect(page.locator("#chat-history")).to_contain_text("hello there")
+    bubbles = page.locator("#chat-history .message-wrap .bot, #chat-history [data-testid=bot]")
+    assert bubbles.count() >= 1
+
+    # a long reply, stopped while it streams: the partial reply stays
+    _set_model(page, str(long_lm))
+    page.locator("#chat-max-new input").fill("30000")
+    page.locator("#chat-max-new input").press("Tab")
+    page.locator("#chat-context input").fill("32768")
+    page.locator("#chat-context input").press("Tab")
+    page.locator("#chat-input textarea").fill("tell me a long story")
+    page.locator("#chat-send").click()
+    expect(page.locator("#chat-stats")).not_to_contain_text("tok/s", timeout=30_000)
+    page.wait_for_timeout(1500)
+    page.locator("#chat-stop").click()
+    expect(page.locator("#chat-stats")).to_contain_text("stopped", timeout=30_000)
+    expect(page.locator("#chat-history")).to_contain_text("tell me a long story")
+    page.screenshot(path=str(studio.data_dir.parent / "chat-tab.png"), full_page=True)
+
+
+def test_empty_message_is_refused_and_the_conversation_kept(page, studio, tiny_models):
+    page.goto(studio.url)
+    _set_model(page, str(tiny_models.causal_lm))
+    page.locator("#chat-input textarea").fill("   ")
+    page.locator("#chat-send").click()
+    expect(page.get_by_text("the message is empty").first).to_be_visible()
