@@ -39,6 +39,7 @@ class ChatParams:
     repetition_penalty: float = 1.1  # > 1 discourages repeating tokens
     seed: int = -1  # -1 = a random seed (the one used is reported)
     context_len: int = 0  # tokens of prompt + reply kept (0 = the model's own limit, at most 4096)
+    ignore_eos: bool = False  # keep generating past the end-of-sequence token (benchmarks)
 
     def check_inputs(self) -> None:
         """Raise InputError naming the first setting that cannot work."""
@@ -344,6 +345,8 @@ class ChatEngine:
             "eos_token_id": eos,
             "repetition_penalty": params.repetition_penalty,
         }
+        if params.ignore_eos:
+            kwargs["min_new_tokens"] = params.max_new_tokens
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
