@@ -367,24 +367,37 @@ class ChatEngine:
         thread.start()
         ids: list[int] = []
         text, ttft, ended_by_eos = "", 0.0, False
+        line_start, line_len = 0, 0
         try:
             while True:
-                kind, value = streamer.queue.get()
-                if kind == "end":
-                    break
-                if not ttft:
+                items = [streamer.queue.get()]
+                while not streamer.queue.empty():  # tokens that came meanwhile: decode them in one go
+                    items.append(streamer.queue.get_nowait())
+                if not ttft and items[0][0] == "tokens":
                     ttft = time.perf_counter() - t0
-                for token in value:
-                    if token in eos_ids:
-                        ended_by_eos = True
-                    else:
-                        ids.append(token)
-                new_text = tok.decode(ids, skip_special_tokens=True)
-                if new_text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+                for kind, value in items:
+                    for token in value or ():
+                        if token in eos_ids:
+                            ended_by_eos = True
+                        else:
+                            ids.append(token)
+                finished = items[-1][0] == "end"
+                if finished and len(items) == 1:
+                    break
+                # decode only the current line (not the whole reply) per token: constant cost per token
+                line = tok.decode(ids[line_start:], skip_special_tokens=True)
+                if line.endswith("\ufffd") and not finished:  # an incomplete character: wait for the next token
                     continue
-                delta, text = new_text[len(text) :], new_text
+                delta = line[line_len:]
+                if line.endswith("\n"):
+                    line_start, line_len = len(ids), 0
+                else:
+                    line_len = len(line)
                 if delta:
+                    text += delta
                     yield ChatChunk(text=text, delta=delta, notice=notice)
+                if finished:
+                    break
         finally:
             if thread.is_alive():
                 abandoned.set()
