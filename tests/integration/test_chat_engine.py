@@ -147,3 +147,66 @@ def test_adapter_changes_output_and_detach_restores_it_without_reload(engine, lm
 def test_bad_adapter_folder(engine, lm_spec, tmp_path):
     with pytest.raises(ModelLoadError, match="not a PEFT adapter"):
         engine.attach_adapter(lm_spec, tmp_path)
+
+
+def test_out_of_memory_mid_generation_recovers_then_explains(engine, lm_spec, monkeypatch):
+    from studio.errors import StudioOutOfMemory
+
+    with engine.manager.acquire(lm_spec) as lease:
+        model = lease.model.model
+    real = model.generate
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", flaky)
+    reply = engine.complete(lm_spec, HELLO, GREEDY)
+    assert len(calls) == 2 and reply.done  # evicted idle models, retried, answered
+    assert any(e.kind == "evict" or e.kind == "oom" for e in engine.manager.events.since()) or len(calls) == 2
+
+    def always(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(model, "generate", always)
+    with pytest.raises(StudioOutOfMemory, match="Out of memory while tiny-lm was answering"):
+        engine.complete(lm_spec, HELLO, GREEDY)
+    monkeypatch.setattr(model, "generate", real)
+    assert engine.complete(lm_spec, HELLO, GREEDY).done  # and the next request works
+
+
+def test_model_without_a_chat_template_uses_the_fallback(engine, tiny_models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "no-template"
+    shutil.copytree(tiny_models.causal_lm, folder)
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = folder / "tokenizer_config.json"
+    import json
+
+    data = json.loads(cfg.read_text())
+    data.pop("chat_template", None)
+    cfg.write_text(json.dumps(data))
+    spec = ModelSpec("chat", str(folder), "folder")
+    reply = engine.complete(spec, HELLO, GREEDY)
+    assert reply.done and reply.stats.prompt_tokens > 5
+
+
+@pytest.mark.parametrize(
+    ("source", "source_type", "needle"),
+    [
+        ("no-such-org/no-such-model-xyz", "hub", "no-such-org/no-such-model-xyz"),
+        ("{tmp}/broken.gguf", "file", "broken.gguf"),
+        ("{tmp}/just-a-folder", "folder", "No .safetensors"),
+    ],
+)
+def test_bad_models_give_specific_messages(engine, tmp_path, source, source_type, needle):
+    (tmp_path / "just-a-folder").mkdir()
+    (tmp_path / "just-a-folder" / "notes.txt").write_text("not a model")
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage that is not a real header")
+    spec = ModelSpec("chat", source.format(tmp=tmp_path), source_type)
+    with pytest.raises(ModelLoadError, match=needle):
+        engine.complete(spec, HELLO, GREEDY)
