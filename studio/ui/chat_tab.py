@@ -220,7 +220,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return f"{plan.message} Estimate: {fmt_bytes(plan.estimate.total)} ({plan.estimate.method})."
 
     @msg.user_errors
-    def load(choice, prec):
+    def load(choice, prec, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - shows download progress
         spec = resolve_spec(ctx, choice, prec)
         plan = ctx.manager.plan(spec)
         with ctx.manager.acquire(spec):

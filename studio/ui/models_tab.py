@@ -193,7 +193,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return manager.plan(spec_from_form(ctx, kind_v, source_v, precision_v)).message
 
     @msg.user_errors
-    def do_load(kind_v: str, source_v: str, precision_v: str) -> str:
+    def do_load(kind_v: str, source_v: str, precision_v: str, progress=gr.Progress(track_tqdm=True)) -> str:  # noqa: B008
         spec = spec_from_form(ctx, kind_v, source_v, precision_v)
         plan = manager.plan(spec)
         with manager.acquire(spec):
