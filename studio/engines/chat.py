@@ -375,7 +375,7 @@ class ChatEngine:
                     items.append(streamer.queue.get_nowait())
                 if not ttft and items[0][0] == "tokens":
                     ttft = time.perf_counter() - t0
-                for kind, value in items:
+                for _kind, value in items:
                     for token in value or ():
                         if token in eos_ids:
                             ended_by_eos = True
