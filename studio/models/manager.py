@@ -114,7 +114,7 @@ class Eviction:
 class Plan:
     """What loading `spec` would take: its estimate and what would be evicted to fit it."""
 
-    spec: ModelSpec
+    spec: ModelSpec | None  # None when making room for a reservation or a budget change
     estimate: Estimate
     need: int  # bytes that must be free on the device
     budget: int
@@ -127,9 +127,10 @@ class Plan:
     @property
     def message(self) -> str:
         """The sentence shown before a load: 'Loading SDXL (6.9 GB) unloads Whisper small (1.9 GB).'"""
-        head = f"Loading {self.spec.name} ({fmt_bytes(self.need)})"
+        name = self.spec.name if self.spec else "this"
+        head = f"Loading {name} ({fmt_bytes(self.need)})"
         if self.already_loaded:
-            return f"{self.spec.name} is already loaded."
+            return f"{name} is already loaded."
         if not self.fits:
             return f"{head} does not fit: {self.reason}"
         if not self.evictions:
@@ -432,9 +433,9 @@ class ModelManager:
                     f"{fmt_bytes(pinned)} of the {fmt_bytes(budget)} budget is held by models in use or "
                     "by a running job. Wait for them to finish, or stop them."
                 )
-        dummy = est or Estimate(need, 0, 0, "reservation")
+        est = est or Estimate(need, 0, 0, "room to make")
         return Plan(
-            spec or ModelSpec("chat", "reservation"), dummy, need, budget, free, tuple(evictions), deficit <= 0, reason
+            spec, est, need, budget, free, tuple(evictions), deficit <= 0, reason
         )
 
     def _can_park(self, entry: _Entry, parked_now: int) -> bool:
