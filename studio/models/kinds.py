@@ -74,7 +74,7 @@ class KindRegistry:
 def _load_lm(spec: ModelSpec, opts: LoadOptions) -> Any:
     from studio.models.loading import load_causal_lm
 
-    return load_causal_lm(spec, offline=opts.offline)
+    return load_causal_lm(spec, offline=opts.offline, models_dir=opts.cache_dir)
 
 
 def _load_image(spec: ModelSpec, opts: LoadOptions) -> Any:

@@ -79,12 +79,19 @@ def _describe(exc: Exception) -> str:
     return text[:240]
 
 
-def load_causal_lm(spec: ModelSpec, offline: bool = False) -> LoadedLM:
-    """A transformers causal LM + tokenizer; NF4 (double quantization, bf16 compute) or int8 on CUDA."""
+def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path | None = None) -> LoadedLM:
+    """A transformers causal LM + tokenizer; NF4 (double quantization, bf16 compute) or int8 on CUDA.
+
+    A starter spec is converted into `models_dir` on first use (default: the per-user cache) and loaded from there.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = model_location(spec)
+    if spec.source_type == "starter":
+        from studio.models.starter import cache_root, ensure_starter
+
+        where = str(ensure_starter(models_dir or cache_root() / "models"))
     kwargs = pretrained_kwargs(spec, offline)
     model_kwargs: dict[str, Any] = {"dtype": torch_dtype(spec)}
     if spec.device == "cuda" and spec.precision in ("nf4", "int8"):
