@@ -180,7 +180,7 @@ def estimate(spec: ModelSpec, workload: Workload | None = None) -> Estimate:
 def load_precision(spec: ModelSpec) -> str:
     """The precision the studio's loaders really use for `spec` (studio.models.loading), which the size follows.
 
-    bitsandbytes needs CUDA, so nf4/int8 chat models load in fp32 on the CPU; diffusers pipelines run fp16 as
+    Chat models load at their precision (bitsandbytes nf4/int8 also runs on the CPU); diffusers pipelines run fp16 as
     fp32 on the CPU and never quantize; openai-whisper runs fp16 only on CUDA; CTranslate2 picks a compute type.
     """
     p, cpu = spec.precision, spec.device == "cpu"
@@ -193,7 +193,7 @@ def load_precision(spec: ModelSpec) -> str:
                 return "int8" if p in ("int8", "nf4") else "fp32"
             return "int8" if p == "nf4" else p
         return "fp16" if p == "fp16" and not cpu else "fp32"
-    return "fp32" if cpu and p in ("nf4", "int8") else p
+    return p  # chat: bitsandbytes quantises nf4/int8 on CUDA and on the CPU alike
 
 
 def weights_bytes(info: WeightsInfo, precision: str) -> int:

@@ -28,7 +28,7 @@ def torch_dtype(spec: ModelSpec):
     import torch
 
     if spec.device == "cpu" and spec.precision in ("nf4", "int8"):
-        return torch.float32
+        return torch.bfloat16  # the unquantised rest (embeddings, norms); fp16 is slow on CPUs
     return getattr(torch, TORCH_DTYPES[spec.precision])
 
 
@@ -80,7 +80,8 @@ def _describe(exc: Exception) -> str:
 
 
 def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path | None = None) -> LoadedLM:
-    """A transformers causal LM + tokenizer; NF4 (double quantization, bf16 compute) or int8 on CUDA.
+    """A transformers causal LM + tokenizer; NF4 (double quantization, bf16 compute) or int8 through bitsandbytes,
+    on CUDA and (slower, but the same code path) on the CPU.
 
     A starter spec is converted into `models_dir` on first use (default: the per-user cache) and loaded from there.
     """
@@ -94,7 +95,7 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
         where = str(ensure_starter(models_dir or cache_root() / "models"))
     kwargs = pretrained_kwargs(spec, offline)
     model_kwargs: dict[str, Any] = {"dtype": torch_dtype(spec)}
-    if spec.device == "cuda" and spec.precision in ("nf4", "int8"):
+    if spec.precision in ("nf4", "int8"):
         from transformers import BitsAndBytesConfig
 
         if spec.precision == "nf4":
@@ -106,7 +107,7 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
             )
         else:
             model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        model_kwargs["device_map"] = {"": 0}
+        model_kwargs["device_map"] = {"": 0 if spec.device == "cuda" else "cpu"}
     if spec.source_type == "file" and where.endswith(".gguf"):
         folder, name = str(Path(where).parent), Path(where).name
         kwargs["gguf_file"] = name

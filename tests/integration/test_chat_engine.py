@@ -210,3 +210,19 @@ def test_bad_models_give_specific_messages(engine, tmp_path, source, source_type
     spec = ModelSpec("chat", source.format(tmp=tmp_path), source_type)
     with pytest.raises(ModelLoadError, match=needle):
         engine.complete(spec, HELLO, GREEDY)
+
+
+@pytest.mark.parametrize("precision", ["nf4", "int8"])
+def test_quantized_load_through_bitsandbytes_on_the_cpu(engine, tiny_models, precision):
+    spec = ModelSpec("chat", str(tiny_models.causal_lm), "folder", precision=precision, label=f"tiny-{precision}")
+    est = engine.manager.estimate(spec)
+    with engine.manager.acquire(spec) as lease:
+        layer = lease.model.model.model.layers[0].self_attn.q_proj
+        assert type(layer).__module__.startswith("bitsandbytes")  # really quantised, not silently fp32
+    reply = engine.complete(spec, HELLO, GREEDY)
+    assert reply.done and reply.stats.new_tokens > 0
+    rec = next(r for r in engine.manager.records() if r.key == spec.key)
+    assert abs(est.weights_bytes - rec.measured_bytes) <= 0.15 * rec.measured_bytes
+    with pytest.raises(Exception, match="cannot be parked"):
+        engine.manager.park(spec.key)
+    engine.manager.unload(spec.key)
