@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -77,34 +76,37 @@ def main() -> None:
     parser.add_argument("--model", help="a local model folder (default: the starter model)")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--data-dir", help="the studio data dir (default: the studio's own; the starter model is converted there once)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as data:
-        ctx = build_context(StudioConfig(data_dir=Path(data), device="cpu"), start_monitor=False)
-        if args.model:
-            spec = ModelSpec("chat", str(Path(args.model).resolve()), "folder")
-        else:
-            from studio.models.starter import starter_spec
+    config = StudioConfig(device="cpu", **({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
+    ctx = build_context(config, start_monitor=False)
+    if args.model:
+        spec = ModelSpec("chat", str(Path(args.model).resolve()), "folder")
+    else:
+        from studio.models.starter import starter_spec
 
-            spec = starter_spec(ctx.device)
-        with ctx.manager.acquire(spec) as lease:
-            lm = lease.model
-            prompt_ids, _ = ctx.chat.build_prompt(lm, PROMPT, ChatParams(max_new_tokens=args.tokens))
-            bare(lm, prompt_ids, 8)  # warm-up
-            studio(ctx, spec, 8)
-            s_tps, s_ttft, b_tps, b_ttft = [], [], [], []
-            for i in range(args.runs):  # alternate, so drift in machine load hits both alike
-                tps, ttft = studio(ctx, spec, args.tokens)
-                s_tps.append(tps)
-                s_ttft.append(ttft)
-                tps, ttft = bare(lm, prompt_ids, args.tokens)
-                b_tps.append(tps)
-                b_ttft.append(ttft)
-                print(
-                    f"run {i + 1}: studio {s_tps[-1]:.1f} tok/s (ttft {s_ttft[-1] * 1000:.0f} ms), "
-                    f"bare {b_tps[-1]:.1f} tok/s (ttft {b_ttft[-1] * 1000:.0f} ms)",
-                    flush=True,
-                )
-        ctx.close()
+        spec = starter_spec(ctx.device)
+    with ctx.manager.acquire(spec) as lease:
+        lm = lease.model
+        prompt_ids, _ = ctx.chat.build_prompt(lm, PROMPT, ChatParams(max_new_tokens=args.tokens))
+        bare(lm, prompt_ids, 8)  # warm-up
+        studio(ctx, spec, 8)
+        s_tps, s_ttft, b_tps, b_ttft = [], [], [], []
+        for i in range(args.runs):  # alternate, so drift in machine load hits both alike
+            tps, ttft = studio(ctx, spec, args.tokens)
+            s_tps.append(tps)
+            s_ttft.append(ttft)
+            tps, ttft = bare(lm, prompt_ids, args.tokens)
+            b_tps.append(tps)
+            b_ttft.append(ttft)
+            print(
+                f"run {i + 1}: studio {s_tps[-1]:.1f} tok/s (ttft {s_ttft[-1] * 1000:.0f} ms), "
+                f"bare {b_tps[-1]:.1f} tok/s (ttft {b_ttft[-1] * 1000:.0f} ms)",
+                flush=True,
+            )
+    ctx.close()
     s, b = statistics.median(s_tps), statistics.median(b_tps)
     st, bt = statistics.median(s_ttft), statistics.median(b_ttft)
     print(f"model: {spec.name}, {args.tokens} new tokens, greedy, median of {args.runs}")

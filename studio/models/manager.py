@@ -434,9 +434,7 @@ class ModelManager:
                     "by a running job. Wait for them to finish, or stop them."
                 )
         est = est or Estimate(need, 0, 0, "room to make")
-        return Plan(
-            spec, est, need, budget, free, tuple(evictions), deficit <= 0, reason
-        )
+        return Plan(spec, est, need, budget, free, tuple(evictions), deficit <= 0, reason)
 
     def _can_park(self, entry: _Entry, parked_now: int) -> bool:
         kind = self.kinds.get(entry.spec.kind)

@@ -149,7 +149,11 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             chatbot = gr.Chatbot(label="Conversation", elem_id="chat-history", height=460, buttons=["copy"])
             side = gr.Chatbot(label="Same prompt without the adapter", elem_id="chat-side", height=300, visible=False)
             user_box = gr.Textbox(
-                label="Message", placeholder="Type a message and press Enter", lines=2, elem_id="chat-input"
+                label="Message",
+                placeholder="Type a message and press Enter (Shift+Enter: new line)",
+                lines=1,
+                max_lines=8,
+                elem_id="chat-input",
             )
             with gr.Row():
                 send_btn = gr.Button("Send", variant="primary", elem_id="chat-send")

@@ -63,3 +63,33 @@ def test_empty_message_is_refused_and_the_conversation_kept(page, studio, tiny_m
     page.locator("#chat-input textarea").fill("   ")
     page.locator("#chat-send").click()
     expect(page.get_by_text("the message is empty").first).to_be_visible()
+
+
+@pytest.fixture(scope="module")
+def starter_studio(tmp_path_factory, starter_folder):
+    """A studio whose data dir already holds the converted starter model (linked from the test cache)."""
+    from studio.models.starter import starter_folder as folder_in
+    from tests.ui.conftest import start_studio, stop_studio
+
+    data = tmp_path_factory.mktemp("starter-data")
+    target = folder_in(data / "models")
+    target.parent.mkdir(parents=True)
+    target.symlink_to(starter_folder, target_is_directory=True)
+    s = start_studio(data, "--device", "cpu")
+    yield s
+    stop_studio(s)
+
+
+def test_the_starter_model_answers_in_the_page(page, starter_studio):
+    page.goto(starter_studio.url)
+    page.locator("#chat-model input").click()
+    page.locator("ul[role=listbox] li", has_text="SmolLM2 135M Instruct (starter)").first.click()
+    _open_sampling(page)
+    page.locator("#chat-temperature input[type=number]").fill("0")
+    page.locator("#chat-temperature input[type=number]").press("Tab")
+    page.locator("#chat-max-new input").fill("24")
+    page.locator("#chat-max-new input").press("Tab")
+    page.locator("#chat-input textarea").fill("What is the capital of France?")
+    page.locator("#chat-input textarea").press("Enter")
+    expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=120_000)
+    expect(page.locator("#chat-history")).to_contain_text("Paris")
