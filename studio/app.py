@@ -48,6 +48,7 @@ def run(config: StudioConfig) -> None:
     """Build and serve the studio until interrupted."""
     check_port_free(config.bind_host, config.port)
     auth, generated = resolve_auth(config)
+    from studio.api import serve
     from studio.context import build_context
     from studio.ui.layout import CSS, build_app
 
@@ -57,8 +58,13 @@ def run(config: StudioConfig) -> None:
     if generated:
         print(f"Login required (sharing/listening): user 'studio', password {generated}", flush=True)
     print(f"ML Studio on {ctx.device}: data in {ctx.paths.data_dir}", flush=True)
+    host = "127.0.0.1" if config.bind_host in ("0.0.0.0", "::") else config.bind_host
+    host = f"[{host}]" if ":" in host else host
+    print(f"OpenAI-compatible API: http://{host}:{config.port}/v1", flush=True)
     try:
-        app.launch(
+        serve(
+            app,
+            ctx,
             server_name=config.bind_host,
             server_port=config.port,
             share=config.share,

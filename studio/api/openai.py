@@ -1,0 +1,538 @@
+"""OpenAI-compatible REST routes on the studio's own server: GET /v1/models and POST /v1/chat/completions.
+
+The official `openai` client pointed at http://127.0.0.1:PORT/v1 works unchanged. Replies come from the same
+ChatEngine and model manager as the Chat tab. The API serves only models the studio already holds (loaded or
+parked chat models, their attached LoRA adapters as "base:adapter") and the starter model; it never loads an
+arbitrary path or Hub id.
+
+Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with the StudioError's one line:
+  400 invalid_request_error  bad JSON or fields, an InputError, a model that cannot be loaded (ModelLoadError)
+  404 invalid_request_error  an unknown model id (code model_not_found)
+  503 server_error           BudgetError / StudioOutOfMemory: it does not fit in memory now (clients may retry)
+  500 server_error           anything unexpected (logged with its traceback; the client gets one line)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import fastapi
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from studio.engines.chat import ChatChunk, ChatParams, ChatStats, check_messages
+from studio.errors import BudgetError, InputError, ModelLoadError, StudioError, StudioOutOfMemory
+from studio.models.manager import LOADED, PARKED
+from studio.models.specs import ModelSpec
+
+if TYPE_CHECKING:
+    from studio.context import AppContext
+
+log = logging.getLogger(__name__)
+OWNER = "ml-studio"
+DISCONNECT_POLL_S = 0.5  # how often a waiting request checks whether its client is still there
+MAX_STOPS = 4  # as OpenAI
+
+
+class ApiError(Exception):
+    """A request the API refuses, with the HTTP status and OpenAI's error fields."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, code: str | None = None, kind: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.kind = kind or ("invalid_request_error" if status < 500 else "server_error")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def api_error(exc: BaseException) -> ApiError:
+    """Any failure as an ApiError; StudioErrors keep their one-line message, other errors are logged."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, StudioOutOfMemory):
+        return ApiError(503, str(exc), code="out_of_memory")
+    if isinstance(exc, BudgetError):
+        return ApiError(503, str(exc), code="insufficient_memory")
+    if isinstance(exc, ModelLoadError):
+        return ApiError(400, str(exc), param="model", code="model_load_failed")
+    if isinstance(exc, StudioError):  # InputError and any other error the user can fix
+        return ApiError(400, str(exc))
+    log.error("OpenAI API: unexpected error", exc_info=exc)
+    return ApiError(500, f"Internal error in ML Studio ({type(exc).__name__}); the studio's log has the details.")
+
+
+# ----- request ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A checked /v1/chat/completions body."""
+
+    model: str  # the model id as the client wrote it (echoed in the response)
+    messages: list[dict[str, str]]  # system/user/assistant turns, text only
+    params: ChatParams  # sampling; fields the client left out keep the studio's defaults
+    stream: bool  # answer as Server-Sent Events
+    include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
+    stops: tuple[str, ...]  # cut the reply before the first of these
+
+
+def _field(body: dict, name: str, types: tuple[type, ...], what: str) -> Any:
+    """body[name] if present and of one of `types` (bool is never a number), else None; wrong type -> 400."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise ApiError(400, f"'{name}' must be {what}, not {json.dumps(value)[:60]}.", param=name)
+    return value
+
+
+def _messages(raw: Any) -> list[dict[str, str]]:
+    """OpenAI messages -> the engine's; "developer" (newer clients' system role) counts as system."""
+    if raw is None:
+        raise ApiError(400, "'messages' is required: a list of {role, content} objects.", param="messages")
+    if not isinstance(raw, list):
+        raise ApiError(400, "'messages' must be a list of {role, content} objects.", param="messages")
+    if not raw:
+        raise ApiError(400, "'messages' is empty: send at least one message with role 'user'.", param="messages")
+    out = []
+    for m in raw:
+        if isinstance(m, dict) and m.get("role") == "developer":
+            m = {**m, "role": "system"}
+        out.append(m)
+    last = out[-1]
+    content = last.get("content") if isinstance(last, dict) and last.get("role") == "user" else None
+    if isinstance(content, str) and not content.strip():
+        raise ApiError(400, f"messages[{len(out) - 1}] is empty: the last user message needs text.", param="messages")
+    try:
+        return check_messages(out)
+    except InputError as exc:
+        raise ApiError(400, str(exc), param="messages") from None
+
+
+def _stops(raw: Any) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    stops = [raw] if isinstance(raw, str) else raw
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOPS:
+        raise ApiError(400, f"'stop' must be a non-empty string or a list of up to {MAX_STOPS} of them.", param="stop")
+    return tuple(stops)
+
+
+def parse_request(body: Any) -> CompletionRequest:
+    """Check a request body; raise ApiError (400) naming the first field that cannot work."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ApiError(400, "'model' is required: one of the ids GET /v1/models lists.", param="model")
+    number, integer = (int, float), (int,)
+    if _field(body, "n", integer, "1") not in (None, 1):
+        raise ApiError(400, "'n' must be 1: the studio writes one reply per request.", param="n")
+    if _field(body, "tools", (list,), "a list"):
+        raise ApiError(
+            400, "Tools (function calling) are not supported; send the request without 'tools'.", param="tools"
+        )
+    if body.get("logprobs"):
+        raise ApiError(400, "'logprobs' are not supported; leave it out or set it to false.", param="logprobs")
+    fmt = _field(body, "response_format", (dict,), "an object")
+    if fmt and fmt.get("type", "text") != "text":
+        raise ApiError(400, "Only response_format {'type': 'text'} is supported.", param="response_format")
+    for name in ("frequency_penalty", "presence_penalty"):
+        value = _field(body, name, number, "a number between -2 and 2")
+        if value is not None and not -2 <= value <= 2:
+            raise ApiError(400, f"'{name}' must be between -2 and 2, not {value:g}.", param=name)
+
+    given: dict[str, Any] = {}
+    max_tokens = _field(body, "max_completion_tokens", integer, "a whole number")
+    if max_tokens is None:
+        max_tokens = _field(body, "max_tokens", integer, "a whole number")
+    if max_tokens is not None:
+        given["max_new_tokens"] = max_tokens
+    for name, key, kinds, what in (
+        ("temperature", "temperature", number, "a number (0 = greedy)"),
+        ("top_p", "top_p", number, "a number above 0 and at most 1"),
+        ("seed", "seed", integer, "a whole number"),
+        ("top_k", "top_k", integer, "a whole number"),  # not OpenAI's; vLLM and others accept it
+        ("repetition_penalty", "repetition_penalty", number, "a number"),  # likewise
+    ):
+        value = _field(body, name, kinds, what)
+        if value is not None:
+            given[key] = value
+    frequency = body.get("frequency_penalty")
+    if frequency is not None and "repetition_penalty" not in given:
+        # OpenAI's additive penalty (-2..2, 0 = none) mapped onto transformers' multiplicative one (0.5..1.5).
+        given["repetition_penalty"] = 1.0 + frequency / 4
+    params = ChatParams(**given)
+    try:
+        params.check_inputs()
+    except InputError as exc:
+        raise ApiError(400, str(exc)) from None
+    options = _field(body, "stream_options", (dict,), "an object") or {}
+    return CompletionRequest(
+        model=model.strip(),
+        messages=_messages(body.get("messages")),
+        params=params,
+        stream=bool(_field(body, "stream", (bool,), "true or false")),
+        include_usage=bool(options.get("include_usage")),
+        stops=_stops(body.get("stop")),
+    )
+
+
+# ----- models ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model id the API answers to."""
+
+    id: str
+    spec: ModelSpec
+    adapter: str | None  # a LoRA adapter attached to `spec`, or None for the base model
+    created: int  # when the studio last used it (unix seconds; 0 if never)
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Other names that select it: the display name (the starter's label) and the manager key."""
+        suffix = f":{self.adapter}" if self.adapter else ""
+        return (self.spec.name + suffix, self.spec.key + suffix)
+
+
+def api_id(spec: ModelSpec) -> str:
+    """The id clients use: the model's name, but the starter's plain name (its display label has spaces)."""
+    return spec.source if spec.source_type == "starter" else spec.name
+
+
+def served_models(ctx: AppContext) -> list[ServedModel]:
+    """Loaded or parked chat models (most recently used first), the starter, and "base:adapter" for adapters."""
+    bases: list[tuple[ModelSpec, int]] = []
+    for rec in ctx.manager.records():
+        spec = ctx.manager.spec_for(rec.key)
+        if rec.kind == "chat" and rec.state in (LOADED, PARKED) and spec is not None:
+            bases.append((spec, int(rec.last_used)))
+    try:
+        from studio.models.starter import starter_spec
+    except ImportError:
+        pass
+    else:
+        bases.append((starter_spec(ctx.device), 0))
+    out: dict[str, ServedModel] = {}
+    for spec, created in bases:
+        name = api_id(spec)
+        out.setdefault(name, ServedModel(name, spec, None, created))
+        for adapter in ctx.chat.attached(spec):
+            out.setdefault(f"{name}:{adapter}", ServedModel(f"{name}:{adapter}", spec, adapter, created))
+    return list(out.values())
+
+
+def resolve_model(ctx: AppContext, model_id: str) -> ServedModel:
+    """The served model named `model_id` (an id from /v1/models, or an alias); unknown -> 404."""
+    served = served_models(ctx)
+    for m in served:
+        if model_id == m.id:
+            return m
+    for m in served:
+        if model_id in m.aliases:
+            return m
+    raise ApiError(
+        404,
+        f"The model '{model_id}' is not available in ML Studio. GET /v1/models lists the loaded chat models "
+        "and the starter; load others in the Models or Chat tab first.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def model_object(m: ServedModel) -> dict[str, Any]:
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": OWNER}
+
+
+# ----- generation ------------------------------------------------------------------------------------------
+
+
+class GenerationLane:
+    """The API's replies run one at a time (the manager already serialises loads). A waiter holds no model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def turn(self, stop: threading.Event) -> Iterator[bool]:
+        """Wait for this reply's turn; yields False if it was stopped (its client left) while waiting."""
+        while not self._lock.acquire(timeout=0.25):
+            if stop.is_set():
+                yield False
+                return
+        try:
+            yield True
+        finally:
+            self._lock.release()
+
+
+class Reply:
+    """One reply generated on its own thread, handed to the event loop as ("chunk", ChatChunk), ("error", exc)
+    and a last ("end", None). `cancel()` ends generation at the next token."""
+
+    def __init__(
+        self, lane: GenerationLane, produce: Callable[[Callable[[], bool]], Iterator[ChatChunk]], label: str
+    ) -> None:
+        self.stop = threading.Event()
+        self.why = ""  # why it was cancelled, for the log
+        self.label = label
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._checked = time.monotonic()  # when the client was last seen connected
+        threading.Thread(target=self._run, args=(lane, produce), name="api-chat", daemon=True).start()
+
+    def cancel(self, why: str) -> None:
+        if not self.stop.is_set():
+            self.why = why
+            self.stop.set()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the server's loop is closed (shutting down): nobody is listening
+            pass
+
+    def _run(self, lane: GenerationLane, produce: Callable[[Callable[[], bool]], Iterator[ChatChunk]]) -> None:
+        try:
+            with lane.turn(self.stop) as go:
+                if not go:
+                    log.info("OpenAI API: %s: request dropped while waiting (%s)", self.label, self.why)
+                    return
+                for chunk in produce(self.stop.is_set):
+                    self._put(("chunk", chunk))
+                    if chunk.stats:
+                        self._log(chunk.stats)
+        except Exception as exc:  # noqa: BLE001 - handed to the request, which answers with it
+            self._put(("error", exc))
+        finally:
+            self._put(("end", None))
+
+    def _log(self, st: ChatStats) -> None:
+        why = f" ({self.why})" if self.why else ""
+        log.info(
+            "OpenAI API: %s: %d tokens in %.1f s, %s%s", self.label, st.new_tokens, st.seconds, st.finish_reason, why
+        )
+
+    async def next(self, request: fastapi.Request | None = None) -> tuple[str, Any]:
+        """The next item. With `request`, a client that goes away while we wait stops the reply."""
+        if request is None:
+            return await self._queue.get()
+        while True:
+            wait = self._checked + DISCONNECT_POLL_S - time.monotonic()
+            if wait <= 0:  # checked on a clock, not only when idle: chunks may come faster than the poll
+                self._checked = time.monotonic()
+                if not self.stop.is_set() and await request.is_disconnected():
+                    self.cancel("the client left")
+                continue
+            try:
+                return await asyncio.wait_for(self._queue.get(), wait)
+            except asyncio.TimeoutError:
+                pass
+
+
+class StopCut:
+    """Cuts the reply before the first stop sequence. While streaming it holds back a tail that may be the
+    start of one, so no part of a stop sequence is ever sent."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.text = ""
+        self.sent = 0
+        self.hit = False
+
+    def feed(self, delta: str) -> str:
+        """Add generated text; return the part that can be sent now."""
+        if self.hit:
+            return ""
+        self.text += delta
+        end = len(self.text)
+        cuts = [i for s in self.stops if (i := self.text.find(s, self.sent)) >= 0]
+        if cuts:
+            self.hit, end = True, min(cuts)
+            self.text = self.text[:end]
+        else:
+            for s in self.stops:  # a tail that could still grow into a stop sequence waits for more text
+                for k in range(min(len(s) - 1, len(self.text) - self.sent), 0, -1):
+                    if self.text.endswith(s[:k]):
+                        end = min(end, len(self.text) - k)
+                        break
+        out, self.sent = self.text[self.sent : end], max(self.sent, end)
+        return out
+
+    def flush(self) -> str:
+        """What was held back, once the reply has ended."""
+        out, self.sent = self.text[self.sent :], len(self.text)
+        return out
+
+
+def finish_reason(cut: StopCut, stats: ChatStats | None) -> str:
+    return "length" if not cut.hit and stats is not None and stats.finish_reason == "length" else "stop"
+
+
+def usage(stats: ChatStats | None) -> dict[str, int]:
+    prompt, completion = (stats.prompt_tokens, stats.new_tokens) if stats else (0, 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+# ----- routes ----------------------------------------------------------------------------------------------
+
+
+def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
+    """Add /v1/models and /v1/chat/completions to `app` (before Gradio adds its own routes)."""
+    # NOTE: Gradio's login (--auth, --share) does not cover these routes; API keys are a later issue.
+    lane = GenerationLane()
+
+    @app.get("/v1/models")
+    def list_models() -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [model_object(m) for m in served_models(ctx)]})
+
+    @app.get("/v1/models/{model_id:path}")
+    def get_model(model_id: str) -> JSONResponse:
+        try:
+            return JSONResponse(model_object(resolve_model(ctx, model_id)))
+        except ApiError as exc:
+            return exc.response()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: fastapi.Request) -> fastapi.Response:
+        try:
+            try:
+                body = json.loads(await request.body())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise ApiError(400, f"The request body is not valid JSON ({exc}).") from None
+            req = parse_request(body)
+            served = resolve_model(ctx, req.model)
+        except ApiError as exc:
+            return exc.response()
+
+        def produce(should_stop: Callable[[], bool]) -> Iterator[ChatChunk]:
+            return ctx.chat.stream(
+                served.spec, req.messages, req.params, adapter=served.adapter, should_stop=should_stop
+            )
+
+        reply = Reply(lane, produce, served.id)
+        first = await reply.next(request)  # the load and the first token: their errors get a proper status
+        if first[0] == "error":
+            return api_error(first[1]).response()
+        reply_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
+        if req.stream:
+            events = stream_events(reply, first, req, reply_id, created)
+            weakref.finalize(events, reply.cancel, "the client left")  # also when the stream never started
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return await complete(reply, first, req, request, reply_id, created)
+
+
+async def complete(
+    reply: Reply, item: tuple[str, Any], req: CompletionRequest, request: fastapi.Request, reply_id: str, created: int
+) -> JSONResponse:
+    """Collect the whole reply into a chat.completion object."""
+    cut, stats = StopCut(req.stops), None
+    while item[0] != "end":
+        kind, value = item
+        if kind == "error":
+            return api_error(value).response()
+        if value.done:
+            stats = value.stats
+        else:
+            cut.feed(value.delta)
+            if cut.hit:
+                reply.cancel("stop sequence")
+        item = await reply.next(request)
+    cut.flush()
+    return JSONResponse(
+        {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": cut.text},
+                    "finish_reason": finish_reason(cut, stats),
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage(stats),
+        }
+    )
+
+
+async def stream_events(
+    reply: Reply, item: tuple[str, Any], req: CompletionRequest, reply_id: str, created: int
+) -> AsyncIterator[str]:
+    """chat.completion.chunk events: the role, content deltas, the finish reason, [usage,] then [DONE].
+    When the client goes away Starlette cancels this generator, and `finally` stops the reply."""
+
+    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return sse(
+            {
+                "id": reply_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": req.model,
+                "choices": [choice],
+            }
+        )
+
+    cut, stats = StopCut(req.stops), None
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while item[0] != "end":
+            kind, value = item
+            if kind == "error":  # after the first token: OpenAI's in-stream error event; the client raises it
+                yield sse(api_error(value).body())
+                return
+            if value.done:
+                stats = value.stats
+            else:
+                text = cut.feed(value.delta)
+                if text:
+                    yield chunk({"content": text})
+                if cut.hit:
+                    reply.cancel("stop sequence")
+            item = await reply.next()
+        tail = cut.flush()
+        if tail:
+            yield chunk({"content": tail})
+        yield chunk({}, finish_reason(cut, stats))
+        if req.include_usage:
+            yield sse(
+                {
+                    "id": reply_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": req.model,
+                    "choices": [],
+                    "usage": usage(stats),
+                }
+            )
+        yield "data: [DONE]\n\n"
+    finally:  # reached early when Starlette cancels us because the client left
+        reply.cancel("the client left")

@@ -1,0 +1,428 @@
+"""The OpenAI-compatible API on a real `python launch.py` process, driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from studio.config import default_data_dir
+from tests.ui.conftest import start_studio, stop_studio
+
+TINY = "causal-lm-seed0"  # the name of tiny_models.causal_lm (its folder's name)
+SLOW = "slow-lm"  # a bigger random LM with a long context: replies that run long enough to be cut off
+HELLO = [{"role": "user", "content": "hello there, how are you"}]
+GREEDY = {"temperature": 0, "max_tokens": 24}
+SEEDED = {"temperature": 1.0, "top_p": 1.0, "seed": 1234, "max_tokens": 32}  # varied text, the same every time
+
+
+def _converted_starter() -> Path | None:
+    """A starter model already converted: for the tests (see tests/conftest.py), by a studio, or by the loader."""
+    try:
+        from studio.models import starter
+    except ImportError:
+        return None
+    test_cache = Path(os.environ.get("STUDIO_TEST_CACHE", "~/.cache/ml-studio/test-models")).expanduser()
+    for models in (test_cache, default_data_dir() / "models", starter.cache_root() / "models"):
+        folder = starter.starter_folder(models)
+        if (folder / starter.MARKER).is_file():
+            return folder
+    return None
+
+
+@pytest.fixture(scope="module")
+def slow_lm(tmp_path_factory) -> Path:
+    from studio.models.tiny import build_tiny_causal_lm
+
+    folder = tmp_path_factory.mktemp("slow") / SLOW
+    return build_tiny_causal_lm(
+        folder, hidden_size=256, num_layers=4, intermediate_size=512, max_position_embeddings=4096
+    )
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_models, tmp_path_factory) -> Path:
+    """A LoRA adapter trained for a few steps to answer HELLO with "purple elephants dance" (real peft)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models.causal_lm)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models.causal_lm)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]))
+    text = tok.apply_chat_template(
+        HELLO + [{"role": "assistant", "content": "purple elephants dance"}], tokenize=False
+    )
+    batch = tok(text, return_tensors="pt")
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(60):
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out = tmp_path_factory.mktemp("adapter") / "purple"
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, tiny_models, slow_lm):
+    """A studio with the tiny LM and the slow LM loaded through the Models tab's API."""
+    from gradio_client import Client
+
+    data = tmp_path_factory.mktemp("api-data")
+    converted = _converted_starter()
+    if converted is not None:  # the studio finds it in its data dir and does not convert again
+        from studio.models.starter import starter_folder
+
+        link = starter_folder(data / "models")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(converted, target_is_directory=True)
+    s = start_studio(data, "--device", "cpu", "--budget-gb", "2")
+    try:
+        ui = Client(s.url, verbose=False)
+        for folder in (tiny_models.causal_lm, slow_lm):
+            result = ui.predict("chat", str(folder), "fp32", api_name="/models_load")
+            assert " loaded: " in result, result
+        yield s
+    finally:
+        stop_studio(s)
+
+
+@pytest.fixture(scope="module")
+def client(studio) -> OpenAI:
+    return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+def _log_lines(studio, pattern: str, timeout: float = 15.0) -> list[str]:
+    """Lines of the studio's log matching `pattern`, waiting up to `timeout` for at least one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in studio.log.read_text().splitlines() if re.search(pattern, line)]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
+def _stream(client: OpenAI, **kwargs) -> tuple[list[str], list, str]:
+    """Content deltas, all chunks, and the last finish_reason of a streamed completion."""
+    deltas, chunks, finish = [], [], None
+    for chunk in client.chat.completions.create(stream=True, **kwargs):
+        chunks.append(chunk)
+        for choice in chunk.choices:
+            if choice.delta.content:
+                deltas.append(choice.delta.content)
+            if choice.finish_reason:
+                finish = choice.finish_reason
+    return deltas, chunks, finish
+
+
+def test_models_lists_the_loaded_chat_models(client):
+    ids = [m.id for m in client.models.list().data]
+    assert TINY in ids and SLOW in ids
+    model = client.models.retrieve(TINY)
+    assert model.id == TINY and model.object == "model" and model.owned_by == "ml-studio"
+
+
+def test_greedy_completion_is_deterministic_and_reports_usage(client):
+    first = client.chat.completions.create(model=TINY, messages=HELLO, **GREEDY)
+    second = client.chat.completions.create(model=TINY, messages=HELLO, **GREEDY)
+    text = first.choices[0].message.content
+    assert text and text == second.choices[0].message.content
+    assert first.id.startswith("chatcmpl-") and first.object == "chat.completion" and first.model == TINY
+    assert first.choices[0].message.role == "assistant" and first.choices[0].finish_reason in ("stop", "length")
+    usage = first.usage
+    assert usage.prompt_tokens > 0 and 0 < usage.completion_tokens <= 24
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_streaming_matches_the_whole_reply(client, sampling):
+    whole = client.chat.completions.create(model=TINY, messages=HELLO, **sampling)
+    assert (
+        whole.choices[0].message.content
+        == client.chat.completions.create(model=TINY, messages=HELLO, **sampling).choices[0].message.content
+    )
+    deltas, chunks, finish = _stream(
+        client, model=TINY, messages=HELLO, stream_options={"include_usage": True}, **sampling
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert len(deltas) >= 2 and "".join(deltas) == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+def test_stop_sequences_cut_the_reply(client):
+    text = client.chat.completions.create(model=TINY, messages=HELLO, **SEEDED).choices[0].message.content
+    at = next(i for i in range(len(text) // 3, len(text) - 2) if text.find(text[i : i + 3]) == i)
+    stop = text[at : at + 3]
+    cut = client.chat.completions.create(model=TINY, messages=HELLO, stop=[stop, "never-there"], **SEEDED)
+    assert cut.choices[0].message.content == text[:at] and cut.choices[0].finish_reason == "stop"
+    deltas, _, finish = _stream(client, model=TINY, messages=HELLO, stop=stop, **SEEDED)
+    assert "".join(deltas) == text[:at] and finish == "stop"
+
+
+def test_concurrent_requests_are_served_one_after_another(client):
+    results: list[str] = []
+
+    def ask() -> None:
+        reply = client.chat.completions.create(model=TINY, messages=HELLO, **GREEDY)
+        results.append(reply.choices[0].message.content)
+
+    threads = [threading.Thread(target=ask) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 3 and len(set(results)) == 1
+
+
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="no-such-model", messages=HELLO)
+    assert err.value.status_code == 404
+    assert err.value.body["type"] == "invalid_request_error" and err.value.body["param"] == "model"
+    assert err.value.body["code"] == "model_not_found" and "no-such-model" in err.value.body["message"]
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("no-such-model")
+
+
+@pytest.mark.parametrize(
+    ("messages", "extra", "message"),
+    [
+        ([], {}, "'messages' is empty: send at least one message with role 'user'."),
+        ([{"role": "user", "content": "  "}], {}, "messages[0] is empty: the last user message needs text."),
+        ([{"role": "assistant", "content": "hi"}], {}, "The last message must be the user's."),
+        (HELLO, {"temperature": 9}, "Temperature must be between 0 and 5, not 9."),
+        (HELLO, {"n": 2}, "'n' must be 1: the studio writes one reply per request."),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(client, messages, extra, message):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=TINY, messages=messages, **extra)
+    assert err.value.status_code == 400 and err.value.body["message"] == message
+    assert err.value.body["type"] == "invalid_request_error"
+
+
+def test_bad_json_and_wrong_types_give_400(studio):
+    url = studio.url + "v1/chat/completions"
+    bad = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 400 and bad.json()["error"]["message"].startswith("The request body is not valid JSON")
+    missing = httpx.post(url, json={"model": TINY})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "messages"
+    wrong = httpx.post(url, json={"model": TINY, "messages": HELLO, "temperature": "hot"})
+    assert wrong.status_code == 400 and wrong.json()["error"] == {
+        "message": "'temperature' must be a number (0 = greedy), not \"hot\".",
+        "type": "invalid_request_error",
+        "param": "temperature",
+        "code": None,
+    }
+    assert "Traceback" not in bad.text + missing.text + wrong.text
+
+
+def test_a_client_that_leaves_stops_its_reply(client, studio):
+    """Streaming and not: closing the connection stops generation, so the next request is not stuck behind it."""
+    long = {"model": SLOW, "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 3500}
+    stream = client.chat.completions.create(stream=True, **long)
+    contents = 0
+    for chunk in stream:
+        contents += bool(chunk.choices and chunk.choices[0].delta.content)
+        if contents >= 3:
+            break
+    stream.close()
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(studio.url + "v1/chat/completions", json=long, timeout=3)
+    t0 = time.monotonic()
+    reply = client.chat.completions.create(model=TINY, messages=HELLO, **GREEDY)
+    assert reply.choices[0].message.content and time.monotonic() - t0 < 60
+    stopped = _log_lines(studio, rf"OpenAI API: {SLOW}: .*stopped \(the client left\)")
+    dropped = _log_lines(studio, rf"OpenAI API: {SLOW}: request dropped while waiting", timeout=0)
+    assert len(stopped) + len(dropped) == 2, studio.log.read_text()[-3000:]
+    for line in stopped:
+        assert int(re.search(r": (\d+) tokens", line).group(1)) < 3500
+
+
+def test_adapters_are_models_of_their_own(studio, client, tiny_models, adapter_dir):
+    from gradio_client import Client
+
+    Client(studio.url, verbose=False).predict(
+        str(tiny_models.causal_lm), "fp32", str(adapter_dir), api_name="/chat_attach"
+    )
+    assert f"{TINY}:purple" in [m.id for m in client.models.list().data]
+    plain = {**GREEDY, "frequency_penalty": 0}  # 0 = no repetition penalty, as the adapter was trained
+    base = client.chat.completions.create(model=TINY, messages=HELLO, **plain).choices[0].message.content
+    tuned = client.chat.completions.create(model=f"{TINY}:purple", messages=HELLO, **plain)
+    assert tuned.model == f"{TINY}:purple"
+    assert tuned.choices[0].message.content != base and tuned.choices[0].message.content.startswith("pu")
+    assert client.chat.completions.create(model=TINY, messages=HELLO, **plain).choices[0].message.content == base
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=f"{TINY}:no-such-adapter", messages=HELLO)
+
+
+def test_the_server_still_answers(client, studio):
+    assert TINY in [m.id for m in client.models.list().data]
+    assert client.chat.completions.create(model=TINY, messages=HELLO, **GREEDY).choices[0].message.content
+    assert httpx.get(studio.url).status_code == 200
+
+
+def test_starter_knows_the_capital_of_france(client):
+    starter = pytest.importorskip("studio.models.starter")
+    if _converted_starter() is None:
+        pytest.skip("the starter model is not converted yet (the tests' starter_folder fixture converts it once)")
+    model = starter.STARTER_NAME
+    assert model in [m.id for m in client.models.list().data]
+    ask = {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+    whole = client.chat.completions.create(temperature=0, max_tokens=48, **ask)
+    assert "Paris" in whole.choices[0].message.content
+    deltas, _, finish = _stream(client, temperature=0, max_tokens=48, **ask)
+    assert "".join(deltas) == whole.choices[0].message.content and finish == whole.choices[0].finish_reason
+    by_label = client.chat.completions.create(temperature=0, max_tokens=48, **{**ask, "model": starter.STARTER_LABEL})
+    assert by_label.choices[0].message.content == whole.choices[0].message.content  # the display name works too
+
+
+# ----- in process, with a scripted engine: error mapping and the pieces --------------------------------------
+
+
+class ScriptedChat:
+    """Stands in for ChatEngine: replies with `script`, text pieces and possibly an exception to raise."""
+
+    def __init__(self) -> None:
+        self.script: list = []
+
+    def attached(self, spec) -> list[str]:
+        return []
+
+    def stream(self, spec, messages, params, *, adapter=None, should_stop=lambda: False):
+        from studio.engines.chat import ChatChunk, ChatStats
+
+        text = ""
+        for step in self.script:
+            if isinstance(step, BaseException):
+                raise step
+            text += step
+            yield ChatChunk(text=text, delta=step)
+        yield ChatChunk(text=text, delta="", done=True, stats=ChatStats(3, len(self.script), 0.1, 0.05, 1, "stop"))
+
+
+@pytest.fixture(scope="module")
+def scripted():
+    """An in-process server with only the /v1 routes, on a scripted engine; yields (client, chat)."""
+    from types import SimpleNamespace
+
+    import fastapi
+    import uvicorn
+
+    from studio.api.openai import register
+    from studio.models.manager import LOADED
+    from studio.models.specs import ModelSpec
+    from tests.ui.conftest import free_port
+
+    spec = ModelSpec("chat", "scripted", "hub")
+    record = SimpleNamespace(key=spec.key, name=spec.name, kind="chat", state=LOADED, last_used=0.0)
+    manager = SimpleNamespace(records=lambda: [record], spec_for=lambda key: spec)
+    chat = ScriptedChat()
+    app = fastapi.FastAPI()
+    register(app, SimpleNamespace(manager=manager, chat=chat, device="cpu"))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0), chat
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        ("InputError", 400, None),
+        ("ModelLoadError", 400, "model_load_failed"),
+        ("BudgetError", 503, "insufficient_memory"),
+        ("StudioOutOfMemory", 503, "out_of_memory"),
+    ],
+)
+def test_studio_errors_keep_their_message(scripted, error, status, code):
+    import studio.errors
+
+    client, chat = scripted
+    chat.script = [getattr(studio.errors, error)("It went wrong in a way the user can fix.", "Do this.")]
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="scripted", messages=HELLO)
+    assert err.value.status_code == status and err.value.body["code"] == code
+    assert err.value.body["message"] == "It went wrong in a way the user can fix. Do this."
+
+
+def test_unexpected_errors_are_one_line_without_internals(scripted):
+    client, chat = scripted
+    chat.script = [RuntimeError("secret internals /home/user/path")]
+    with pytest.raises(openai.InternalServerError) as err:
+        client.chat.completions.create(model="scripted", messages=HELLO)
+    assert err.value.body["message"] == "Internal error in ML Studio (RuntimeError); the studio's log has the details."
+
+
+def test_an_error_after_the_first_token_is_an_error_event(scripted):
+    from studio.errors import StudioOutOfMemory
+
+    client, chat = scripted
+    chat.script = ["Hello", " wor", StudioOutOfMemory("Out of memory while answering; the reply so far is kept.")]
+    deltas = []
+    with pytest.raises(openai.APIError, match="Out of memory while answering"):
+        for chunk in client.chat.completions.create(model="scripted", messages=HELLO, stream=True):
+            deltas += [c.delta.content for c in chunk.choices if c.delta.content]
+    assert deltas == ["Hello", " wor"]
+
+
+def test_stop_sequences_split_across_pieces(scripted):
+    client, chat = scripted
+    chat.script = ["Hi <", "|e", "nd|> never sent"]
+    deltas, _, finish = _stream(client, model="scripted", messages=HELLO, stop=["<|end|>", "zzz"])
+    assert "".join(deltas) == "Hi " and finish == "stop"
+    chat.script = ["a <", "b"]  # a held-back tail that turned out not to be a stop sequence is sent at the end
+    deltas, _, finish = _stream(client, model="scripted", messages=HELLO, stop="<|end|>")
+    assert "".join(deltas) == "a <b" and finish == "stop"
+
+
+def test_request_fields_map_onto_chat_params():
+    from studio.api.openai import ApiError, parse_request
+    from studio.engines.chat import ChatParams
+
+    req = parse_request(
+        {
+            "model": " m ",
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            ],
+            "max_tokens": 5,
+            "max_completion_tokens": 7,
+            "frequency_penalty": 0.4,
+            "presence_penalty": 1.0,
+            "seed": 3,
+            "stop": "END",
+        }
+    )
+    assert req.model == "m" and req.stops == ("END",) and not req.stream
+    assert req.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert req.params == ChatParams(max_new_tokens=7, repetition_penalty=1.1, seed=3)
+    assert parse_request({"model": "m", "messages": HELLO}).params == ChatParams()  # the studio's defaults
+    for bad, param in [
+        ({"temperature": True}, "temperature"),
+        ({"stop": ["a", ""]}, "stop"),
+        ({"tools": [{"type": "function"}]}, "tools"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"stream": "yes"}, "stream"),
+    ]:
+        with pytest.raises(ApiError) as err:
+            parse_request({"model": "m", "messages": HELLO, **bad})
+        assert err.value.status == 400 and err.value.param == param
