@@ -250,7 +250,32 @@ def test_a_client_that_leaves_stops_its_reply(client, studio):
         assert int(re.search(r": (\d+) tokens", line).group(1)) < 3500
 
 
-def test_adapters_are_models_of_their_own(studio, client, tiny_models, adapter_dir):
+def _engine_reply(folder: Path, adapter: Path, tmp: Path) -> str:
+    """The greedy reply to HELLO from ChatEngine in this process, with `adapter` attached and selected."""
+    from studio.engines.chat import ChatEngine, ChatParams
+    from studio.memory.probes import HostProbe
+    from studio.memory.timeline import EventLog
+    from studio.models.calibration import Calibration
+    from studio.models.kinds import default_registry
+    from studio.models.manager import ModelManager
+    from studio.models.specs import ModelSpec
+
+    manager = ModelManager(
+        probe=HostProbe(),
+        kinds=default_registry(),
+        calibration=Calibration(tmp / "calibration.json"),
+        events=EventLog(),
+        device="cpu",
+        budget_bytes=2 * 1024**3,
+        reserve_bytes=0,
+    )
+    engine, spec = ChatEngine(manager), ModelSpec("chat", str(folder), "folder")
+    name = engine.attach_adapter(spec, adapter)
+    params = ChatParams(temperature=0, max_new_tokens=GREEDY["max_tokens"], repetition_penalty=1.0)
+    return engine.complete(spec, HELLO, params, adapter=name).text
+
+
+def test_adapters_are_models_of_their_own(studio, client, tiny_models, adapter_dir, tmp_path):
     from gradio_client import Client
 
     Client(studio.url, verbose=False).predict(
@@ -261,7 +286,10 @@ def test_adapters_are_models_of_their_own(studio, client, tiny_models, adapter_d
     base = client.chat.completions.create(model=TINY, messages=HELLO, **plain).choices[0].message.content
     tuned = client.chat.completions.create(model=f"{TINY}:purple", messages=HELLO, **plain)
     assert tuned.model == f"{TINY}:purple"
-    assert tuned.choices[0].message.content != base and tuned.choices[0].message.content.startswith("pu")
+    assert tuned.choices[0].message.content != base
+    # exactly what the engine answers in this process with the same adapter (what it learned varies a little
+    # from run to run: CPU training is not bit-for-bit reproducible)
+    assert tuned.choices[0].message.content == _engine_reply(tiny_models.causal_lm, adapter_dir, tmp_path)
     assert client.chat.completions.create(model=TINY, messages=HELLO, **plain).choices[0].message.content == base
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=f"{TINY}:no-such-adapter", messages=HELLO)
