@@ -96,6 +96,9 @@ def browser():
 
 @pytest.fixture
 def page(browser):
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=20_000)  # a loaded 2-core CI machine answers slower than Playwright's 5 s default
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     p = context.new_page()
     p.set_default_timeout(30_000)
