@@ -43,6 +43,8 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
 
     # a long reply, stopped while it streams: the partial reply stays
     _set_model(page, str(long_lm))
+    page.locator("#chat-temperature input[type=number]").fill("0")  # greedy: this tiny LM never emits EOS then
+    page.locator("#chat-temperature input[type=number]").press("Tab")
     page.locator("#chat-max-new input").fill("30000")
     page.locator("#chat-max-new input").press("Tab")
     page.locator("#chat-context input").fill("32768")
