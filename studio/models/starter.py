@@ -22,12 +22,12 @@ import sys
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.errors import ModelLoadError
+from studio.models import folders
 from studio.models.specs import ModelSpec
 
 if TYPE_CHECKING:
@@ -252,42 +252,14 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 
 
 def _is_complete(folder: Path, stamp: dict) -> bool:
-    try:
-        return json.loads((folder / MARKER).read_text(encoding="utf-8")) == stamp
-    except (OSError, ValueError):
-        return False
+    return folders.is_complete(folder, MARKER, stamp)
 
 
 def _move_into_place(staging: Path, target: Path, stamp: dict) -> None:
-    """Atomic rename; an incomplete or outdated folder already at `target` is swapped out first."""
-    try:
-        os.rename(staging, target)
-        return
-    except OSError:
-        if _is_complete(target, stamp):  # another process got there first (platforms without flock)
-            return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    try:
-        os.rename(target, trash / target.name)
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
+    folders.move_into_place(staging, target, MARKER, stamp)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory file lock (POSIX). Without fcntl the atomic rename alone keeps results correct."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+_locked = folders.locked
 
 
 # ----- sizing before loading (studio.models.estimate dispatches here) -------------------------------------

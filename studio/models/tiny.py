@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from studio.models import folders
 
 # Bump when a builder's output changes, so folders cached by an older version are rebuilt.
 FORMAT_VERSION = 1
@@ -335,42 +335,14 @@ def _ensure(target: Path, kind: str, seed: int, build: Callable[[Path], object])
 
 
 def _is_complete(folder: Path, stamp: dict) -> bool:
-    try:
-        return json.loads((folder / MARKER).read_text(encoding="utf-8")) == stamp
-    except (OSError, ValueError):
-        return False
+    return folders.is_complete(folder, MARKER, stamp)
 
 
 def _move_into_place(staging: Path, target: Path, stamp: dict) -> None:
-    """Atomic rename; an incomplete or outdated folder already at `target` is swapped out first."""
-    try:
-        os.rename(staging, target)
-        return
-    except OSError:
-        if _is_complete(target, stamp):  # another process got there first (platforms without flock)
-            return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    try:
-        os.rename(target, trash / target.name)
-        os.rename(staging, target)
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
+    folders.move_into_place(staging, target, MARKER, stamp)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory file lock (POSIX). Without fcntl the atomic rename alone keeps builds correct."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+_locked = folders.locked
 
 
 def main(argv: Sequence[str] | None = None) -> int:
