@@ -22,7 +22,6 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -267,39 +266,18 @@ def model_object(m: ServedModel) -> dict[str, Any]:
 # ----- generation ------------------------------------------------------------------------------------------
 
 
-class GenerationLane:
-    """The API's replies run one at a time (the manager already serialises loads). A waiter holds no model."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def turn(self, stop: threading.Event) -> Iterator[bool]:
-        """Wait for this reply's turn; yields False if it was stopped (its client left) while waiting."""
-        while not self._lock.acquire(timeout=0.25):
-            if stop.is_set():
-                yield False
-                return
-        try:
-            yield True
-        finally:
-            self._lock.release()
-
-
 class Reply:
     """One reply generated on its own thread, handed to the event loop as ("chunk", ChatChunk), ("error", exc)
     and a last ("end", None). `cancel()` ends generation at the next token."""
 
-    def __init__(
-        self, lane: GenerationLane, produce: Callable[[Callable[[], bool]], Iterator[ChatChunk]], label: str
-    ) -> None:
+    def __init__(self, produce: Callable[[Callable[[], bool]], Iterator[ChatChunk]], label: str) -> None:
         self.stop = threading.Event()
         self.why = ""  # why it was cancelled, for the log
         self.label = label
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._checked = time.monotonic()  # when the client was last seen connected
-        threading.Thread(target=self._run, args=(lane, produce), name="api-chat", daemon=True).start()
+        threading.Thread(target=self._run, args=(produce,), name="api-chat", daemon=True).start()
 
     def cancel(self, why: str) -> None:
         if not self.stop.is_set():
@@ -312,16 +290,12 @@ class Reply:
         except RuntimeError:  # the server's loop is closed (shutting down): nobody is listening
             pass
 
-    def _run(self, lane: GenerationLane, produce: Callable[[Callable[[], bool]], Iterator[ChatChunk]]) -> None:
-        try:
-            with lane.turn(self.stop) as go:
-                if not go:
-                    log.info("OpenAI API: %s: request dropped while waiting (%s)", self.label, self.why)
-                    return
-                for chunk in produce(self.stop.is_set):
-                    self._put(("chunk", chunk))
-                    if chunk.stats:
-                        self._log(chunk.stats)
+    def _run(self, produce: Callable[[Callable[[], bool]], Iterator[ChatChunk]]) -> None:
+        try:  # the engine's generation lane makes this wait while another reply (page or API) runs
+            for chunk in produce(self.stop.is_set):
+                self._put(("chunk", chunk))
+                if chunk.stats:
+                    self._log(chunk.stats)
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers with it
             self._put(("error", exc))
         finally:
@@ -404,7 +378,6 @@ def sse(obj: Any) -> str:
 def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
     """Add /v1/models and /v1/chat/completions to `app` (before Gradio adds its own routes)."""
     # NOTE: Gradio's login (--auth, --share) does not cover these routes; API keys are a later issue.
-    lane = GenerationLane()
 
     @app.get("/v1/models")
     def list_models() -> JSONResponse:
@@ -434,7 +407,7 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
                 served.spec, req.messages, req.params, adapter=served.adapter, should_stop=should_stop
             )
 
-        reply = Reply(lane, produce, served.id)
+        reply = Reply(produce, served.id)
         first = await reply.next(request)  # the load and the first token: their errors get a proper status
         if first[0] == "error":
             return api_error(first[1]).response()

@@ -150,12 +150,34 @@ def _stopping_criteria(should_stop: Callable[[], bool]):
     return StoppingCriteriaList([_Stop()])
 
 
+class GenerationLane:
+    """Replies run one at a time, whoever asks (the page's Chat tab, the OpenAI-compatible API): two generate calls
+    on one model would fight over its adapter switch and the global seed. A waiter holds no model."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def wait(self, should_stop: Callable[[], bool], poll: float = 0.25) -> bool:
+        """Block until it is this caller's turn (True), or until `should_stop()` says it no longer wants one."""
+        while not self._lock.acquire(timeout=poll):
+            if should_stop():
+                return False
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+
 @dataclass
 class ChatEngine:
     """Runs chat on models leased from the manager; keeps which LoRA adapters belong on which base model."""
 
     manager: ModelManager
     adapters: dict[str, dict[str, str]] = field(default_factory=dict)  # spec.key -> {adapter name: folder}
+    lane: GenerationLane = field(default_factory=GenerationLane, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ----- prompt ------------------------------------------------------------------------------------------
@@ -291,6 +313,24 @@ class ChatEngine:
         params.check_inputs()
         messages = check_messages(messages)
         t0 = time.perf_counter()
+        if not self.lane.wait(should_stop):  # stopped (or the client left) while another reply was running
+            stats = ChatStats(0, 0, time.perf_counter() - t0, time.perf_counter() - t0, params.seed, "stopped")
+            yield ChatChunk(text="", delta="", done=True, stats=stats)
+            return
+        try:
+            yield from self._stream_locked(spec, messages, params, adapter, should_stop, t0)
+        finally:
+            self.lane.release()
+
+    def _stream_locked(
+        self,
+        spec: ModelSpec,
+        messages: list[dict],
+        params: ChatParams,
+        adapter: str | None,
+        should_stop: Callable[[], bool],
+        t0: float,
+    ) -> Iterator[ChatChunk]:
         workload = Workload(context_len=params.context_len or 0)
         with self.manager.acquire(spec, workload) as lease:
             lm = lease.model

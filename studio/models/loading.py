@@ -94,6 +94,11 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
 
         where = str(ensure_starter(models_dir or cache_root() / "models"))
     kwargs = pretrained_kwargs(spec, offline)
+    if spec.source_type == "hub":  # from the cache, or downloaded now with progress, or a clear reason why not
+        from studio.models.hub import local_snapshot
+
+        where = str(local_snapshot(spec, offline))
+        kwargs = {"trust_remote_code": False, "local_files_only": True}
     model_kwargs: dict[str, Any] = {"dtype": torch_dtype(spec)}
     if spec.precision in ("nf4", "int8"):
         from transformers import BitsAndBytesConfig

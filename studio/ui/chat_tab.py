@@ -15,6 +15,7 @@ import gradio as gr
 from studio.context import AppContext
 from studio.engines.chat import ChatParams
 from studio.errors import InputError, StudioError
+from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.ui import messages as msg
@@ -215,19 +216,26 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         params.check_inputs()
         return params
 
+    def workload_for(c) -> Workload:
+        return Workload(context_len=max(int(c or 0), 0))
+
     @msg.user_errors
-    def show_plan(choice, prec):
+    def show_plan(choice, prec, c):
         if not choice:
             return ""
         spec = resolve_spec(ctx, choice, prec)
-        plan = ctx.manager.plan(spec)
-        return f"{plan.message} Estimate: {fmt_bytes(plan.estimate.total)} ({plan.estimate.method})."
+        plan = ctx.manager.plan(spec, workload_for(c))
+        est = plan.estimate
+        return (
+            f"{plan.message} Estimate: {fmt_bytes(est.total)} = weights {fmt_bytes(est.weights_bytes)} + "
+            f"KV cache and activations {fmt_bytes(est.runtime_bytes)} ({est.method})."
+        )
 
     @msg.user_errors
-    def load(choice, prec, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - shows download progress
+    def load(choice, prec, c, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - shows download progress
         spec = resolve_spec(ctx, choice, prec)
-        plan = ctx.manager.plan(spec)
-        with ctx.manager.acquire(spec):
+        plan = ctx.manager.plan(spec, workload_for(c))
+        with ctx.manager.acquire(spec, workload_for(c)):
             pass
         rec = next(r for r in ctx.manager.records() if r.key == spec.key)
         return f"{plan.message}\n\n{spec.name} is ready: {fmt_bytes(rec.measured_bytes)} measured."
@@ -347,9 +355,10 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     stop_btn.click(request_stop, None, None, api_name="chat_stop", **quick)
     clear_btn.click(lambda: ([], [], ""), None, [chatbot, side, stats_md], api_name="chat_clear", **light)
     export_btn.click(export, [chatbot, system, model, precision], [export_files], api_name="chat_export")
-    model.change(show_plan, [model, precision], [plan_md], api_name="chat_plan", **light)
-    precision.change(show_plan, [model, precision], [plan_md], **light)
-    load_btn.click(load, [model, precision], [plan_md], api_name="chat_load", **gpu)
+    model.change(show_plan, [model, precision, context], [plan_md], api_name="chat_plan", **light)
+    for widget in (precision, context):
+        widget.change(show_plan, [model, precision, context], [plan_md], **light)
+    load_btn.click(load, [model, precision, context], [plan_md], api_name="chat_load", **gpu)
     attach_btn.click(
         attach, [model, precision, adapter_path], [use_adapter, adapter_md], api_name="chat_attach", **gpu
     )

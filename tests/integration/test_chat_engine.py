@@ -100,6 +100,31 @@ def test_abandoned_stream_releases_the_model(engine, lm_spec):
     next(gen)
     gen.close()
     assert all(r.leases == 0 for r in engine.manager.records())
+    assert not engine.lane.busy()
+
+
+def test_replies_take_turns_on_one_lane(engine, lm_spec):
+    """The page and the API share the engine's lane: a second reply waits for the first, and a waiter that is
+    stopped gives up without generating."""
+    first = engine.stream(lm_spec, HELLO, ChatParams(temperature=0, max_new_tokens=300))
+    next(first)  # the first reply holds the lane
+    order: list[str] = []
+
+    def second() -> None:
+        *_, last = engine.stream(lm_spec, HELLO, GREEDY)
+        order.append(f"second:{last.stats.finish_reason}")
+
+    t = threading.Thread(target=second)
+    t.start()
+    t.join(timeout=1.0)
+    assert t.is_alive(), "the second reply must wait while the first runs"
+    gave_up = list(engine.stream(lm_spec, HELLO, GREEDY, should_stop=lambda: True))
+    assert len(gave_up) == 1 and gave_up[0].stats.finish_reason == "stopped" and gave_up[0].text == ""
+    order.append("first")
+    first.close()
+    t.join(timeout=60)
+    assert order == ["first", "second:length"] or order == ["first", "second:stop"]
+    assert not engine.lane.busy()
 
 
 def test_long_conversation_drops_the_oldest_turns_with_a_notice(engine, lm_spec):
