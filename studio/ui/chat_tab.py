@@ -252,7 +252,22 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             yield history, side_history, stats_text
 
     def respond(
-        history, side_history, choice, prec, sys_prompt, t, p, k, r, n, s, c, adapter, both, request: gr.Request
+        history,
+        side_history,
+        choice,
+        prec,
+        sys_prompt,
+        t,
+        p,
+        k,
+        r,
+        n,
+        s,
+        c,
+        adapter,
+        both,
+        request: gr.Request,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model picked but not yet downloaded shows its download
     ):
         """Generator: the reply streams into the chatbot; errors keep the conversation."""
         try:

@@ -85,14 +85,22 @@ def test_greedy_is_deterministic_and_seeds_reproduce(engine, lm_spec):
 
 def test_stop_ends_within_a_few_tokens_and_keeps_the_partial_reply(engine, lm_spec):
     stop = threading.Event()
+    checks_after_stop = []  # generate asks after every token: each check after Stop is one more token made
+
+    def should_stop() -> bool:
+        if stop.is_set():
+            checks_after_stop.append(1)
+        return stop.is_set()
+
     seen = []
-    for chunk in engine.stream(lm_spec, HELLO, ChatParams(temperature=0, max_new_tokens=400), should_stop=stop.is_set):
+    for chunk in engine.stream(lm_spec, HELLO, ChatParams(temperature=0, max_new_tokens=400), should_stop=should_stop):
         seen.append(chunk)
         if len(seen) == 3:
             stop.set()
     last = seen[-1]
     assert last.done and last.stats.finish_reason == "stopped"
-    assert last.stats.new_tokens <= 3 + 3 and last.text.startswith(seen[1].text)
+    assert last.stats.new_tokens < 400 and last.text.startswith(seen[2].text)
+    assert len(checks_after_stop) <= 4, f"{len(checks_after_stop)} tokens after Stop"
 
 
 def test_abandoned_stream_releases_the_model(engine, lm_spec):
