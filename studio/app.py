@@ -13,6 +13,7 @@ from studio.errors import ConfigError, StudioError
 
 log = logging.getLogger("studio")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+QUEUE_SIZE = 64  # requests waiting at most; one more gets "busy, try again" instead of a hang
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -50,13 +51,21 @@ def run(config: StudioConfig) -> None:
     auth, generated = resolve_auth(config)
     from studio.api import serve
     from studio.context import build_context
+    from studio.security import SecurityPolicy
     from studio.ui.layout import CSS, build_app
 
     ctx = build_context(config)
+    ctx.security, generated_key = SecurityPolicy.from_config(config)
+    if config.share:
+        from studio.sharing import ShareLink
+
+        ctx.sharing = ShareLink()  # the page shows its state from the start
     app = build_app(ctx)
-    app.queue(default_concurrency_limit=1, max_size=64)
+    app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
     if generated:
         print(f"Login required (sharing/listening): user 'studio', password {generated}", flush=True)
+    if generated_key:
+        print(f"API key for /v1 (sharing/listening): {generated_key}", flush=True)
     print(f"ML Studio on {ctx.device}: data in {ctx.paths.data_dir}", flush=True)
     host = "127.0.0.1" if config.bind_host in ("0.0.0.0", "::") else config.bind_host
     host = f"[{host}]" if ":" in host else host

@@ -40,6 +40,9 @@ class StudioConfig:
     listen: bool = False  # serve on every network interface (requires a login)
     auth: str | None = None  # "user:password" for the login
     auth_file: Path | None = None  # file with one "user:password" per line
+    api_key: str | None = None  # key for /v1 (Authorization: Bearer KEY); generated when sharing/listening
+    allow_remote_admin: bool = False  # let remote visitors load models by path/id, change the budget, fine-tune
+    max_upload_mb: float = 512.0  # largest file a visitor may upload (datasets, audio, images)
     budget_gb: float | None = None  # memory the models may use; None = 12 GiB capped by the device
     reserve_gb: float = 0.8  # kept free for the CUDA context, fragmentation and other programs
     device: str = "auto"  # auto | cuda | cpu
@@ -64,9 +67,9 @@ class StudioConfig:
 
 # Settings that are paths, floats, ints and booleans, for parsing strings from the environment and the file.
 _PATHS = {"auth_file", "data_dir", "config_file"}
-_FLOATS = {"budget_gb", "reserve_gb"}
+_FLOATS = {"budget_gb", "reserve_gb", "max_upload_mb"}
 _INTS = {"port"}
-_BOOLS = {"share", "listen", "offline", "open_browser"}
+_BOOLS = {"share", "listen", "offline", "open_browser", "allow_remote_admin"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -100,6 +103,12 @@ def validate(cfg: StudioConfig) -> None:
             raise ConfigError("--auth must look like user:password.", "Example: --auth alice:correct-horse-battery")
     if cfg.auth_file is not None:
         read_auth_file(cfg.auth_file)
+    if cfg.api_key is not None and (len(cfg.api_key) < 8 or any(c.isspace() for c in cfg.api_key)):
+        raise ConfigError(
+            "--api-key must be at least 8 characters with no spaces.", "Leave it out to have one generated."
+        )
+    if not 0 < cfg.max_upload_mb <= 1024 * 1024:
+        raise ConfigError(f"--max-upload-mb must be a positive number of MB, not {cfg.max_upload_mb:g}.")
 
 
 def read_auth_file(path: Path) -> list[tuple[str, str]]:
@@ -220,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", action="store_true", help="serve on all network interfaces (a login is required)")
     p.add_argument("--auth", metavar="USER:PASS", help="login for the page and the API")
     p.add_argument("--auth-file", metavar="FILE", help="file with one user:password per line")
+    p.add_argument("--api-key", metavar="KEY", help="key the /v1 API requires (generated when sharing/listening)")
+    p.add_argument(
+        "--allow-remote-admin",
+        action="store_true",
+        help="let remote visitors load models by path or id, change the budget and start fine-tuning",
+    )
+    p.add_argument("--max-upload-mb", metavar="MB", help="largest upload a visitor may send (default 512)")
     p.add_argument("--budget-gb", metavar="GB", help="memory budget for models (default: 12 GB capped by the device)")
     p.add_argument("--reserve-gb", metavar="GB", help="memory kept free for the CUDA context and others (0.8)")
     p.add_argument("--device", choices=DEVICES, help="where models run (default auto: CUDA if an NVIDIA GPU is found)")

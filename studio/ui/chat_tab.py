@@ -18,6 +18,7 @@ from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
+from studio.security import require_loaded_or_owner, require_owner
 from studio.ui import messages as msg
 from studio.ui.models_tab import spec_from_form
 
@@ -232,8 +233,9 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         )
 
     @msg.user_errors
-    def load(choice, prec, c, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - shows download progress
+    def load(choice, prec, c, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - downloads
         spec = resolve_spec(ctx, choice, prec)
+        require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
         plan = ctx.manager.plan(spec, workload_for(c))
         with ctx.manager.acquire(spec, workload_for(c)):
             pass
@@ -272,6 +274,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         """Generator: the reply streams into the chatbot; errors keep the conversation."""
         try:
             spec = resolve_spec(ctx, choice, prec)
+            require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
             params = params_from(t, p, k, r, n, s, c)
             adapter = None if adapter in (None, "", NO_ADAPTER) else adapter
             msgs = conversation(sys_prompt, history)
@@ -309,7 +312,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return history
 
     @msg.user_errors
-    def attach(choice, prec, folder):
+    def attach(choice, prec, folder, request: gr.Request):
+        require_owner(ctx.security, request, "attach adapters from server folders")
         spec = resolve_spec(ctx, choice, prec)
         if not (folder or "").strip():
             raise InputError("Pick or type an adapter folder first.")
@@ -321,7 +325,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         )
 
     @msg.user_errors
-    def detach(choice, prec, current):
+    def detach(choice, prec, current, request: gr.Request):
+        require_owner(ctx.security, request, "detach adapters")
         spec = resolve_spec(ctx, choice, prec)
         if current in (None, "", NO_ADAPTER):
             raise InputError("Pick the adapter to detach in 'Answer with'.")

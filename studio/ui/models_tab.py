@@ -12,6 +12,7 @@ from studio.context import AppContext
 from studio.errors import InputError
 from studio.models.manager import ModelRecord, fmt_bytes
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec
+from studio.security import require_owner
 from studio.ui import messages as msg
 from studio.ui import timeline
 
@@ -173,7 +174,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     refresh_outputs = [table, selected, plot, events_table, choices_seen]
 
     @msg.user_errors
-    def do_park(key: str | None) -> str:
+    def do_park(key: str | None, request: gr.Request) -> str:
+        require_owner(ctx.security, request, "park or unload models")
         if not key:
             raise InputError(msg.SELECT_MODEL)
         name = next((r.name for r in manager.records() if r.key == key), key)
@@ -181,7 +183,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return msg.PARKED.format(name=name)
 
     @msg.user_errors
-    def do_unload(key: str | None) -> str:
+    def do_unload(key: str | None, request: gr.Request) -> str:
+        require_owner(ctx.security, request, "park or unload models")
         if not key:
             raise InputError(msg.SELECT_MODEL)
         report = manager.unload(key)
@@ -193,7 +196,14 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return manager.plan(spec_from_form(ctx, kind_v, source_v, precision_v)).message
 
     @msg.user_errors
-    def do_load(kind_v: str, source_v: str, precision_v: str, progress=gr.Progress(track_tqdm=True)) -> str:  # noqa: B008
+    def do_load(
+        kind_v: str,
+        source_v: str,
+        precision_v: str,
+        request: gr.Request,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+    ) -> str:
+        require_owner(ctx.security, request, "load models by path or Hub id")
         spec = spec_from_form(ctx, kind_v, source_v, precision_v)
         plan = manager.plan(spec)
         with manager.acquire(spec):
@@ -209,7 +219,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return f"{plan.message}\n\n{loaded}"
 
     @msg.user_errors
-    def do_budget(budget_gb: float | None, reserve_gb: float | None) -> str:
+    def do_budget(budget_gb: float | None, reserve_gb: float | None, request: gr.Request) -> str:
+        require_owner(ctx.security, request, "change the memory budget")
         if reserve_gb is None:
             raise InputError("Reserve must be a number of GB (0 or more).")
         if budget_gb is not None and budget_gb <= 0:

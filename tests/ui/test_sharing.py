@@ -1,0 +1,113 @@
+"""A shared studio (--share on a machine with no network): login everywhere, an API key on /v1, the link's
+failure in one line, and remote visitors kept to the workbenches."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+
+from tests.ui.conftest import start_studio, stop_studio
+
+
+def _log_value(studio, pattern: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, studio.log.read_text())
+        if found:
+            return found.group(1)
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern!r} not in the log:\n{studio.log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    s = start_studio(tmp_path_factory.mktemp("shared-data"), "--device", "cpu", "--budget-gb", "2", "--share")
+    s.password = _log_value(s, r"user 'studio', password (\S+)")
+    s.api_key = _log_value(s, r"API key for /v1 \(sharing/listening\): (\S+)")
+    yield s
+    stop_studio(s)
+
+
+def test_no_network_means_one_line_and_local_serving(shared):
+    line = _log_value(shared, r"(Public link unavailable: [^\n]*)")
+    assert "keeps serving on this machine" in line
+    assert "Traceback" not in shared.log.read_text()
+    assert httpx.get(shared.url, timeout=10).status_code == 200  # the login page, served locally
+
+
+def test_every_door_needs_the_login_or_the_key(shared):
+    # the Gradio API without logging in
+    r = httpx.post(shared.url + "gradio_api/call/memory_bar", json={"data": []}, timeout=10)
+    assert r.status_code in (401, 403), r.text
+    # /v1 without and with a wrong key: OpenAI's error shape
+    for headers in ({}, {"Authorization": "Bearer sk-wrong-key-000"}):
+        r = httpx.get(shared.url + "v1/models", headers=headers, timeout=10)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", r.text
+    # the official client with the printed key
+    from openai import AuthenticationError, OpenAI
+
+    ok = OpenAI(base_url=shared.url + "v1", api_key=shared.api_key, max_retries=0)
+    assert ok.models.list().object == "list"
+    with pytest.raises(AuthenticationError):
+        OpenAI(base_url=shared.url + "v1", api_key="sk-not-the-key", max_retries=0).models.list()
+
+
+def test_log_in_see_the_sharing_line_and_use_a_tab(shared, page, tiny_models):
+    from playwright.sync_api import expect
+
+    page.goto(shared.url)
+    page.get_by_label("username").fill("studio")
+    page.get_by_label("password").fill("wrong")
+    page.get_by_role("button", name="Login").click()
+    expect(page.get_by_text("Incorrect Credentials")).to_be_visible()
+    page.goto(shared.url)
+    page.get_by_label("username").fill("studio")
+    page.get_by_label("password").fill(shared.password)
+    page.get_by_role("button", name="Login").click()
+    expect(page.locator("#share-status")).to_contain_text("Public link unavailable")
+    expect(page.locator("#memory-bar")).to_be_visible()
+    page.get_by_role("tab", name="Models").click()
+    source = page.locator("#load-source input")
+    source.fill(str(tiny_models.causal_lm))
+    source.press("Enter")
+    page.locator("#load-go").click()
+    expect(page.locator("#load-result")).to_contain_text("loaded:", timeout=90_000)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    s = start_studio(tmp_path_factory.mktemp("local-data"), "--device", "cpu", "--budget-gb", "2")
+    yield s
+    stop_studio(s)
+
+
+def _call(studio, api_name: str, data: list, headers: dict | None = None) -> tuple[str, str]:
+    """One Gradio API call over HTTP; returns (the last SSE event, its data)."""
+    with httpx.Client(base_url=studio.url, timeout=60, headers=headers or {}) as client:
+        r = client.post(f"gradio_api/call/{api_name}", json={"data": data})
+        r.raise_for_status()
+        event_id = r.json()["event_id"]
+        event, payload = "", ""
+        with client.stream("GET", f"gradio_api/call/{api_name}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    payload = line.split(":", 1)[1].strip()
+                    if event in ("complete", "error"):
+                        break
+        return event, payload
+
+
+def test_remote_visitors_cannot_load_by_path_or_change_the_budget(local, tiny_models):
+    visitor = {"Host": "visitor.gradio.live", "X-Forwarded-For": "203.0.113.9"}
+    event, data = _call(local, "models_load", ["chat", str(tiny_models.causal_lm), "fp32"], visitor)
+    assert event == "error" and "Remote visitors cannot load models by path or Hub id" in data, data
+    event, data = _call(local, "models_budget", [1.0, 0.1], visitor)
+    assert event == "error" and "Remote visitors cannot change the memory budget" in data, data
+    # the owner, on this machine, can
+    event, data = _call(local, "models_budget", [1.5, 0.1])
+    assert event == "complete" and "Budget now" in data, data
