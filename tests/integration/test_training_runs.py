@@ -1,0 +1,176 @@
+"""Real runs of the worker (a child process) on the tiny LM: learn, stop, kill -9 and resume, merge, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from studio.errors import BudgetError
+from studio.memory.probes import HostProbe
+from studio.memory.timeline import EventLog
+from studio.models.calibration import Calibration
+from studio.models.kinds import default_registry
+from studio.models.manager import ModelManager
+from studio.training.datasets import load_dataset
+from studio.training.job import RunDir, TrainJob
+from studio.training.runs import RunManager
+
+ASSET = Path(__file__).resolve().parents[2] / "assets" / "datasets" / "studio-faq.jsonl"
+GIB = 1024**3
+
+
+def _runs(tmp_path: Path, budget: int = 4 * GIB) -> RunManager:
+    manager = ModelManager(
+        probe=HostProbe(),
+        kinds=default_registry(),
+        calibration=Calibration(tmp_path / "c.json"),
+        events=EventLog(),
+        device="cpu",
+        budget_bytes=budget,
+        reserve_bytes=0,
+    )
+    return RunManager(manager, tmp_path / "runs")
+
+
+@pytest.fixture
+def runs(tmp_path) -> RunManager:
+    return _runs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset(ASSET)
+
+
+def _job(tiny_models, **overrides) -> TrainJob:
+    settings = dict(
+        base_model=str(tiny_models.causal_lm),
+        base_label="tiny",
+        learning_rate=2e-2,
+        cutoff_len=256,
+        batch_size=2,
+        eval_every=5,
+        save_every=5,
+        warmup_ratio=0.0,
+        train_rows=1,
+        seed=0,
+    )
+    return TrainJob(**{**settings, **overrides})
+
+
+def _steps(run: RunDir) -> list[int]:
+    return [m["step"] for m in run.metrics() if "loss" in m]
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _peft_logits(base_folder: Path, adapter: Path, ids):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_folder), str(adapter))
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_a_run_learns_reports_and_merges(runs, tiny_models, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    lines = [f"Row {i}: the quick brown fox jumps over the lazy dog." for i in range(30)]
+    (tmp_path / "fox.txt").write_text("\n".join(lines), encoding="utf-8")
+    run = runs.create(
+        _job(tiny_models, max_steps=25, batch_size=1, scheduler="constant"),
+        load_dataset(tmp_path / "fox.txt"),
+        eval_fraction=0.2,
+    )
+    assert json.loads(run.job_file.read_text())["train_rows"] == 24 and run.eval_file.is_file()
+    runs.start(run)
+    assert runs.manager.reservations()[0][0].owner == f"fine-tune {run.name}"
+    assert runs.wait(run, 300) == 0, run.log_file.read_text()[-3000:]
+    status = runs.state(run)
+    assert status["state"] == "done" and status["step"] == status["total_steps"] > 10
+    assert runs.manager.reservations() == []  # the worker's memory is given back to the budget
+    losses = [m["loss"] for m in run.metrics() if "loss" in m]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.3  # down (a tiny random LM cannot go far below ln(vocab))
+    assert [m["step"] for m in run.metrics() if "eval_loss" in m][0] == 0  # measured before training
+    report = run.report()
+    assert report["eval_loss_after"] < report["eval_loss_before"] and report["perplexity_after"] > 1
+    assert len(run.checkpoint_steps()) <= 2  # capped
+    merged = runs.merge(run)
+    ids = torch.tensor([[1, 5, 9, 42, 7, 3]])
+    expected = _peft_logits(tiny_models.causal_lm, run.adapter, ids)
+    plain = AutoModelForCausalLM.from_pretrained(merged)  # transformers alone, no peft
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["stop file", "SIGTERM"])
+def test_stop_saves_an_adapter_that_peft_loads(runs, tiny_models, dataset, how):
+    run = runs.create(_job(tiny_models, max_steps=100_000, eval_every=0, save_every=0), dataset)
+    pid = runs.start(run)
+    _wait_for(lambda: len(_steps(run)) >= 3, 120, "three steps")
+    if how == "stop file":
+        assert runs.stop(run)
+    else:
+        os.kill(pid, signal.SIGTERM)
+    assert runs.wait(run, 120) == 0
+    status = runs.state(run)
+    assert status["state"] == "stopped" and 3 <= status["step"] < 100_000 and "Resume" in status["message"]
+    assert not run.stop_file.exists()
+    logits = _peft_logits(tiny_models.causal_lm, run.adapter, __import__("torch").tensor([[1, 2, 3]]))
+    assert logits.shape[-1] > 100
+    assert run.checkpoint_steps() == [status["step"]]  # so Resume continues from exactly here
+
+
+def test_kill_9_then_resume_continues_from_the_last_checkpoint(runs, tiny_models, dataset):
+    run = runs.create(_job(tiny_models, max_steps=24, eval_every=0, save_every=4), dataset)
+    pid = runs.start(run)
+    _wait_for(
+        lambda: run.checkpoint_steps() and max(_steps(run)) >= run.checkpoint_steps()[-1] + 2, 120, "a checkpoint"
+    )
+    os.kill(pid, signal.SIGKILL)
+    assert runs.wait(run, 30) == -signal.SIGKILL
+    assert runs.state(run)["state"] == "interrupted"
+    last = run.checkpoint_steps()[-1]
+    assert 4 <= last < 24 and max(_steps(run)) > last  # steps after the checkpoint were lost with the process
+    runs.start(run)
+    assert runs.wait(run, 300) == 0, run.log_file.read_text()[-3000:]
+    status = runs.state(run)
+    assert status["state"] == "done" and status["step"] == 24
+    assert [m["step"] for m in run.metrics() if m.get("event") == "resume"] == [last]
+    assert _steps(run) == list(range(1, 25))  # the step count continues: every step once, in order
+
+
+def test_a_job_too_big_for_the_budget_is_refused(tmp_path, tiny_models, dataset):
+    runs = _runs(tmp_path, budget=64 * 1024**2)
+    run = runs.create(_job(tiny_models, batch_size=64, cutoff_len=4096), dataset)
+    with pytest.raises(BudgetError, match=r"This job needs .* GB .*does not fit|This job needs"):
+        runs.start(run)
+    assert runs.manager.reservations() == [] and runs.pid(run) is None
+    assert "activations" in runs.plan(run.job()).message and not runs.plan(run.job()).plan.fits
+
+
+def test_a_full_disk_is_refused(runs, tiny_models, dataset, monkeypatch):
+    import shutil as real_shutil
+
+    from studio.training import job as jobmod
+
+    usage = real_shutil.disk_usage("/")
+    monkeypatch.setattr(jobmod.shutil, "disk_usage", lambda p: usage._replace(free=50 * 1024**2))
+    run = runs.create(_job(tiny_models), dataset)
+    with pytest.raises(BudgetError, match="Not enough disk space .* MB is free"):
+        runs.start(run)
+    assert runs.pid(run) is None and runs.manager.reservations() == []
