@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from studio.config import GIB, StudioConfig
 from studio.engines.chat import ChatEngine
+from studio.engines.image import ImageEngine
+from studio.engines.speech import SpeechEngine
 from studio.errors import ConfigError
 from studio.memory.probes import MemoryProbe, detect_probe
 from studio.memory.timeline import EventLog, MemoryMonitor
 from studio.models.calibration import Calibration
 from studio.models.kinds import KindRegistry, LoadOptions, default_registry
 from studio.models.manager import ModelManager
+from studio.security import SecurityPolicy
+from studio.training.runs import RunManager
+
+if TYPE_CHECKING:
+    from studio.sharing import ShareLink
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +71,11 @@ class AppContext:
     kinds: KindRegistry
     manager: ModelManager
     chat: ChatEngine  # chat on the manager's models; also serves /v1/chat/completions
+    image: ImageEngine  # Stable Diffusion on the manager's models; also serves /v1/images/generations
+    speech: SpeechEngine  # Whisper on the manager's models; also serves /v1/audio/transcriptions
+    training: RunManager  # fine-tune runs: run folders under paths.runs, one worker process at a time
+    security: SecurityPolicy = field(default_factory=SecurityPolicy)  # logins, API key, remote visitors, uploads
+    sharing: ShareLink | None = None  # the public link, when the studio runs with --share
 
     @property
     def device(self) -> str:
@@ -70,6 +83,7 @@ class AppContext:
         return self.manager.device
 
     def close(self) -> None:
+        self.training.close()  # running workers save an adapter and stop
         self.monitor.stop()
 
 
@@ -119,4 +133,8 @@ def build_context(
         kinds=kinds,
         manager=manager,
         chat=ChatEngine(manager),
+        image=ImageEngine(manager, paths.outputs / "images", paths.models, offline=config.offline),
+        speech=SpeechEngine(manager),
+        training=RunManager(manager, paths.runs),
+        security=SecurityPolicy.from_config(config)[0],
     )

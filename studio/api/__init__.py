@@ -19,8 +19,26 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
     """
     from gradio.routes import App
 
-    from studio.api import openai
+    from studio.api import audio, guard, images, openai
 
     app = App()
+    guard.register(app, ctx)  # the API key and upload limit, before any /v1 route
     openai.register(app, ctx)
-    return blocks.launch(_app=app, **launch_kwargs)
+    images.register(app, ctx)
+    audio.register(app, ctx)
+    share = launch_kwargs.pop("share", False)
+    launch_kwargs.setdefault("max_file_size", ctx.security.max_upload_bytes)
+    if not share:
+        return blocks.launch(_app=app, **launch_kwargs)
+    # launched locally first; the public link is opened beside it, so its failure is one line, not a crash
+    from studio.sharing import ShareLink
+
+    ctx.sharing = ctx.sharing or ShareLink()
+    return_at_once = launch_kwargs.pop("prevent_thread_lock", False)
+    launch_kwargs["quiet"] = True  # Gradio would advise `share=True`; the studio prints its own lines
+    result = blocks.launch(_app=app, prevent_thread_lock=True, **launch_kwargs)
+    print(f"* Running on local URL:  {blocks.local_url}", flush=True)
+    ctx.sharing.start(blocks)
+    if not return_at_once:
+        blocks.block_thread()
+    return result

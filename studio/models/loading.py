@@ -134,7 +134,7 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
 def load_diffusion_pipeline(spec: ModelSpec, offline: bool = False) -> Any:
     """A diffusers pipeline from a folder, a Hub id, or a single-file .safetensors checkpoint."""
     import torch
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     where = model_location(spec)
     dtype = torch_dtype(spec) if spec.precision in ("fp16", "bf16", "fp32") else torch.float16
@@ -147,7 +147,7 @@ def load_diffusion_pipeline(spec: ModelSpec, offline: bool = False) -> Any:
                     f"{spec.name}: single-file checkpoints must be .safetensors.",
                     "Convert .ckpt files to .safetensors first; pickles are not loaded.",
                 )
-            pipe = StableDiffusionPipeline.from_single_file(where, dtype=dtype, local_files_only=offline)
+            pipe = _single_file_pipeline(spec, where, dtype, offline)
         else:
             kwargs = pretrained_kwargs(spec, offline)
             pipe = DiffusionPipeline.from_pretrained(where, dtype=dtype, use_safetensors=True, **kwargs)
@@ -163,6 +163,46 @@ def load_diffusion_pipeline(spec: ModelSpec, offline: bool = False) -> Any:
     return pipe.to(spec.device)
 
 
+def _single_file_pipeline(spec: ModelSpec, where: str, dtype: Any, offline: bool) -> Any:
+    """A Stable Diffusion 1.x/2.x/XL pipeline from one original-layout .safetensors checkpoint.
+
+    The keys are checked first, so a file that is not a diffusion model gets a specific message. The pipeline's
+    configs come from the file's own folder when it holds a diffusers `model_index.json` (no network needed), else
+    from the Hugging Face cache or the Hub, as diffusers finds them for the detected model family.
+    """
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(where, "pt") as f:
+            keys = list(f.keys())
+    except (OSError, SafetensorError) as exc:
+        raise ModelLoadError(f"{spec.name}: not a readable .safetensors file ({_describe(exc)}).") from None
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        sample = ", ".join(keys[:3]) or "no tensors at all"
+        raise ModelLoadError(
+            f"{spec.name}: not a Stable Diffusion checkpoint: it holds no diffusion UNet weights "
+            f"(model.diffusion_model.*); its tensors are named like {sample}.",
+            "Pick a Stable Diffusion 1.x, 2.x or SDXL checkpoint, or a diffusers folder.",
+        )
+    xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
+    cls = StableDiffusionXLPipeline if xl else StableDiffusionPipeline
+    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": offline}
+    folder = Path(where).parent
+    if (folder / "model_index.json").is_file():
+        kwargs["config"] = str(folder)
+    try:
+        return cls.from_single_file(where, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        tip = (
+            "Offline, a single-file checkpoint needs its pipeline configs: in the Hugging Face cache, or a diffusers "
+            "model_index.json (with component configs) in the file's folder."
+            if offline or "config" not in kwargs
+            else "The file may be damaged or not match the configs in its folder."
+        )
+        raise ModelLoadError(f"{spec.name}: cannot load this checkpoint ({_describe(exc)}).", tip) from None
+
+
 def load_whisper(spec: ModelSpec, offline: bool = False, download_root: Path | None = None) -> Any:
     """openai-whisper from a name or a local .pt (weights_only), or faster-whisper from a CTranslate2 folder."""
     path = spec.path
@@ -170,7 +210,14 @@ def load_whisper(spec: ModelSpec, offline: bool = False, download_root: Path | N
         from faster_whisper import WhisperModel
 
         where = model_location(spec)
-        compute = {"fp16": "float16", "int8": "int8", "fp32": "float32", "bf16": "bfloat16", "nf4": "int8"}
+        # on CUDA, int8 means int8 weights with float16 activations (faster-whisper's recommended GPU int8 mode)
+        compute = {
+            "fp16": "float16",
+            "int8": "int8_float16",
+            "fp32": "float32",
+            "bf16": "bfloat16",
+            "nf4": "int8_float16",
+        }
         compute_type = (
             compute[spec.precision]
             if spec.device == "cuda"
@@ -201,6 +248,14 @@ def load_whisper(spec: ModelSpec, offline: bool = False, download_root: Path | N
         raise ModelLoadError(
             f"{spec.name}: not a Whisper model ({_describe(exc)}).",
             "Pick a name (tiny ... turbo), an openai-whisper .pt file or a CTranslate2 folder.",
+        ) from None
+    except OSError as exc:  # a name whose download failed (URLError is an OSError)
+        if path is not None:
+            raise ModelLoadError(f"{spec.name}: cannot read it ({_describe(exc)}).") from None
+        raise ModelLoadError(
+            f"Whisper {spec.source} is not downloaded yet, and downloading it failed ({_describe(exc)}).",
+            "Connect to the internet once (it is cached in the data dir's models/whisper), or pick the offline "
+            "starter model, a local .pt file or a CTranslate2 folder.",
         ) from None
     except Exception as exc:  # noqa: BLE001 - torch.load(weights_only=True) raises UnpicklingError and others
         raise ModelLoadError(

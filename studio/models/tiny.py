@@ -241,6 +241,123 @@ def build_tiny_sd_pipeline(folder: Path, *, seed: int = 0) -> Path:
     return folder
 
 
+def save_sd_single_file(pipeline: Path, folder: Path, name: str = "model.safetensors") -> Path:
+    """Write a diffusers SD 1.x pipeline folder as one original-layout (LDM) `.safetensors` checkpoint.
+
+    The file has the key layout community checkpoints use (`model.diffusion_model.`, `first_stage_model.`,
+    `cond_stage_model.transformer.`). The pipeline's configs and tokenizer are copied beside it (no weights), so
+    diffusers' `from_single_file(config=folder)` needs no network. Returns the checkpoint's path.
+    """
+    from safetensors.torch import load_file, save_file
+
+    pipeline, folder = Path(pipeline), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state: dict = {}
+    unet_config = json.loads((pipeline / "unet" / "config.json").read_text(encoding="utf-8"))
+    vae_config = json.loads((pipeline / "vae" / "config.json").read_text(encoding="utf-8"))
+    state.update(_unet_to_ldm(load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors"), unet_config))
+    state.update(_vae_to_ldm(load_file(pipeline / "vae" / "diffusion_pytorch_model.safetensors"), vae_config))
+    for key, value in load_file(pipeline / "text_encoder" / "model.safetensors").items():
+        if not key.endswith("position_ids"):
+            inner = key if key.startswith("text_model.") else "text_model." + key
+            state["cond_stage_model.transformer." + inner] = value
+    for item in pipeline.iterdir():  # configs and tokenizer files, never the component weights
+        if item.name == "model_index.json":
+            shutil.copy2(item, folder / item.name)
+        elif item.is_dir():
+            for f in item.iterdir():
+                if f.suffix in (".json", ".txt"):
+                    (folder / item.name).mkdir(exist_ok=True)
+                    shutil.copy2(f, folder / item.name / f.name)
+    path = folder / name
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+def _unet_to_ldm(state: dict, config: dict) -> dict:
+    """diffusers UNet2DConditionModel keys -> `model.diffusion_model.` keys (SD 1.x/2.x layout, any depth)."""
+    import re
+
+    layers, blocks = config["layers_per_block"], len(config["block_out_channels"])
+    prefixes = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+        "mid_block.resnets.0.": "middle_block.0.",
+        "mid_block.attentions.0.": "middle_block.1.",
+        "mid_block.resnets.1.": "middle_block.2.",
+    }
+    for i in range(blocks):
+        for j in range(layers):
+            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{i * (layers + 1) + j + 1}.0."
+            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{i * (layers + 1) + j + 1}.1."
+        if i < blocks - 1:
+            prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(layers + 1) * (i + 1)}.0.op."
+        for j in range(layers + 1):
+            prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * (layers + 1) + j}.0."
+            prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * (layers + 1) + j}.1."
+        has_attention = any(k.startswith(f"up_blocks.{i}.attentions.") for k in state)
+        prefixes[f"up_blocks.{i}.upsamplers.0.conv."] = (
+            f"output_blocks.{i * (layers + 1) + layers}.{2 if has_attention else 1}.conv."
+        )
+    resnet = {
+        "norm1.": "in_layers.0.",
+        "conv1.": "in_layers.2.",
+        "norm2.": "out_layers.0.",
+        "conv2.": "out_layers.3.",
+        "time_emb_proj.": "emb_layers.1.",
+        "conv_shortcut.": "skip_connection.",
+    }
+    ordered = sorted(prefixes.items(), key=lambda kv: -len(kv[0]))
+    out = {}
+    for key, value in state.items():
+        src, dst = next((s, d) for s, d in ordered if key.startswith(s))
+        rest = key[len(src) :]
+        if re.search(r"resnets\.\d+\.$", src):
+            old = next((a for a in resnet if rest.startswith(a)), None)
+            rest = resnet[old] + rest[len(old) :] if old else rest
+        out["model.diffusion_model." + dst + rest] = value
+    return out
+
+
+_VAE_ATTENTION_NAMES = (
+    ("group_norm.", "norm."),
+    ("to_q.", "q."),
+    ("to_k.", "k."),
+    ("to_v.", "v."),
+    ("to_out.0.", "proj_out."),
+)
+
+
+def _vae_to_ldm(state: dict, config: dict) -> dict:
+    """diffusers AutoencoderKL keys -> `first_stage_model.` keys (the decoder's blocks are numbered in reverse)."""
+    import re
+
+    n = len(config["block_out_channels"])
+    out = {}
+    for key, value in state.items():
+        k = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r"encoder.down.\1.block.\2.", key)
+        k = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", k)
+        k = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.block.", k)
+        k = re.sub(
+            r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{n - 1 - int(m[1])}.upsample.", k
+        )
+        k = re.sub(
+            r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.", lambda m: f"{m[1]}.mid.block_{int(m[2]) + 1}.", k
+        )
+        k = re.sub(r"^(encoder|decoder)\.mid_block\.attentions\.0\.", r"\1.mid.attn_1.", k)
+        k = k.replace("conv_norm_out.", "norm_out.").replace("conv_shortcut.", "nin_shortcut.")
+        if ".mid.attn_1." in k:
+            for a, b in _VAE_ATTENTION_NAMES:
+                k = k.replace(a, b)
+            if k.endswith("weight") and value.ndim == 2:  # the original uses 1x1 convolutions
+                value = value[:, :, None, None]
+        out["first_stage_model." + k] = value
+    return out
+
+
 def _clip_tokenizer(folder: Path):
     """A CLIPTokenizer from a vocab.json + merges.txt written here: every byte, its end-of-word form, a few merges."""
     from transformers import CLIPTokenizer
@@ -292,6 +409,9 @@ def build_tiny_whisper(path: Path, *, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Whisper(dims)
+        # whisper leaves the decoder's positional embedding uninitialised (torch.empty: whatever was in memory,
+        # NaN at times); the real checkpoints fill it, so must this one, or runs differ and may produce NaN
+        torch.nn.init.normal_(model.decoder.positional_embedding, std=0.01)
     state = {name: tensor.half() for name, tensor in model.state_dict().items()}
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": state}, path)
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.context import AppContext
-from studio.ui import chat_tab, memory_bar, models_tab
+from studio.ui import chat_tab, finetune_tab, image_tab, memory_bar, models_tab, share_panel, speech_tab
 from studio.ui import messages as msg
 
 CSS = (
@@ -36,14 +36,27 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         note = ctx.monitor.latest().note
         if note:
             gr.Markdown(msg.CPU_NOTICE.format(note=note), elem_id="device-note")
+        sharing = share_panel.build(ctx)  # the public link and its Revoke button (only with --share)
         bar = gr.HTML(render_bar(ctx), elem_id="memory-bar")
         timer = gr.Timer(1.0)
         # never queued: the bar keeps moving while the GPU lane is busy
         timer.tick(lambda: render_bar(ctx), None, bar, queue=False, show_progress="hidden", api_name="memory_bar")
-        with gr.Tabs(elem_id="studio-tabs"):
+        with gr.Tabs(elem_id="studio-tabs") as tabs:
             with gr.Tab("Chat", id="chat", elem_id="tab-chat"):
                 chat = chat_tab.build(ctx)
+            with gr.Tab("Image", id="image", elem_id="tab-image"):
+                image = image_tab.build(ctx)
+            with gr.Tab("Speech", id="speech", elem_id="tab-speech"):
+                speech = speech_tab.build(ctx)
+            with gr.Tab("Fine-tune", id="finetune", elem_id="tab-finetune"):
+                finetune = finetune_tab.build(ctx)
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 models = models_tab.build(ctx)
+        finetune_tab.connect_chat(ctx, finetune, chat, tabs)  # "Try in Chat" attaches the adapter there
+        speech_tab.wire_send_to_chat(speech, chat["input"], tabs)  # "Send to Chat" opens the transcript there
         app.studio_components = {"memory_bar": bar, "memory_timer": timer, "chat": chat, "models": models}
+        app.studio_components["finetune"] = finetune
+        app.studio_components["sharing"] = sharing
+        app.studio_components["image"] = image
+        app.studio_components["speech"] = speech
     return app

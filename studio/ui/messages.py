@@ -34,6 +34,11 @@ UNLOADED = "{name} unloaded: {freed} no longer accounted."
 LEAK = " Warning: something still holds {name}; its memory is not free yet (see the timeline)."
 LOADED = "{name} loaded: {measured} measured (estimated {estimated}, {method}) in {seconds:.1f} s."
 UNEXPECTED = "Something went wrong: {error}. The studio keeps running; details are in the console."
+FT_INTRO = (
+    "Drop a dataset, check how the model will see it, pick a base model and LoRA settings, then Start. Training runs "
+    "in its own process; Stop saves a usable adapter, Resume continues from the last checkpoint, and *Try in Chat* "
+    "attaches the adapter in the Chat tab. Runs live in the data dir under `runs/`."
+)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
