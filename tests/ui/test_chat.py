@@ -45,6 +45,7 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
     _set_model(page, str(long_lm))
     page.locator("#chat-temperature input[type=number]").fill("0")  # greedy: this tiny LM never emits EOS then
     page.locator("#chat-temperature input[type=number]").press("Tab")
+    expect(page.locator("#chat-temperature input[type=range]")).to_have_value("0")  # the page's state took it
     page.locator("#chat-max-new input").fill("30000")
     page.locator("#chat-max-new input").press("Tab")
     page.locator("#chat-context input").fill("32768")
@@ -89,6 +90,7 @@ def test_the_starter_model_answers_in_the_page(page, starter_studio):
     _open_sampling(page)
     page.locator("#chat-temperature input[type=number]").fill("0")
     page.locator("#chat-temperature input[type=number]").press("Tab")
+    expect(page.locator("#chat-temperature input[type=range]")).to_have_value("0")  # the page's state took it
     page.locator("#chat-max-new input").fill("24")
     page.locator("#chat-max-new input").press("Tab")
     page.locator("#chat-input textarea").fill("What is the capital of France?")
