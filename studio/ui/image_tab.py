@@ -7,7 +7,6 @@ Thin handlers: widgets -> ImageParams -> ctx.image.generate() -> widgets. No tor
 from __future__ import annotations
 
 import re
-import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,23 +31,12 @@ from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG, ModelSpec
 from studio.security import require_loaded_or_owner
 from studio.ui import messages as msg
+from studio.ui.chat_tab import StopFlags
 from studio.ui.models_tab import spec_from_form
 
 IMAGE_PRECISIONS = ("fp16", "bf16", "fp32")
 MODEL_HELP = "Model (pick one, or type a diffusers folder, a .safetensors checkpoint or a Hugging Face id)"
 TINY_CHOICE = f"{TINY_LABEL}: offline, for trying the studio"
-
-
-class StopFlags:
-    """Per-browser-session stop requests; Stop is never queued behind the run it stops."""
-
-    def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def event(self, session: str) -> threading.Event:
-        with self._lock:
-            return self._flags.setdefault(session, threading.Event())
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
