@@ -16,6 +16,24 @@ def _set_model(page, folder: str) -> None:
 
 def _open_sampling(page) -> None:
     page.get_by_text("Sampling", exact=True).first.click()
+    expect(page.locator("#chat-temperature input[type=range]")).to_be_visible()
+
+
+def _set_value(page, elem_id: str, value: str) -> None:
+    """Type a number into a slider's or a number box's field until the page's state holds it. A field typed into
+    while its accordion is still opening can be re-drawn with the old value (seen on a loaded CI machine)."""
+    field = page.locator(f"#{elem_id} input[type=number]")
+    state = page.locator(f"#{elem_id} input[type=range]")
+    check = state if state.count() else field
+    for _ in range(4):
+        field.fill(value)
+        field.press("Tab")
+        try:
+            expect(check).to_have_value(value, timeout=3_000)
+            return
+        except AssertionError:
+            page.wait_for_timeout(300)
+    expect(check).to_have_value(value)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +50,7 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
     _set_model(page, str(tiny_models.causal_lm))
     expect(page.locator("#chat-plan")).to_contain_text("Loading")
     _open_sampling(page)
-    page.locator("#chat-max-new input").fill("8")
-    page.locator("#chat-max-new input").press("Tab")
+    _set_value(page, "chat-max-new", "8")
     page.locator("#chat-input textarea").fill("hello there")
     page.locator("#chat-send").click()
     expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=60_000)
@@ -43,13 +60,9 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
 
     # a long reply, stopped while it streams: the partial reply stays
     _set_model(page, str(long_lm))
-    page.locator("#chat-temperature input[type=number]").fill("0")  # greedy: this tiny LM never emits EOS then
-    page.locator("#chat-temperature input[type=number]").press("Tab")
-    expect(page.locator("#chat-temperature input[type=range]")).to_have_value("0")  # the page's state took it
-    page.locator("#chat-max-new input").fill("30000")
-    page.locator("#chat-max-new input").press("Tab")
-    page.locator("#chat-context input").fill("32768")
-    page.locator("#chat-context input").press("Tab")
+    _set_value(page, "chat-temperature", "0")  # greedy: this tiny LM never emits EOS then
+    _set_value(page, "chat-max-new", "30000")
+    _set_value(page, "chat-context", "32768")
     page.locator("#chat-input textarea").fill("tell me a long story")
     page.locator("#chat-send").click()
     expect(page.locator("#chat-stats")).not_to_contain_text("tok/s", timeout=30_000)
@@ -88,11 +101,8 @@ def test_the_starter_model_answers_in_the_page(page, starter_studio):
     page.locator("#chat-model input").click()
     page.locator("ul[role=listbox] li", has_text="SmolLM2 135M Instruct (starter)").first.click()
     _open_sampling(page)
-    page.locator("#chat-temperature input[type=number]").fill("0")
-    page.locator("#chat-temperature input[type=number]").press("Tab")
-    expect(page.locator("#chat-temperature input[type=range]")).to_have_value("0")  # the page's state took it
-    page.locator("#chat-max-new input").fill("24")
-    page.locator("#chat-max-new input").press("Tab")
+    _set_value(page, "chat-temperature", "0")
+    _set_value(page, "chat-max-new", "24")
     page.locator("#chat-input textarea").fill("What is the capital of France?")
     page.locator("#chat-input textarea").press("Enter")
     expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=120_000)
