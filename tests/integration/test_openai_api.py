@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -13,7 +12,6 @@ import openai
 import pytest
 from openai import OpenAI
 
-from studio.config import default_data_dir
 from tests.ui.conftest import start_studio, stop_studio
 
 TINY = "causal-lm-seed0"  # the name of tiny_models.causal_lm (its folder's name)
@@ -21,20 +19,6 @@ SLOW = "slow-lm"  # a bigger random LM with a long context: replies that run lon
 HELLO = [{"role": "user", "content": "hello there, how are you"}]
 GREEDY = {"temperature": 0, "max_tokens": 24}
 SEEDED = {"temperature": 1.0, "top_p": 1.0, "seed": 1234, "max_tokens": 32}  # varied text, the same every time
-
-
-def _converted_starter() -> Path | None:
-    """A starter model already converted: for the tests (see tests/conftest.py), by a studio, or by the loader."""
-    try:
-        from studio.models import starter
-    except ImportError:
-        return None
-    test_cache = Path(os.environ.get("STUDIO_TEST_CACHE", "~/.cache/ml-studio/test-models")).expanduser()
-    for models in (test_cache, default_data_dir() / "models", starter.cache_root() / "models"):
-        folder = starter.starter_folder(models)
-        if (folder / starter.MARKER).is_file():
-            return folder
-    return None
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +57,16 @@ def adapter_dir(tiny_models, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, tiny_models, slow_lm):
+def studio(tmp_path_factory, tiny_models, slow_lm, starter_folder):
     """A studio with the tiny LM and the slow LM loaded through the Models tab's API."""
     from gradio_client import Client
 
     data = tmp_path_factory.mktemp("api-data")
-    converted = _converted_starter()
-    if converted is not None:  # the studio finds it in its data dir and does not convert again
-        from studio.models.starter import starter_folder
+    from studio.models.starter import starter_folder as folder_in
 
-        link = starter_folder(data / "models")
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(converted, target_is_directory=True)
+    link = folder_in(data / "models")  # the studio finds the converted starter in its data dir: no second conversion
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(starter_folder, target_is_directory=True)
     s = start_studio(data, "--device", "cpu", "--budget-gb", "2")
     try:
         ui = Client(s.url, verbose=False)
@@ -302,9 +284,8 @@ def test_the_server_still_answers(client, studio):
 
 
 def test_starter_knows_the_capital_of_france(client):
-    starter = pytest.importorskip("studio.models.starter")
-    if _converted_starter() is None:
-        pytest.skip("the starter model is not converted yet (the tests' starter_folder fixture converts it once)")
+    from studio.models import starter
+
     model = starter.STARTER_NAME
     assert model in [m.id for m in client.models.list().data]
     ask = {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
