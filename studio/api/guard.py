@@ -40,6 +40,14 @@ class V1Guard:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
+            if not headers.get("content-length", "").isdigit():  # chunked: no size to check up front
+                cap = BodyCap(scope, receive, send, self.policy.max_upload_bytes)
+                try:
+                    await self.app(scope, cap.receive, cap.send)
+                except Exception:
+                    if not cap.refused:  # after a 413 the route fails on its cut body: expected, not logged
+                        raise
+                return
         await self.app(scope, receive, send)
 
     def check(self, headers: dict[str, str]) -> Any:
@@ -55,13 +63,49 @@ class V1Guard:
             )
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > policy.max_upload_bytes:
-            return _error(
-                413,
-                f"The request is {int(length) / 1024**2:.1f} MB; this studio accepts up to "
-                f"{policy.max_upload_bytes / 1024**2:.0f} MB (--max-upload-mb).",
-                "request_too_large",
-            )
+            return _too_large(f"{int(length) / 1024**2:.1f} MB", policy.max_upload_bytes)
         return None
+
+
+def _too_large(size: str, limit: int) -> Any:
+    return _error(
+        413,
+        f"The request is {size}; this studio accepts up to {limit / 1024**2:.0f} MB (--max-upload-mb).",
+        "request_too_large",
+    )
+
+
+class BodyCap:
+    """A body sent without Content-Length (chunked), counted as it arrives: past the limit, answer 413 at once and
+    tell the route the client left. Else Starlette would buffer a JSON body of any size in memory, or spool a
+    multipart one to disk, before the route could look at its size."""
+
+    def __init__(self, scope: dict, receive: Any, send: Any, limit: int) -> None:
+        self.scope, self._receive, self._send, self.limit = scope, receive, send, limit
+        self.seen = 0
+        self.refused = False  # the 413 went out; the route's own answer is dropped
+        self.started = False  # the route began its answer (then a 413 cannot be sent, only the cut)
+
+    async def receive(self) -> dict:
+        if self.refused:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.seen += len(message.get("body", b""))
+            if self.seen > self.limit:
+                self.refused = True
+                if not self.started:
+                    await _too_large(f"over {self.limit / 1024**2:.0f} MB", self.limit)(
+                        self.scope, self._receive, self._send
+                    )
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: dict) -> None:
+        if self.refused:
+            return
+        self.started = True
+        await self._send(message)
 
 
 def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
