@@ -7,13 +7,13 @@ import secrets
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from studio.config import StudioConfig, load_config, read_auth_file
 from studio.errors import ConfigError, StudioError
 
 log = logging.getLogger("studio")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-QUEUE_SIZE = 64  # requests waiting at most; one more gets "busy, try again" instead of a hang
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -45,8 +45,9 @@ def resolve_auth(config: StudioConfig) -> tuple[list[tuple[str, str]] | None, st
     return None, None
 
 
-def run(config: StudioConfig) -> None:
-    """Build and serve the studio until interrupted."""
+def start(config: StudioConfig, *, block: bool = True) -> tuple[Any, Any]:
+    """Build the studio and serve it: until interrupted when `block`, else in the background (tests, embedding).
+    Returns (AppContext, gr.Blocks); the caller closes both (`blocks.close()`, `ctx.close()`)."""
     check_port_free(config.bind_host, config.port)
     auth, generated = resolve_auth(config)
     from studio.api import serve
@@ -55,22 +56,22 @@ def run(config: StudioConfig) -> None:
     from studio.ui.layout import CSS, build_app
 
     ctx = build_context(config)
-    ctx.security, generated_key = SecurityPolicy.from_config(config)
-    if config.share:
-        from studio.sharing import ShareLink
-
-        ctx.sharing = ShareLink()  # the page shows its state from the start
-    app = build_app(ctx)
-    app.queue(default_concurrency_limit=1, max_size=QUEUE_SIZE)
-    if generated:
-        print(f"Login required (sharing/listening): user 'studio', password {generated}", flush=True)
-    if generated_key:
-        print(f"API key for /v1 (sharing/listening): {generated_key}", flush=True)
-    print(f"ML Studio on {ctx.device}: data in {ctx.paths.data_dir}", flush=True)
-    host = "127.0.0.1" if config.bind_host in ("0.0.0.0", "::") else config.bind_host
-    host = f"[{host}]" if ":" in host else host
-    print(f"OpenAI-compatible API: http://{host}:{config.port}/v1", flush=True)
     try:
+        ctx.security, generated_key = SecurityPolicy.from_config(config)
+        if config.share:
+            from studio.sharing import ShareLink
+
+            ctx.sharing = ShareLink()  # the page shows its state from the start
+        app = build_app(ctx)
+        app.queue(default_concurrency_limit=1, max_size=config.max_queue)  # full: "busy, try again", not a hang
+        if generated:
+            print(f"Login required (sharing/listening): user 'studio', password {generated}", flush=True)
+        if generated_key:
+            print(f"API key for /v1 (sharing/listening): {generated_key}", flush=True)
+        print(f"ML Studio on {ctx.device}: data in {ctx.paths.data_dir}", flush=True)
+        host = "127.0.0.1" if config.bind_host in ("0.0.0.0", "::") else config.bind_host
+        host = f"[{host}]" if ":" in host else host
+        print(f"OpenAI-compatible API: http://{host}:{config.port}/v1", flush=True)
         serve(
             app,
             ctx,
@@ -84,9 +85,19 @@ def run(config: StudioConfig) -> None:
             allowed_paths=[str(ctx.paths.outputs), str(ASSETS)],
             favicon_path=str(ASSETS / "logo.svg"),
             quiet=False,
+            prevent_thread_lock=not block,
         )
-    finally:
+    except BaseException:
         ctx.close()
+        raise
+    if block:
+        ctx.close()
+    return ctx, app
+
+
+def run(config: StudioConfig) -> None:
+    """Build and serve the studio until interrupted."""
+    start(config, block=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -43,6 +43,7 @@ class StudioConfig:
     api_key: str | None = None  # key for /v1 (Authorization: Bearer KEY); generated when sharing/listening
     allow_remote_admin: bool = False  # let remote visitors load models by path/id, change the budget, fine-tune
     max_upload_mb: float = 512.0  # largest file a visitor may upload (datasets, audio, images)
+    max_queue: int = 64  # requests that may wait for the GPU (page and API); one more is told "busy, try again"
     budget_gb: float | None = None  # memory the models may use; None = 12 GiB capped by the device
     reserve_gb: float = 0.8  # kept free for the CUDA context, fragmentation and other programs
     device: str = "auto"  # auto | cuda | cpu
@@ -68,7 +69,7 @@ class StudioConfig:
 # Settings that are paths, floats, ints and booleans, for parsing strings from the environment and the file.
 _PATHS = {"auth_file", "data_dir", "config_file"}
 _FLOATS = {"budget_gb", "reserve_gb", "max_upload_mb"}
-_INTS = {"port"}
+_INTS = {"port", "max_queue"}
 _BOOLS = {"share", "listen", "offline", "open_browser", "allow_remote_admin"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -109,6 +110,8 @@ def validate(cfg: StudioConfig) -> None:
         )
     if not 0 < cfg.max_upload_mb <= 1024 * 1024:
         raise ConfigError(f"--max-upload-mb must be a positive number of MB, not {cfg.max_upload_mb:g}.")
+    if not 1 <= cfg.max_queue <= 10_000:
+        raise ConfigError(f"--max-queue must be a whole number from 1 to 10000, not {cfg.max_queue}.")
 
 
 def read_auth_file(path: Path) -> list[tuple[str, str]]:
@@ -236,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="let remote visitors load models by path or id, change the budget and start fine-tuning",
     )
     p.add_argument("--max-upload-mb", metavar="MB", help="largest upload a visitor may send (default 512)")
+    p.add_argument(
+        "--max-queue", metavar="N", help="requests that may wait for the GPU; one more hears 'busy' (default 64)"
+    )
     p.add_argument("--budget-gb", metavar="GB", help="memory budget for models (default: 12 GB capped by the device)")
     p.add_argument("--reserve-gb", metavar="GB", help="memory kept free for the CUDA context and others (0.8)")
     p.add_argument("--device", choices=DEVICES, help="where models run (default auto: CUDA if an NVIDIA GPU is found)")

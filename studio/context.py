@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from studio.config import GIB, StudioConfig
 from studio.engines.chat import ChatEngine
 from studio.engines.image import ImageEngine
+from studio.engines.lane import GpuLane
 from studio.engines.speech import SpeechEngine
 from studio.errors import ConfigError
 from studio.memory.probes import MemoryProbe, detect_probe
@@ -122,6 +123,7 @@ def build_context(
     monitor.sample()
     if start_monitor:
         monitor.start()
+    lane = GpuLane(config.max_queue)  # chat, image and speech take turns on the device, page and API alike
     if config.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # libraries read this; the flag is the user's choice
     return AppContext(
@@ -132,9 +134,9 @@ def build_context(
         events=events,
         kinds=kinds,
         manager=manager,
-        chat=ChatEngine(manager),
-        image=ImageEngine(manager, paths.outputs / "images", paths.models, offline=config.offline),
-        speech=SpeechEngine(manager),
+        chat=ChatEngine(manager, lane=lane),
+        image=ImageEngine(manager, paths.outputs / "images", paths.models, offline=config.offline, lane=lane),
+        speech=SpeechEngine(manager, lane=lane),
         training=RunManager(manager, paths.runs),
         security=SecurityPolicy.from_config(config)[0],
     )

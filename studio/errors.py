@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class StudioError(Exception):
     """Base of every error shown to the user. `message` is one line; `tip` says what to do about it."""
@@ -33,3 +35,27 @@ class BudgetError(StudioError):
 
 class StudioOutOfMemory(StudioError):
     """The device ran out of memory and the manager's recovery did not help."""
+
+
+class StudioBusy(StudioError):
+    """Too many requests already wait for the GPU: try again in a moment (never a hang)."""
+
+
+class DiskFullError(StudioError):
+    """A file could not be written because the disk is full; what was saved before is left as it was."""
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """True when `exc` or an error it was raised from is "no space left" (or a disk quota), however wrapped:
+    torch.save reports it as a RuntimeError raised while handling the OSError, safetensors as its own error."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        if "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False

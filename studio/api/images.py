@@ -33,12 +33,13 @@ from studio.engines.image import (
 )
 from studio.models.manager import LOADED, PARKED
 from studio.models.specs import ModelSpec
+from studio.text import blank
 
 if TYPE_CHECKING:
     from studio.context import AppContext
 
 MAX_N = MAX_BATCH_SIZE
-_SIZE = re.compile(r"^(\d+)x(\d+)$")
+_SIZE = re.compile(r"^(\d{1,9})x(\d{1,9})$")  # digits capped: int() of 5000 digits raises
 
 
 def _field(body: dict, name: str, types: tuple[type, ...], what: str) -> Any:
@@ -55,7 +56,7 @@ def parse_request(body: Any) -> tuple[str | None, dict[str, Any]]:
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     prompt = _field(body, "prompt", (str,), "text")
-    if prompt is None or not prompt.strip():
+    if prompt is None or blank(prompt):
         raise ApiError(400, "'prompt' is required: describe the image to draw.", param="prompt")
     model = _field(body, "model", (str,), "a model id")
     given: dict[str, Any] = {"prompt": prompt.strip()}
@@ -68,7 +69,9 @@ def parse_request(body: Any) -> tuple[str | None, dict[str, Any]]:
     if size is not None and size != "auto":
         m = _SIZE.match(size.strip())
         if m is None:
-            raise ApiError(400, f"'size' must look like \"512x512\" (width x height), not {size!r}.", param="size")
+            raise ApiError(
+                400, f"'size' must look like \"512x512\" (width x height), not {size[:40]!r}.", param="size"
+            )
         given["width"], given["height"] = int(m.group(1)), int(m.group(2))
     fmt = _field(body, "response_format", (str,), '"b64_json"')
     if fmt not in (None, "b64_json"):

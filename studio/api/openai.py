@@ -9,6 +9,8 @@ Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with
   400 invalid_request_error  bad JSON or fields, an InputError, a model that cannot be loaded (ModelLoadError)
   404 invalid_request_error  an unknown model id (code model_not_found)
   503 server_error           BudgetError / StudioOutOfMemory: it does not fit in memory now (clients may retry)
+  503 server_error           StudioBusy: the line for the GPU is full (code busy, with Retry-After)
+  507 server_error           DiskFullError: the studio's disk is full (code disk_full)
   500 server_error           anything unexpected (logged with its traceback; the client gets one line)
 """
 
@@ -29,7 +31,15 @@ import fastapi
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from studio.engines.chat import ChatChunk, ChatParams, ChatStats, check_messages
-from studio.errors import BudgetError, InputError, ModelLoadError, StudioError, StudioOutOfMemory
+from studio.errors import (
+    BudgetError,
+    DiskFullError,
+    InputError,
+    ModelLoadError,
+    StudioBusy,
+    StudioError,
+    StudioOutOfMemory,
+)
 from studio.models.manager import LOADED, PARKED
 from studio.models.specs import ModelSpec
 
@@ -40,6 +50,7 @@ log = logging.getLogger(__name__)
 OWNER = "ml-studio"
 DISCONNECT_POLL_S = 0.5  # how often a waiting request checks whether its client is still there
 MAX_STOPS = 4  # as OpenAI
+BUSY_RETRY_AFTER_S = 5  # what a client that finds the GPU line full is told to wait (Retry-After)
 
 
 class ApiError(Exception):
@@ -59,13 +70,18 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        headers = {"Retry-After": str(BUSY_RETRY_AFTER_S)} if self.code == "busy" else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 def api_error(exc: BaseException) -> ApiError:
     """Any failure as an ApiError; StudioErrors keep their one-line message, other errors are logged."""
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, StudioBusy):
+        return ApiError(503, str(exc), code="busy")
+    if isinstance(exc, DiskFullError):  # the server's disk, not the request: a 5xx
+        return ApiError(507, str(exc), code="disk_full")
     if isinstance(exc, StudioOutOfMemory):
         return ApiError(503, str(exc), code="out_of_memory")
     if isinstance(exc, BudgetError):

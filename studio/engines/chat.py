@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from studio.engines.lane import GpuLane
 from studio.errors import InputError, ModelLoadError, StudioOutOfMemory
 from studio.models.estimate import Workload
 from studio.models.manager import ModelManager, is_oom
 from studio.models.specs import ModelSpec
+from studio.text import blank, invalid_text
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_CONTEXT = 4096
@@ -113,10 +115,13 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         if not isinstance(content, str):
             raise InputError(f"Message {i + 1}'s content must be text.")
+        reason = invalid_text(content, f"Message {i + 1}")
+        if reason:
+            raise InputError(reason)
         clean.append({"role": role, "content": content})
     if clean[-1]["role"] != "user":
         raise InputError("The last message must be the user's.")
-    if not clean[-1]["content"].strip():
+    if blank(clean[-1]["content"]):
         raise InputError("Type a message first: the message is empty.")
     return clean
 
@@ -158,34 +163,13 @@ def _stopping_criteria(should_stop: Callable[[], bool]):
     return StoppingCriteriaList([_Stop()])
 
 
-class GenerationLane:
-    """Replies run one at a time, whoever asks (the page's Chat tab, the OpenAI-compatible API): two generate calls
-    on one model would fight over its adapter switch and the global seed. A waiter holds no model."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-
-    def wait(self, should_stop: Callable[[], bool], poll: float = 0.25) -> bool:
-        """Block until it is this caller's turn (True), or until `should_stop()` says it no longer wants one."""
-        while not self._lock.acquire(timeout=poll):
-            if should_stop():
-                return False
-        return True
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def busy(self) -> bool:
-        return self._lock.locked()
-
-
 @dataclass
 class ChatEngine:
     """Runs chat on models leased from the manager; keeps which LoRA adapters belong on which base model."""
 
     manager: ModelManager
     adapters: dict[str, dict[str, str]] = field(default_factory=dict)  # spec.key -> {adapter name: folder}
-    lane: GenerationLane = field(default_factory=GenerationLane, repr=False)
+    lane: GpuLane = field(default_factory=GpuLane, repr=False)  # shared with the other engines in a studio
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ----- prompt ------------------------------------------------------------------------------------------
@@ -349,6 +333,7 @@ class ChatEngine:
                 result = yield from self._generate(spec, lm, prompt_ids, params, should_stop, t0, notice)
                 if result != "oom":
                     return
+                self.manager.events.add("oom", spec.name, 0, f"out of memory while {spec.name} was answering")
                 if attempt == 0:
                     self.manager.evict_idle(exclude=spec.key)
             raise StudioOutOfMemory(

@@ -5,7 +5,8 @@ yields after every finished batch; per-step progress goes to an `on_step` callba
 after every step (Stop ends after the current step and keeps the images already finished).
 
 Every image is written to `outputs/images/YYYY-MM-DD/NNNNN-SEED.png` before it is handed out, with a `parameters`
-text chunk in the AUTOMATIC1111 format, which `parse_infotext` reads back.
+text chunk in the AUTOMATIC1111 format, which `parse_infotext` reads back. It is written under a hidden temporary
+name and renamed, so a full disk leaves no partial file: the run ends with a DiskFullError saying where.
 
 Memory: before a run, the manager's estimate for the size and batch is compared with what the budget can free; if
 it does not fit, attention slicing, then VAE tiling, then model CPU offload (CUDA) are switched on, and the run is
@@ -27,12 +28,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from studio.engines.chat import GenerationLane
-from studio.errors import BudgetError, InputError, ModelLoadError
+from studio.engines.lane import GpuLane
+from studio.errors import BudgetError, DiskFullError, InputError, ModelLoadError, is_disk_full
 from studio.models import folders
 from studio.models.estimate import Workload
 from studio.models.manager import LOADED, ModelManager, fmt_bytes
 from studio.models.specs import ModelSpec, catalog_entry
+from studio.text import blank, invalid_text
 
 # ----- samplers ----------------------------------------------------------------------------------------------
 
@@ -84,6 +86,7 @@ MAX_STEPS = 150
 MAX_BATCH_SIZE = 8
 MAX_BATCH_COUNT = 100
 MAX_SEED = 2**32 - 1  # A1111's seed range
+MAX_PROMPT_CHARS = 10_000  # far beyond the 77 tokens CLIP reads; keeps the PNG's parameters chunk small
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,17 @@ class ImageParams:
 
     def check_inputs(self, max_side: int = MAX_SIDE, model: str = "this model") -> None:
         """Raise InputError naming the first setting that cannot work."""
-        if not self.prompt.strip() and not self.init_image:
+        if blank(self.prompt) and not self.init_image:
             raise InputError("Type a prompt first: the prompt is empty (it may be empty only with an init image).")
+        for what, text in (("The prompt", self.prompt), ("The negative prompt", self.negative_prompt)):
+            if len(text) > MAX_PROMPT_CHARS:
+                raise InputError(
+                    f"{what} is {len(text)} characters; the studio takes at most {MAX_PROMPT_CHARS}.",
+                    "The text encoder reads only its first 77 tokens (about 300 characters) anyway.",
+                )
+            reason = invalid_text(text, what)
+            if reason:
+                raise InputError(reason)
         sampler_named(self.sampler)
         if not isinstance(self.steps, int) or self.steps <= 0:
             raise InputError(f"Steps must be 1 or more, not {self.steps}.")
@@ -490,7 +502,7 @@ class ImageEngine:
     outputs: Path  # data_dir/outputs/images
     models_dir: Path  # data_dir/models: the test pipeline is built here on first use
     offline: bool = False
-    lane: GenerationLane = field(default_factory=GenerationLane, repr=False)
+    lane: GpuLane = field(default_factory=GpuLane, repr=False)  # shared with the other engines in a studio
     _save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ----- models --------------------------------------------------------------------------------------------
@@ -581,12 +593,24 @@ class ImageEngine:
         info = PngImagePlugin.PngInfo()
         info.add_text("parameters", text)
         with self._save_lock:
-            day.mkdir(parents=True, exist_ok=True)
-            numbers = [int(m.group(1)) for f in day.iterdir() if (m := re.match(r"(\d{5,})-", f.name))]
-            path = day / f"{max(numbers, default=0) + 1:05d}-{seed}.png"
-            tmp = day / f".{path.name}.tmp"
-            image.save(tmp, format="PNG", pnginfo=info)
-            os.replace(tmp, path)
+            path = tmp = None
+            try:
+                day.mkdir(parents=True, exist_ok=True)
+                numbers = [int(m.group(1)) for f in day.iterdir() if (m := re.match(r"(\d{5,})-", f.name))]
+                path = day / f"{max(numbers, default=0) + 1:05d}-{seed}.png"
+                tmp = day / f".{path.name}.tmp"
+                image.save(tmp, format="PNG", pnginfo=info)
+                os.replace(tmp, path)
+            except OSError as exc:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)  # never leave half a PNG (PIL may keep what it wrote)
+                if not is_disk_full(exc):
+                    raise
+                raise DiskFullError(
+                    f"The disk is full: {path.name if path else 'the image'} could not be saved in {day}.",
+                    "Free some space on that disk (or start the studio with --data-dir on another one), then "
+                    "generate again; the images saved before are kept.",
+                ) from None
         return SavedImage(path, seed, text)
 
     def gallery(self, limit: int = 200) -> list[Path]:

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from studio.engines.chat import GenerationLane
+from studio.engines.lane import GpuLane
 from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory
 from studio.models.estimate import Workload
 from studio.models.manager import ModelManager, is_oom
 from studio.models.specs import ModelSpec
+from studio.text import invalid_text
 
 SAMPLE_RATE = 16_000  # Whisper's input rate; ffmpeg resamples everything to it
 FRAME = SAMPLE_RATE // 10  # 100 ms: the unit of the silence and cut-point measurements
@@ -122,6 +123,9 @@ class SpeechParams:
                 f"{MAX_PROMPT_CHARS}.",
                 "Keep it to names, spellings and a sentence of style.",
             )
+        reason = invalid_text(self.initial_prompt, "The initial prompt")
+        if reason:
+            raise InputError(reason)
         if self.window_s and not 10 <= self.window_s <= 3600:
             raise InputError(
                 f"The window must be between 10 and 3600 s (or 0 for the default), not {self.window_s:g}."
@@ -714,7 +718,7 @@ class SpeechEngine:
 
     manager: ModelManager
     ffmpeg: str = "ffmpeg"
-    lane: GenerationLane = field(default_factory=GenerationLane, repr=False)
+    lane: GpuLane = field(default_factory=GpuLane, repr=False)  # shared with the other engines in a studio
 
     def tools_missing(self) -> str:
         """A message when ffmpeg is not installed, else "" (the page shows it at once)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -27,7 +28,10 @@ from studio.errors import BudgetError, InputError
 from studio.models.estimate import WeightsInfo, weights_bytes
 from studio.models.manager import fmt_bytes
 
+MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")  # a LoRA target: q_proj, layers.0.mlp, all-linear
+
 METHODS = ("lora", "qlora")
+MIN_CUTOFF, MAX_CUTOFF = 16, 131072  # tokens per training sequence
 SCHEDULERS = ("cosine", "linear", "constant")
 ACTIVE_STATES = ("starting", "loading", "evaluating", "training", "saving", "stopping")
 FINAL_STATES = ("done", "stopped", "failed", "interrupted")
@@ -111,9 +115,15 @@ class TrainJob:
         need(self.max_steps > 0 or self.epochs > 0, "Give a number of epochs above 0, or max steps.")
         need(self.batch_size >= 1, f"Batch size must be at least 1, not {self.batch_size}.")
         need(self.grad_accum >= 1, f"Gradient accumulation must be at least 1, not {self.grad_accum}.")
-        need(16 <= self.cutoff_len <= 131072, f"Cutoff length must be between 16 and 131072, not {self.cutoff_len}.")
+        need(MIN_CUTOFF <= self.cutoff_len <= MAX_CUTOFF, cutoff_message(self.cutoff_len))
         need(self.eval_every >= 0 and self.save_every >= 0, "Eval and save intervals must be 0 or more.")
         need(self.max_checkpoints >= 1, f"Keep at least 1 checkpoint, not {self.max_checkpoints}.")
+        for name in self.target_modules:
+            need(
+                bool(MODULE_NAME.match(name)),
+                f"Target module {name[:40]!r} is not a module name: use names such as q_proj, v_proj "
+                "(comma-separated), or leave the field empty for the architecture's default.",
+            )
         need(self.train_rows > 0, "The dataset has no training rows.")
 
     @property
@@ -137,6 +147,10 @@ class TrainJob:
             return cls(**data)
         except TypeError as exc:
             raise InputError(f"job.json is incomplete: {exc}.") from None
+
+
+def cutoff_message(value: int) -> str:
+    return f"Cutoff length must be between {MIN_CUTOFF} and {MAX_CUTOFF} tokens, not {value}."
 
 
 # ----- the run folder -------------------------------------------------------------------------------------------
@@ -220,8 +234,12 @@ class RunDir:
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so readers see the old or the new content, never half of it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves the old file, not a stray partial one beside it
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -26,13 +26,14 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.errors import BudgetError, ModelLoadError, StudioError
+from studio.errors import BudgetError, DiskFullError, ModelLoadError, StudioError, is_disk_full
 from studio.models.loading import model_location, pretrained_kwargs, torch_dtype
+from studio.models.manager import fmt_bytes
 from studio.models.specs import ModelSpec
 from studio.training import rows as rowlib
 from studio.training.datasets import read_jsonl
@@ -352,28 +353,26 @@ class Trainer:
         if not self.dist.main:
             return
         self.status("saving", message=f"Saving the checkpoint at step {self.step}")
-        folder = self.run.checkpoints / f"step-{self.step}"
-        tmp = self.run.checkpoints / f".step-{self.step}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.peft_model.save_pretrained(tmp / "adapter")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        rng = {"torch": torch.get_rng_state()}
-        if self.job.device == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
-        torch.save(rng, tmp / "rng.pt")
-        state = {
-            "step": self.step,
-            "tokens": self.tokens,
-            "train_seconds": self.train_seconds,
-            "eval_before": self.eval_before,
-            "eval_last": self.eval_last,
-            "world": self.dist.world,
-        }
-        write_atomic(tmp / "state.json", json.dumps(state))  # written last: its presence means complete
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+
+        def write(tmp: Path) -> None:
+            self.peft_model.save_pretrained(tmp / "adapter")
+            _torch_save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            _torch_save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            rng = {"torch": torch.get_rng_state()}
+            if self.job.device == "cuda":
+                rng["cuda"] = torch.cuda.get_rng_state()
+            _torch_save(rng, tmp / "rng.pt")
+            state = {
+                "step": self.step,
+                "tokens": self.tokens,
+                "train_seconds": self.train_seconds,
+                "eval_before": self.eval_before,
+                "eval_last": self.eval_last,
+                "world": self.dist.world,
+            }
+            write_atomic(tmp / "state.json", json.dumps(state))  # written last: its presence means complete
+
+        self._save_folder(self.run.checkpoints / f"step-{self.step}", f"the checkpoint at step {self.step}", write)
         for old in self.run.checkpoint_steps()[: -self.job.max_checkpoints]:
             shutil.rmtree(self.run.checkpoints / f"step-{old}", ignore_errors=True)
 
@@ -400,11 +399,30 @@ class Trainer:
     def save_adapter(self) -> None:
         if not self.dist.main:
             return
-        tmp = self.run.path / ".adapter.tmp"
+        self._save_folder(self.run.adapter, "the adapter", self.peft_model.save_pretrained)
+
+    def _save_folder(self, folder: Path, what: str, write: Callable[[Path], Any]) -> None:
+        """`write` into a hidden folder beside `folder`, then swap it in: a save that fails (a full disk) or is
+        killed leaves the previous checkpoints and adapter as they were, and no partial folder behind."""
+        tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.peft_model.save_pretrained(tmp)
-        shutil.rmtree(self.run.adapter, ignore_errors=True)
-        os.replace(tmp, self.run.adapter)
+        try:
+            tmp.mkdir(parents=True)
+            write(tmp)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not is_disk_full(exc):
+                raise
+            steps = self.run.checkpoint_steps()
+            resume = f"to continue from step {steps[-1]}" if steps else "to start again (no checkpoint was saved yet)"
+            raise DiskFullError(
+                f"The disk is full: {what} could not be saved in {folder.parent} "
+                f"({fmt_bytes(shutil.disk_usage(folder.parent).free)} free).",
+                f"Free some space on that disk (or keep fewer checkpoints), then press Resume {resume}; "
+                "what was saved before is intact.",
+            ) from None
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
 
     # ----- the loop -----------------------------------------------------------------------------------------
 
@@ -543,6 +561,14 @@ class Trainer:
         return 0
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a Python file, so that a full disk surfaces as the OSError behind torch's RuntimeError."""
+    import torch
+
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
 def _ppl(loss: float | None) -> float | None:
     return math.exp(min(loss, 50)) if loss is not None else None
 
@@ -616,7 +642,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from studio.models.manager import is_oom
 
         text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        if is_oom(exc):
+        if is_disk_full(exc):
+            text = f"The disk is full ({text}). Free some space on the disk of {run.path}, then press Resume."
+        elif is_oom(exc):
             text = f"Out of memory while training ({text}). Lower the batch size or cutoff, or turn on checkpointing."
         trainer.status("failed", message=text)
         return 1

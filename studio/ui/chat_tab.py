@@ -19,6 +19,7 @@ from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.security import require_loaded_or_owner, require_owner
+from studio.text import blank
 from studio.ui import messages as msg
 from studio.ui.models_tab import spec_from_form
 
@@ -278,7 +279,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             params = params_from(t, p, k, r, n, s, c)
             adapter = None if adapter in (None, "", NO_ADAPTER) else adapter
             msgs = conversation(sys_prompt, history)
-            if not msgs or msgs[-1]["role"] != "user" or not msgs[-1]["content"].strip():
+            if not msgs or msgs[-1]["role"] != "user" or blank(msgs[-1]["content"]):
                 raise InputError("Type a message first: the message is empty.")
             stop = flags.event(request.session_hash if request else "local")
             stop.clear()
@@ -294,9 +295,12 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
                     yield history, h, stats_text
         except StudioError as exc:
             raise gr.Error(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
+            msg.log.exception("unexpected error while answering")
+            raise gr.Error(msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])) from None
 
     def add_user(text, history):
-        if not (text or "").strip():
+        if blank(text):
             raise gr.Error("Type a message first: the message is empty.")
         return "", history + [{"role": "user", "content": text}]
 

@@ -28,8 +28,9 @@ from studio.training.datasets import (
     NeedsColumns,
     load_dataset,
 )
-from studio.training.job import ACTIVE_STATES, SCHEDULERS, RunDir, TrainJob
+from studio.training.job import ACTIVE_STATES, MAX_CUTOFF, SCHEDULERS, RunDir, TrainJob, cutoff_message
 from studio.ui import messages as msg
+from studio.ui.models_tab import check_name_chars
 
 STARTER_PREFIX = "starter:"  # the Chat tab's value for the starter model
 AUTO = "auto"
@@ -56,6 +57,7 @@ def resolve_base(ctx: AppContext, choice: str | None) -> tuple[str, str, str]:
     choice = (choice or "").strip()
     if not choice:
         raise InputError("Pick a base model first.")
+    check_name_chars(choice)
     if choice.startswith(STARTER_PREFIX):
         from studio.models.starter import STARTER_LABEL, ensure_starter
 
@@ -379,6 +381,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             source, _, _ = resolve_base(ctx, choice)
             tokenizer = tokenizer_for(source)
             cut = int(cut or 0)
+            if not 0 <= cut <= MAX_CUTOFF:  # small values pass: they are on the way to a larger one being typed
+                raise InputError(cutoff_message(cut))
             stats = rowlib.measure(dataset.samples, tokenizer, cut, train_on_prompt=bool(learn_prompt))
             avg = sum(stats.lengths) / max(1, len(stats.lengths))
             lines = [

@@ -7,6 +7,7 @@ import gradio as gr
 from studio.context import AppContext
 from studio.ui import chat_tab, finetune_tab, image_tab, memory_bar, models_tab, share_panel, speech_tab
 from studio.ui import messages as msg
+from studio.ui.inputs import StudioBlocks
 
 CSS = (
     memory_bar.CSS
@@ -31,7 +32,7 @@ def render_bar(ctx: AppContext) -> str:
 
 def build_app(ctx: AppContext) -> gr.Blocks:
     """The whole page. Each tab module lays itself out and returns its components."""
-    with gr.Blocks(title=msg.TITLE, analytics_enabled=False) as app:
+    with StudioBlocks(title=msg.TITLE, analytics_enabled=False) as app:  # a bad value sent gets a clear error
         gr.Markdown(f"# {msg.TITLE}\n{msg.SUBTITLE}", elem_id="studio-title")
         note = ctx.monitor.latest().note
         if note:

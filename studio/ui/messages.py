@@ -27,6 +27,10 @@ LOAD_HELP = (
     "Hugging Face id. The plan says what would be evicted before anything is loaded."
 )
 EMPTY_SOURCE = "Type a folder, a file path or a Hugging Face id to load."
+BAD_SOURCE_CHAR = (
+    "The model name has a character that no folder, file or Hugging Face id contains ({code}, character {at}). "
+    "Type or paste the name again."
+)
 BUDGET_HELP = "Budget and reserve apply at once; idle models are evicted if what is loaded no longer fits."
 BUDGET_SET = "Budget now {budget} (reserve {reserve}); models may use {usable}."
 PARKED = "{name} parked in CPU RAM."
@@ -34,6 +38,30 @@ UNLOADED = "{name} unloaded: {freed} no longer accounted."
 LEAK = " Warning: something still holds {name}; its memory is not free yet (see the timeline)."
 LOADED = "{name} loaded: {measured} measured (estimated {estimated}, {method}) in {seconds:.1f} s."
 UNEXPECTED = "Something went wrong: {error}. The studio keeps running; details are in the console."
+# values the page's widgets cannot read (studio/ui/inputs.py); mostly sent by API clients and scripts
+NUMBER_MISSING = "{label} needs a number."
+NUMBER_TYPE = "{label} must be a number, not {value}."
+NUMBER_FINITE = "{label} must be a finite number, not {value}."
+NUMBER_WHOLE = "{label} must be a whole number, not {value}."
+NUMBER_LOW = "{label} must be at least {bound}, not {value}."
+NUMBER_HIGH = "{label} must be at most {bound}, not {value}."
+INPUT_COUNT = "'{action}' takes {wanted} values but {got} were sent: one for each of {labels}."
+INPUT_UNREADABLE = "{label} cannot use the value sent: {value}."
+INPUT_UNREADABLE_SOMEWHERE = (
+    "One of the values sent to '{action}' cannot be used; GET /gradio_api/info lists what each one takes."
+)
+FILE_NOT_UPLOADED = (
+    "{label}: that file was not uploaded to this studio. Upload it first (the page does; API clients POST it to "
+    "/gradio_api/upload) and send the path that comes back."
+)
+FILE_SHAPE = (
+    '{label} takes a file uploaded to this studio ({{"path": ..., "meta": {{"_type": "gradio.FileData"}}}}), '
+    "not {value}."
+)
+CHATBOT_SHAPE = (
+    '{label} takes a list of messages such as {{"role": "user", "content": [{{"type": "text", "text": "Hello"}}]}}.'
+)
+NOT_AN_IMAGE = "{label}: {name} is not an image the studio can read. Upload a PNG, JPEG or WebP file."
 FT_INTRO = (
     "Drop a dataset, check how the model will see it, pick a base model and LoRA settings, then Start. Training runs "
     "in its own process; Stop saves a usable adapter, Resume continues from the last checkpoint, and *Try in Chat* "

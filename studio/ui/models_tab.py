@@ -13,8 +13,11 @@ from studio.errors import InputError
 from studio.models.manager import ModelRecord, fmt_bytes
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec
 from studio.security import require_owner
+from studio.text import control_char, lone_surrogate
 from studio.ui import messages as msg
 from studio.ui import timeline
+
+MAX_GB = 100_000  # a budget or reserve above this is a typo, not a device
 
 COLUMNS = [
     "Name",
@@ -58,11 +61,21 @@ def model_rows(records: list[ModelRecord]) -> list[list[str]]:
     ]
 
 
+def check_name_chars(source: str) -> None:
+    """Refuse a model name with a NUL, another control character or a lone surrogate (pasted or sent by a script)."""
+    bad = control_char(source)
+    if bad is None:
+        bad = lone_surrogate(source)
+    if bad is not None:
+        raise InputError(msg.BAD_SOURCE_CHAR.format(code=f"U+{ord(source[bad]):04X}", at=bad + 1))
+
+
 def spec_from_form(ctx: AppContext, kind: str, source: str, precision: str) -> ModelSpec:
     """Turn the load form into a ModelSpec, or say what is wrong with it."""
     source = (source or "").strip()
     if not source:
         raise InputError(msg.EMPTY_SOURCE)
+    check_name_chars(source)
     if kind not in KINDS:
         raise InputError(f"Kind must be one of {', '.join(KINDS)}.")
     if precision not in PRECISIONS:
@@ -227,6 +240,9 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             raise InputError(f"Budget must be more than 0 GB, not {budget_gb:g}; leave it empty for the default.")
         if reserve_gb < 0:
             raise InputError(f"Reserve must be 0 GB or more, not {reserve_gb:g}.")
+        for name, value in (("Budget", budget_gb), ("Reserve", reserve_gb)):
+            if value is not None and value > MAX_GB:
+                raise InputError(f"{name} must be at most {MAX_GB} GB, not {value:g}; no device has more.")
         manager.set_budget(int(budget_gb * GIB) if budget_gb else None, int(reserve_gb * GIB))
         usable = manager.budget_bytes()
         return msg.BUDGET_SET.format(

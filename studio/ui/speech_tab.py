@@ -25,6 +25,7 @@ from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes
 from studio.models.specs import ModelSpec
 from studio.security import require_loaded_or_owner
+from studio.text import blank
 from studio.ui import messages as msg
 from studio.ui.chat_tab import StopFlags
 from studio.ui.models_tab import spec_from_form
@@ -143,7 +144,7 @@ def progress_line(update: SpeechUpdate) -> str:
 
 def send_to_chat(text: str | None):
     """The transcript into the Chat tab's message box, and the Chat tab opened."""
-    if not (text or "").strip():
+    if blank(text):
         raise gr.Error("Nothing to send yet: transcribe a recording first.")
     return text.strip(), gr.Tabs(selected="chat")
 

@@ -63,7 +63,9 @@ def test_remote_visitors_use_only_the_models_the_owner_loaded():
 
     remote = Req("203.0.113.9", {"host": "x.gradio.live"})
     require_loaded_or_owner(POLICY, Manager(), Spec("k1", "tiny-lm"), remote)
-    with pytest.raises(PermissionDenied, match=r"can use the models the owner has loaded \(now: tiny-lm\), not load /etc"):
+    with pytest.raises(
+        PermissionDenied, match=r"can use the models the owner has loaded \(now: tiny-lm\), not load /etc"
+    ):
         require_loaded_or_owner(POLICY, Manager(), Spec("k2", "/etc"), remote)
     require_loaded_or_owner(POLICY, Manager(), Spec("k2", "/etc"), Req("127.0.0.1", {"host": "127.0.0.1:1"}))
 

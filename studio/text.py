@@ -1,0 +1,42 @@
+"""Checks on text the user typed or sent, shared by the engines, the API and the UI (no heavy imports).
+
+Unicode has characters that print nothing (zero-width spaces, direction marks) and code points that are not text
+at all (lone surrogates, which JSON can carry as "\\ud800"). A prompt made only of the first is empty to the user;
+the second breaks tokenizers and file writers deep inside a run. Both are caught here, before any model runs.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+
+def blank(text: str | None) -> bool:
+    """True when `text` shows nothing: empty, or only spaces and invisible format characters (ZWSP, RLM, ...)."""
+    return not any(not ch.isspace() and unicodedata.category(ch) != "Cf" for ch in text or "")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The index of the first lone surrogate (a code point that is not text), or None when `text` is valid."""
+    for i, ch in enumerate(text):
+        if "\ud800" <= ch <= "\udfff":
+            return i
+    return None
+
+
+def control_char(text: str) -> int | None:
+    """The index of the first control character (NUL, ESC, ...; tabs and newlines do not count), or None."""
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cc" and ch not in "\t\n\r":
+            return i
+    return None
+
+
+def invalid_text(text: str, what: str) -> str | None:
+    """A one-line reason why `text` cannot be used as `what`, or None when it can."""
+    at = lone_surrogate(text)
+    if at is not None:
+        return (
+            f"{what} is not valid Unicode text: character {at + 1} is a lone surrogate "
+            f"(U+{ord(text[at]):04X}). Send it as UTF-8 text."
+        )
+    return None

@@ -1,0 +1,145 @@
+"""Values that the page's widgets cannot read become one line that names the widget.
+
+Gradio turns each value an API client (or a page script) sends into the handler's argument before the handler runs:
+a Number rounds it, an Image opens it, a Chatbot validates it against its data model. When that fails Gradio raises
+its own exception, and since only gr.Error reaches the client, the caller sees a bare "error" with no message.
+`StudioBlocks` checks numbers first (with the widget's label and range in the message) and turns any other failure
+to read a value into a gr.Error that names the widget and says what it takes.
+
+It overrides `gr.Blocks.preprocess_data`, a method Gradio does not document as public;
+tests/integration/test_bad_inputs.py catches a Gradio that stops calling it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from typing import Any
+
+import gradio as gr
+
+from studio.ui import messages as msg
+
+log = logging.getLogger(__name__)
+FILE_META = {"_type": "gradio.FileData"}
+FILE_COMPONENTS = (gr.File, gr.Image, gr.Audio, gr.Video)
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """The value as the client sent it (JSON), cut to `limit` characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=True, allow_nan=True)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def label_of(block: Any, index: int) -> str:
+    label = getattr(block, "label", None)
+    return str(label) if label else f"Input {index + 1} ({block.get_block_name()})"
+
+
+def number_problem(block: Any, value: Any, label: str) -> str | None:
+    """Why `value` cannot go into a Number or Slider, or None when it can."""
+    if value is None:
+        return msg.NUMBER_MISSING.format(label=label) if isinstance(block, gr.Slider) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return msg.NUMBER_TYPE.format(label=label, value=short(value))
+    if not math.isfinite(value):
+        return msg.NUMBER_FINITE.format(label=label, value=value)
+    if getattr(block, "precision", None) == 0 and value != int(value):
+        return msg.NUMBER_WHOLE.format(label=label, value=f"{value:g}")
+    low, high = getattr(block, "minimum", None), getattr(block, "maximum", None)
+    if low is not None and value < low:
+        return msg.NUMBER_LOW.format(label=label, bound=f"{low:g}", value=f"{value:g}")
+    if high is not None and value > high:
+        return msg.NUMBER_HIGH.format(label=label, bound=f"{high:g}", value=f"{value:g}")
+    return None
+
+
+def tag_files(value: Any) -> Any:
+    """A file payload without Gradio's marker gets it, so Gradio checks that the file was uploaded here (an Image
+    payload without it would be opened from any path on the studio's machine)."""
+    if isinstance(value, list):
+        return [tag_files(v) for v in value]
+    if isinstance(value, dict):
+        value = {k: tag_files(v) for k, v in value.items()}
+        if isinstance(value.get("path"), str) and not value.get("meta"):
+            value["meta"] = dict(FILE_META)
+    return value
+
+
+def culprit(block_fn: Any, inputs: list[Any], exc: BaseException) -> int | None:
+    """The index of the input that Gradio could not read, when it can be told."""
+    found = re.search(r"input component at index (\d+)", str(exc))
+    if found:
+        return int(found.group(1))
+    for i, block in enumerate(block_fn.inputs):
+        value = inputs[i] if i < len(inputs) else None
+        if value is None:
+            continue
+        if isinstance(exc, gr.exceptions.InvalidPathError):
+            if '"path"' in short(value, 100_000):
+                return i
+            continue
+        model = getattr(block, "data_model", None)
+        if model is not None:
+            try:
+                model.model_validate(value, context={"validate_meta": True})
+            except Exception:  # noqa: BLE001 - this is the value that does not fit its data model
+                return i
+    return None
+
+
+def unreadable(block_fn: Any, inputs: list[Any], exc: BaseException) -> str:
+    """The gr.Error text for a value Gradio failed to read."""
+    i = culprit(block_fn, inputs, exc)
+    if i is None:
+        return msg.INPUT_UNREADABLE_SOMEWHERE.format(action=block_fn.api_name or block_fn.name)
+    block, value = block_fn.inputs[i], inputs[i]
+    label = label_of(block, i)
+    if isinstance(exc, gr.exceptions.InvalidPathError):
+        return msg.FILE_NOT_UPLOADED.format(label=label)
+    if isinstance(block, gr.Chatbot):
+        return msg.CHATBOT_SHAPE.format(label=label)
+    if isinstance(block, gr.Image) and isinstance(value, dict) and "path" in value:
+        name = str(value.get("orig_name") or value["path"]).replace("\\", "/").rsplit("/", 1)[-1]
+        return msg.NOT_AN_IMAGE.format(label=label, name=name[:80])
+    if isinstance(block, FILE_COMPONENTS):
+        return msg.FILE_SHAPE.format(label=label, value=short(value))
+    return msg.INPUT_UNREADABLE.format(label=label, value=short(value))
+
+
+class StudioBlocks(gr.Blocks):
+    """gr.Blocks whose events answer a value they cannot read with a message that names the widget."""
+
+    async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False):
+        blocks = list(block_fn.inputs)
+        name = block_fn.api_name or block_fn.name
+        if len(inputs) < len(blocks):
+            labels = ", ".join(label_of(b, i) for i, b in enumerate(blocks))
+            raise gr.Error(
+                msg.INPUT_COUNT.format(action=name, wanted=len(blocks), got=len(inputs), labels=labels[:600])
+            )
+        props = set(getattr(block_fn, "component_prop_inputs", None) or ())
+        inputs = list(inputs)
+        for i, block in enumerate(blocks):
+            if i in props or block.stateful:
+                continue
+            if state is not None and block._id in state:
+                block = state[block._id]  # this session's copy: its range may have been changed by an event
+            if isinstance(block, (gr.Number, gr.Slider)):
+                problem = number_problem(block, inputs[i], label_of(block, i))
+                if problem:
+                    raise gr.Error(problem)
+            elif inputs[i] is not None:
+                inputs[i] = tag_files(inputs[i])
+        try:
+            return await super().preprocess_data(block_fn, inputs, state, explicit_call)
+        except gr.Error:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Gradio could not read a value: say which and what it takes
+            log.info("%s: an input could not be read: %s", name, exc)
+            raise gr.Error(unreadable(block_fn, inputs, exc)) from None
