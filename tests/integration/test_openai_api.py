@@ -136,10 +136,17 @@ def test_streaming_matches_the_whole_reply(client, sampling):
         client, model=TINY, messages=HELLO, stream_options={"include_usage": True}, **sampling
     )
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert len(deltas) >= 2 and "".join(deltas) == whole.choices[0].message.content
+    assert deltas and "".join(deltas) == whole.choices[0].message.content
     assert finish == whole.choices[0].finish_reason
     assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
     assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+def test_a_long_reply_streams_in_several_pieces(client):
+    """Updates go out at most every 40 ms: a reply that takes longer than that arrives in pieces, as it is made
+    (the tiny LM can write its whole reply within one such interval, so the slower LM is used here)."""
+    deltas, _, finish = _stream(client, model=SLOW, messages=HELLO, temperature=0, max_tokens=96)
+    assert len(deltas) >= 3 and finish == "length", deltas
 
 
 def test_stop_sequences_cut_the_reply(client):
