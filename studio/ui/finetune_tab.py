@@ -52,6 +52,9 @@ def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
     return choices
 
 
+MODEL_FILE_SUFFIXES = {".gguf", ".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".json"}
+
+
 def resolve_base(ctx: AppContext, choice: str | None) -> tuple[str, str, str]:
     """(source, source_type, label) for a base-model choice; the starter is converted once to a folder."""
     choice = (choice or "").strip()
@@ -65,7 +68,8 @@ def resolve_base(ctx: AppContext, choice: str | None) -> tuple[str, str, str]:
     path = Path(choice).expanduser()
     if path.is_dir():
         return str(path.resolve()), "folder", path.name
-    if choice.startswith(("/", "./", "~", "..")) or "\\" in choice or path.suffix:
+    # a path, or a file (a base model is a folder); "Qwen/Qwen2.5-7B-Instruct" has a dot but is a Hub id
+    if choice.startswith(("/", "./", "~", "..")) or "\\" in choice or path.suffix.lower() in MODEL_FILE_SUFFIXES:
         raise InputError(f"{choice}: no such model folder on the studio's machine.", "Pick a folder or a Hub id.")
     label = next((e.label for e in CATALOG if e.hub_id == choice), choice)
     return choice, "hub", label
