@@ -93,6 +93,18 @@ def language_choices() -> list[tuple[str, str]]:
     return [("Auto-detect", AUTO)] + sorted((name.title(), code) for code, name in LANGUAGES.items())
 
 
+def precision_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """What each precision really runs as on this device: faster-whisper (CTranslate2) picks a compute type,
+    openai-whisper runs float16 on a GPU and float32 on the CPU."""
+    if ctx.device == "cuda":
+        return [
+            ("fp16 (CTranslate2 float16; openai-whisper float16)", "fp16"),
+            ("int8 (CTranslate2 int8_float16: int8 weights, float16 math)", "int8"),
+            ("fp32 (float32)", "fp32"),
+        ]
+    return [("int8 (CTranslate2 int8; openai-whisper runs float32)", "int8"), ("fp32 (float32)", "fp32")]
+
+
 def default_precision(ctx: AppContext) -> str:
     return "fp16" if ctx.device == "cuda" else "int8"
 
@@ -104,6 +116,12 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
         raise InputError("Pick a speech model first.")
     if precision not in PRECISIONS:
         raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
+    offered = [value for _label, value in precision_choices(ctx)]
+    if precision not in offered:  # fp16 on the CPU would quietly run as float32: say so instead
+        raise InputError(
+            f"Precision {precision} needs a GPU; on the CPU Whisper runs {' or '.join(offered)}.",
+            "Pick int8 (fastest) or fp32.",
+        )
     if choice.startswith(STARTER_PREFIX):
         from studio.models.speech_starter import starter_spec
 
@@ -180,7 +198,11 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             scale=4,
         )
         precision = gr.Dropdown(
-            list(PRECISIONS), value=default_precision(ctx), label="Precision", elem_id="speech-precision", scale=1
+            precision_choices(ctx),
+            value=default_precision(ctx),
+            label="Precision",
+            elem_id="speech-precision",
+            scale=1,
         )
     plan_md = gr.Markdown(elem_id="speech-plan")
     with gr.Row():

@@ -175,3 +175,18 @@ def test_a_missing_ffmpeg_is_said_in_the_page_and_on_transcribe(tone_file, tmp_p
     with pytest.raises(FfmpegMissing, match="is not installed, so audio cannot be decoded"):
         engine.complete(spec, tone_file)
     assert not engine.lane.busy()
+
+
+def test_precision_choices_say_what_runs_and_the_cpu_refuses_fp16(tmp_path):
+    from types import SimpleNamespace
+
+    from studio.ui import speech_tab
+
+    cpu, gpu = SimpleNamespace(device="cpu"), SimpleNamespace(device="cuda")
+    assert [v for _, v in speech_tab.precision_choices(cpu)] == ["int8", "fp32"]
+    assert [v for _, v in speech_tab.precision_choices(gpu)] == ["fp16", "int8", "fp32"]
+    assert "int8_float16" in dict((v, label) for label, v in speech_tab.precision_choices(gpu))["int8"]
+    assert speech_tab.default_precision(cpu) in [v for _, v in speech_tab.precision_choices(cpu)]
+    assert speech_tab.default_precision(gpu) in [v for _, v in speech_tab.precision_choices(gpu)]
+    with pytest.raises(InputError, match="Precision fp16 needs a GPU; on the CPU Whisper runs int8 or fp32"):
+        speech_tab.resolve_spec(cpu, "tiny", "fp16")
