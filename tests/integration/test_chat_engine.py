@@ -260,3 +260,32 @@ def test_quantized_load_through_bitsandbytes_on_the_cpu(engine, tiny_models, pre
     with pytest.raises(Exception, match="cannot be parked"):
         engine.manager.park(spec.key)
     engine.manager.unload(spec.key)
+
+
+def test_out_of_memory_after_the_first_tokens_keeps_the_reply_so_far(engine, lm_spec, monkeypatch):
+    """Out of memory once tokens are out: no retry (it would rewrite what the user has read), the partial reply
+    stays with the chunks already streamed, the message says so, and the next request works."""
+    from studio.errors import StudioOutOfMemory
+
+    with engine.manager.acquire(lm_spec) as lease:
+        model = lease.model.model
+    real_forward = model.forward
+    calls = []
+
+    def runs_out_at_the_sixth_token(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", runs_out_at_the_sixth_token)
+    chunks = []
+    with pytest.raises(StudioOutOfMemory, match="the reply so far is kept") as err:
+        for chunk in engine.stream(lm_spec, HELLO, GREEDY):
+            chunks.append(chunk)
+    assert "Lower max new tokens" in str(err.value)
+    assert chunks and chunks[-1].text and not chunks[-1].done  # what was streamed stays the reply so far
+    assert len(calls) == 6  # not retried
+    monkeypatch.setattr(model, "forward", real_forward)
+    full = engine.complete(lm_spec, HELLO, GREEDY)
+    assert full.done and full.text.startswith(chunks[-1].text)  # greedy: the same start, now finished
