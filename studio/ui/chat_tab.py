@@ -236,7 +236,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     @msg.user_errors
     def load(choice, prec, c, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - downloads
         spec = resolve_spec(ctx, choice, prec)
-        require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
+        if not str(choice).startswith(STARTER_PREFIX):  # the bundled starter is anyone's; other models the owner's
+            require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
         plan = ctx.manager.plan(spec, workload_for(c))
         with ctx.manager.acquire(spec, workload_for(c)):
             pass
@@ -275,7 +276,8 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         """Generator: the reply streams into the chatbot; errors keep the conversation."""
         try:
             spec = resolve_spec(ctx, choice, prec)
-            require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
+            if not str(choice).startswith(STARTER_PREFIX):  # the bundled starter is anyone's, as on /v1
+                require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
             params = params_from(t, p, k, r, n, s, c)
             adapter = None if adapter in (None, "", NO_ADAPTER) else adapter
             msgs = conversation(sys_prompt, history)

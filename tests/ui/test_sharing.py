@@ -111,3 +111,26 @@ def test_remote_visitors_cannot_load_by_path_or_change_the_budget(local, tiny_mo
     # the owner, on this machine, can
     event, data = _call(local, "models_budget", [1.5, 0.1])
     assert event == "complete" and "Budget now" in data, data
+
+
+def test_remote_visitors_use_the_owners_models_but_cannot_train_or_load_their_own(local, tiny_models):
+    from tests.integration.test_bad_inputs import chat, start, upload
+    from tests.ui.conftest import ROOT
+
+    visitor = {"Host": "visitor.gradio.live", "X-Forwarded-For": "203.0.113.9"}
+    lm = str(tiny_models.causal_lm)
+    # a model the owner has not loaded: refused in the Chat and Speech tabs (no loading from server paths)
+    event, data = _call(local, "chat", chat(model=lm, max_new=4), visitor)
+    assert event == "error" and "Remote visitors can use the models the owner has loaded" in data, data
+    recording = upload(local, ROOT / "assets" / "speech-sample.ogg")
+    speech = [recording, None, str(tiny_models.whisper_pt), "int8", "auto", "transcribe", "", 1, False, False, True]
+    event, data = _call(local, "speech_transcribe", speech, visitor)
+    assert event == "error" and "Remote visitors can use the models the owner has loaded" in data, data
+    # fine-tuning is the owner's
+    event, data = _call(local, "ft_start", start(None), visitor)
+    assert event == "error" and "Remote visitors cannot start fine-tuning" in data, data
+    # once the owner has loaded the model, the visitor chats with it
+    event, data = _call(local, "models_load", ["chat", lm, "fp32"])
+    assert event == "complete" and " loaded: " in data, data
+    event, data = _call(local, "chat", chat(model=lm, max_new=4), visitor)
+    assert event == "complete" and "tok/s" in data, data
