@@ -106,8 +106,9 @@ class ImageParams:
     init_image: str | None = None  # path of an image: image-to-image when set
     strength: float = 0.75  # image-to-image: how much of the init image is redrawn (0-1]
 
-    def check_inputs(self, max_side: int = MAX_SIDE, model: str = "this model") -> None:
-        """Raise InputError naming the first setting that cannot work."""
+    def check_inputs(self, max_side: int = MAX_SIDE, model: str = "this model", few_step: bool = True) -> None:
+        """Raise InputError naming the first setting that cannot work. `few_step`: whether `model` is a few-step
+        model (LCM, Turbo, Lightning), the only kind the LCM sampler works with."""
         if blank(self.prompt) and not self.init_image:
             raise InputError("Type a prompt first: the prompt is empty (it may be empty only with an init image).")
         for what, text in (("The prompt", self.prompt), ("The negative prompt", self.negative_prompt)):
@@ -120,6 +121,11 @@ class ImageParams:
             if reason:
                 raise InputError(reason)
         sampler_named(self.sampler)
+        if self.sampler == "LCM" and not few_step:
+            raise InputError(
+                f"The LCM sampler works only with few-step models (LCM, LCM-LoRA, Turbo, Lightning); {model} is not one.",
+                "Pick another sampler: DPM++ 2M Karras or Euler a.",
+            )
         if not isinstance(self.steps, int) or self.steps <= 0:
             raise InputError(f"Steps must be 1 or more, not {self.steps}.")
         if self.steps > MAX_STEPS:
@@ -180,6 +186,11 @@ TINY_MARKER = "tiny-model.json"
 def is_few_step(name: str) -> bool:
     lowered = name.lower()
     return "turbo" in lowered or "lightning" in lowered or "lcm" in lowered
+
+
+def lcm_applies(spec: ModelSpec) -> bool:
+    """Whether the LCM sampler suits the model: LCM-distilled and other few-step models, not ordinary SD."""
+    return not is_tiny(spec) and is_few_step(f"{spec.source} {spec.label}")
 
 
 def is_tiny(spec: ModelSpec) -> bool:
@@ -640,7 +651,7 @@ class ImageEngine:
         with the report. The seed used is in every update's images and in the report."""
         if is_tiny(spec):
             self.ensure_tiny()
-        params.check_inputs(max_side_for(spec), spec.name)
+        params.check_inputs(max_side_for(spec), spec.name, lcm_applies(spec))
         init = load_init_image(params.init_image, params.width, params.height) if params.init_image else None
         self.check_available(spec)
         params = self.resolve_seed(params)
@@ -737,7 +748,7 @@ class _Run:
         else:
             self.pipe, self._old_scheduler = pipe, pipe.scheduler
             pipe.scheduler = scheduler
-        self.pipe.set_progress_bar_config(disable=True)  # progress goes to on_step
+        self.pipe.progress_bar = _NoBar  # progress goes to on_step only (see _NoBar); restore() removes it
         self._processors: dict | None = None  # the attention processors to put back after slicing
         self._tiling = self._offloaded = False
         for measure in measures:
@@ -825,3 +836,27 @@ class _Run:
             self.base.unet.set_attn_processor(self._processors)
         if self._old_scheduler is not None:
             self.base.scheduler = self._old_scheduler
+        self.pipe.__dict__.pop("progress_bar", None)
+
+
+class _NoBar:
+    """Stands in for a pipeline's per-step tqdm bar during a run. Progress goes to `on_step`; a tqdm bar, even a
+    disabled one, is picked up by a UI that tracks tqdm (to show downloads), which would report every step twice."""
+
+    def __init__(self, iterable: Any = None, total: int | None = None) -> None:
+        self.iterable = iterable
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.iterable if self.iterable is not None else ())
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

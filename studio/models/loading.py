@@ -86,6 +86,7 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
     A starter spec is converted into `models_dir` on first use (default: the per-user cache) and loaded from there.
     """
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = model_location(spec)
@@ -120,7 +121,7 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs, **model_kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:  # SafetensorError: weights cut short or damaged
         raise ModelLoadError(
             f"{spec.name}: not a loadable causal language model ({_describe(exc)}).",
             "Pick a folder with config.json and weights, a .gguf file, or a Hub id.",

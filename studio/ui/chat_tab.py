@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -77,6 +78,13 @@ def adapter_folders(ctx: AppContext) -> list[str]:
     return [str(p) for p in found]
 
 
+def adapter_name(folder: str) -> str:
+    """An adapter's name in 'Answer with': the folder's name, or its run's for a Fine-tune run's adapter/ folder
+    (as "Try in Chat" names it), so two runs' adapters never share a name."""
+    path = Path(folder)
+    return path.parent.name if path.name == "adapter" and path.parent.name else path.name
+
+
 def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSpec:
     """The picker's value as a ModelSpec."""
     choice = (choice or "").strip()
@@ -89,6 +97,22 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
     return spec_from_form(ctx, "chat", choice, precision)
 
 
+def answer_with_choices(ctx: AppContext, choice: str | None, precision: str) -> list[str]:
+    """'Answer with': the base model, then the adapters attached on the server to the chosen model (held by the
+    engine, so they outlive a page reload). A choice that is not a model yet (half typed) offers the base only."""
+    try:
+        spec = resolve_spec(ctx, choice, precision)
+    except StudioError:
+        return [NO_ADAPTER]
+    return [NO_ADAPTER, *ctx.chat.attached(spec)]
+
+
+def answer_with_update(ctx: AppContext, choice: str | None, precision: str, current: str | None) -> gr.Dropdown:
+    """The 'Answer with' dropdown for the chosen model, keeping the current pick while it is still attached."""
+    names = answer_with_choices(ctx, choice, precision)
+    return gr.Dropdown(choices=names, value=current if current in names else NO_ADAPTER)
+
+
 def _text(content: Any) -> str:
     """A chatbot message's text (Gradio may hand content back as a list of parts)."""
     if isinstance(content, str):
@@ -98,6 +122,15 @@ def _text(content: Any) -> str:
     if isinstance(content, dict):
         return str(content.get("text") or content.get("content") or "")
     return "" if content is None else str(content)
+
+
+def drop_empty_reply(history: list[dict] | None, added: bool) -> list[dict]:
+    """The conversation to show after a failed reply: the bubble the reply added goes if nothing was written in it."""
+    history = list(history or [])
+    last = history[-1] if history else None
+    if added and isinstance(last, dict) and last.get("role") == "assistant" and blank(_text(last.get("content"))):
+        history.pop()
+    return history
 
 
 def conversation(system: str, history: list[dict]) -> list[dict[str, str]]:
@@ -126,6 +159,28 @@ def export_conversation(ctx: AppContext, system: str, history: list[dict], model
         json.dumps({"model": model_name, "messages": msgs}, indent=2, ensure_ascii=False), encoding="utf-8"
     )
     return [str(md_path), str(json_path)]
+
+
+def connect_page_load(ctx: AppContext, app: gr.Blocks, chat: dict[str, gr.components.Component]) -> None:
+    """On every page load (a reload too), refresh what the page was built with: the model list, the adapter
+    folders under runs/ (adapters trained since the studio started) and the adapters attached on the server to
+    the chosen model."""
+
+    def refresh(choice, prec, current):
+        return (
+            gr.Dropdown(choices=model_choices(ctx)),
+            gr.Dropdown(choices=adapter_folders(ctx)),
+            answer_with_update(ctx, choice, prec, current),
+        )
+
+    app.load(
+        refresh,
+        [chat["model"], chat["precision"], chat["use_adapter"]],
+        [chat["model"], chat["adapter_path"], chat["use_adapter"]],
+        api_name="chat_refresh",
+        queue=False,
+        show_progress="hidden",
+    )
 
 
 def build(ctx: AppContext) -> dict[str, gr.components.Component]:
@@ -273,7 +328,10 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         request: gr.Request,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model picked but not yet downloaded shows its download
     ):
-        """Generator: the reply streams into the chatbot; errors keep the conversation."""
+        """Generator: the reply streams into the chatbot. A reply that fails before writing anything leaves the
+        conversation as it was (the user's message stays, no empty bubble to feed the next prompt); what a reply
+        wrote before failing is kept."""
+        added = side_added = False  # whether this call put a reply bubble in the conversation / the side pane
         try:
             spec = resolve_spec(ctx, choice, prec)
             if not str(choice).startswith(STARTER_PREFIX):  # the bundled starter is anyone's, as on /v1
@@ -288,18 +346,30 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             prefix = ""
             if not any(rec.key == spec.key and rec.state == "loaded" for rec in ctx.manager.records()):
                 prefix = ctx.manager.plan(spec).message + " "
-            history = history + [{"role": "assistant", "content": ""}]
+            history, added = history + [{"role": "assistant", "content": ""}], True
             yield history, side_history, prefix + "Thinking…"
-            yield from stream_reply(spec, msgs, params, adapter, stop, history, side_history, prefix)
+            with_stats = ""
+            for _, _, with_stats in stream_reply(spec, msgs, params, adapter, stop, history, side_history, prefix):
+                yield history, side_history, with_stats
             if both and adapter:
+                # both replies' stats stay on the page: the base reply's must not overwrite the adapter's
+                with_stats = with_stats.removeprefix(prefix)
                 side_history = [dict(m) for m in history[:-1]] + [{"role": "assistant", "content": ""}]
-                for h, _, stats_text in stream_reply(spec, msgs, params, None, stop, side_history, None):
-                    yield history, h, stats_text
-        except StudioError as exc:
-            raise gr.Error(str(exc)) from None
+                side_added, without_stats = True, ""
+                for _, _, without_stats in stream_reply(spec, msgs, params, None, stop, side_history, None):
+                    both_stats = msg.CHAT_SIDE_STATS.format(
+                        adapter=adapter, with_stats=with_stats, without_stats=without_stats or msg.CHAT_SIDE_WAITING
+                    )
+                    yield history, side_history, prefix + both_stats
         except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
-            msg.log.exception("unexpected error while answering")
-            raise gr.Error(msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])) from None
+            if isinstance(exc, StudioError):
+                error, line = str(exc), exc.message
+            else:
+                msg.log.exception("unexpected error while answering")
+                error = line = msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])
+            shown = drop_empty_reply(history, added), drop_empty_reply(side_history, side_added)
+            yield *shown, msg.CHAT_NO_REPLY.format(error=line)
+            raise gr.Error(error) from None
 
     def add_user(text, history):
         if blank(text):
@@ -323,7 +393,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         spec = resolve_spec(ctx, choice, prec)
         if not (folder or "").strip():
             raise InputError("Pick or type an adapter folder first.")
-        name = ctx.chat.attach_adapter(spec, folder.strip())
+        name = ctx.chat.attach_adapter(spec, folder.strip(), name=adapter_name(folder.strip()))
         names = ctx.chat.attached(spec)
         return (
             gr.Dropdown(choices=[NO_ADAPTER, *names], value=name),
@@ -368,14 +438,16 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     light = {"queue": False, "show_progress": "hidden"}
     # queued (errors only reach the page from queued events) in a lane of their own that never waits for the GPU
     quick = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
+    # progress (a download) and errors show on the stats line: the conversation stays in view, after an error too
+    replying = {"show_progress_on": [stats_md], **gpu}
     send_btn.click(add_user, [user_box, chatbot], [user_box, chatbot], api_name="chat_add_user", **quick).success(
-        respond, gen_inputs, gen_outputs, api_name="chat", **gpu
+        respond, gen_inputs, gen_outputs, api_name="chat", **replying
     )
     user_box.submit(add_user, [user_box, chatbot], [user_box, chatbot], api_visibility="private", **quick).success(
-        respond, gen_inputs, gen_outputs, api_visibility="private", **gpu
+        respond, gen_inputs, gen_outputs, api_visibility="private", **replying
     )
     regen_btn.click(drop_last_reply, [chatbot], [chatbot], **quick).success(
-        respond, gen_inputs, gen_outputs, api_name="chat_regenerate", **gpu
+        respond, gen_inputs, gen_outputs, api_name="chat_regenerate", **replying
     )
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
     stop_btn.click(request_stop, None, None, api_name="chat_stop", **quick)
@@ -384,6 +456,17 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     model.change(show_plan, [model, precision, context], [plan_md], api_name="chat_plan", **light)
     for widget in (precision, context):
         widget.change(show_plan, [model, precision, context], [plan_md], **light)
+    for widget in (model, precision):  # another model (or precision) is another base: offer its adapters
+        widget.change(
+            lambda choice, prec, current: (
+                gr.Dropdown(choices=adapter_folders(ctx)),
+                answer_with_update(ctx, choice, prec, current),
+            ),
+            [model, precision, use_adapter],
+            [adapter_path, use_adapter],
+            api_visibility="private",
+            **light,
+        )
     load_btn.click(load, [model, precision, context], [plan_md], api_name="chat_load", **gpu)
     attach_btn.click(
         attach, [model, precision, adapter_path], [use_adapter, adapter_md], api_name="chat_attach", **gpu

@@ -20,6 +20,7 @@ from studio.engines.image import (
     TINY_SOURCE,
     ImageParams,
     defaults_for,
+    lcm_applies,
     max_side_for,
     model_name,
     params_from_infotext,
@@ -63,6 +64,24 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
             seen.add(value)
             unique.append((label, value))
     return unique
+
+
+def choice_for_model(choices: list[tuple[str, str]], name: str) -> str | None:
+    """The picker's value for a PNG's "Model" field, or None. The field holds a Hub id, a folder's name or a
+    checkpoint's file stem (as this studio and AUTOMATIC1111 write it), while the picker's values are Hub ids and
+    full paths; a label ("SD-Turbo", "my-model (folder)") matches too."""
+    name = (name or "").strip()
+    if not name:
+        return None
+    for _label, value in choices:
+        path = Path(value)
+        local = path.is_absolute()  # a folder or a .safetensors file; else a Hub id or the test pipeline
+        if name == value or (local and name == (path.stem if path.suffix == ".safetensors" else path.name)):
+            return value
+    for label, value in choices:
+        if name in (label, label.split(" — ")[0], label.rsplit(" (", 1)[0]):
+            return value
+    return None
 
 
 def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSpec:
@@ -109,6 +128,34 @@ def gallery_items(ctx: AppContext) -> list[tuple[str, str]]:
         m = re.match(r"(\d+)-(\d+)", path.name)
         items.append((str(path), f"{path.parent.name} #{m.group(1)} · seed {m.group(2)}" if m else path.name))
     return items
+
+
+def selected_file(ctx: AppContext, item: Any) -> Path | None:
+    """The outputs file a selected gallery item shows (the select event's value), or None. The page holds copies
+    served from Gradio's cache, so the item's file name and its caption's day folder find the original; nothing
+    outside the outputs folder is read, whatever the page sends."""
+    if not isinstance(item, dict) or not isinstance(item.get("image"), dict):
+        return None
+    image = item["image"]
+    name = Path(str(image.get("orig_name") or image.get("path") or "")).name
+    if not name.endswith(".png") or name.startswith("."):
+        return None
+    root = ctx.image.outputs.resolve()
+    day = str(item.get("caption") or "").split(" #")[0]
+    for path in [root / day / name, *(p for p in ctx.image.gallery() if p.name == name)]:
+        if path.is_file() and path.resolve().parent.parent == root:
+            return path.resolve()
+    return None
+
+
+def connect_page_load(ctx: AppContext, app: gr.Blocks, tab: dict[str, gr.components.Component]) -> None:
+    """Every page (re)load shows the gallery and the model picker as they are now, not as they were when the
+    studio started: images drawn since (by another page or /v1), models loaded or copied into models/ since."""
+
+    def on_load():
+        return gallery_items(ctx), gr.Dropdown(choices=model_choices(ctx))
+
+    app.load(on_load, None, [tab["gallery"], tab["model"]], api_name="image_page", queue=False, show_progress="hidden")
 
 
 def build(ctx: AppContext) -> dict[str, gr.components.Component]:
@@ -183,13 +230,15 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
                 label="Parameters of the selected image", lines=4, interactive=False, elem_id="image-params"
             )
             selected_path = gr.State("")
+    # the model a restore just switched to: the picker's change event then keeps the restored settings
+    restored_model = gr.State(None)
 
     settings = [prompt, negative, sampler, steps, cfg, width, height, seed, strength]
 
     @msg.user_errors
-    def apply_defaults(choice, prec):
+    def apply_defaults(choice, prec, restored=None):
         if not choice:
-            return [gr.update()] * 6
+            return [gr.update()] * 6 + [None]
         spec = resolve_spec(ctx, choice, prec)
         d = defaults_for(spec)
         text = d.note
@@ -198,7 +247,9 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
                 text = (text + " " + ctx.manager.plan(spec).message).strip()
             except StudioError as exc:  # not downloaded yet, or unknown: the size is not known before loading
                 text = (text + " " + exc.message).strip()
-        return d.steps, d.cfg_scale, d.width, d.height, d.sampler, text
+        if restored and restored == choice:  # switched by a restore: its settings stay
+            return [gr.update()] * 5 + [text, None]
+        return d.steps, d.cfg_scale, d.width, d.height, d.sampler, text, None
 
     @msg.user_errors
     def load(choice, prec, w, h, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - downloads
@@ -219,7 +270,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         """Quick checks before the run is queued: a bad setting is refused with its message, nothing else moves."""
         spec = resolve_spec(ctx, choice, prec)
         params = params_from(p, n, smp, st, c, w, h, sd, bs, bc, init_img, strg)
-        params.check_inputs(max_side_for(spec), spec.name)
+        params.check_inputs(max_side_for(spec), spec.name, lcm_applies(spec))
 
     def generate(
         choice,
@@ -237,10 +288,11 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         init_img,
         strg,
         request: gr.Request,
-        progress=gr.Progress(),  # noqa: B008 - Gradio injects it
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model not yet downloaded shows its download
     ):
-        """Generator: the gallery grows batch by batch; the progress bar moves per step. A failure mid-run is
-        reported in the status (and a warning) so the gallery keeps showing what was drawn."""
+        """Generator: the gallery grows batch by batch; the progress bar moves per step (the engine keeps the
+        pipeline's own per-step tqdm bar out of it). A failure mid-run is reported in the status (and a warning) so
+        the gallery keeps showing what was drawn."""
         try:
             spec = resolve_spec(ctx, choice, prec)
             require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
@@ -272,15 +324,20 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         notes = list(restored.notes)
         p = restored.params
         values = [p.prompt, p.negative_prompt, p.sampler, p.steps, p.cfg_scale, p.width, p.height, p.seed, p.strength]
-        new_model = gr.update()
-        known = {value for _, value in model_choices(ctx)}
-        if restored.model and restored.model != _current_name(choice, prec):
-            if restored.model in known:
-                new_model = restored.model
-            else:
-                notes.append(f"It was drawn with {restored.model}, which is not in the list: the model is unchanged.")
+        new_model, switched = gr.update(), None
+        current_name = _current_name(choice, prec)
+        if restored.model and restored.model != current_name:
+            found = choice_for_model(model_choices(ctx), restored.model)
+            if found is None:
+                notes.append(
+                    f"It was drawn with {restored.model}, which is not in the model list: "
+                    f"the model stays {current_name or choice or 'unset'}."
+                )
+            elif found != choice:
+                new_model = switched = found
+                notes.append(f"Switched the model to {restored.model}.")
         head = f"Restored the settings of {Path(path).name} (seed {p.seed})."
-        return [*values, new_model, " ".join([head, *notes])]
+        return [*values, new_model, " ".join([head, *notes]), switched]
 
     def _current_name(choice, prec) -> str:
         try:
@@ -291,7 +348,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     @msg.user_errors
     def restore(file, choice, prec, *current):
         if not file:
-            return [gr.update()] * (len(settings) + 1) + [""]
+            return [gr.update()] * (len(settings) + 1) + ["", None]
         path = file if isinstance(file, str) else getattr(file, "name", str(file))
         text = read_png_parameters(path)
         base = replace(ImageParams(), **_current_fields(current))
@@ -306,10 +363,10 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return fields
 
     def select(evt: gr.SelectData):
-        items = ctx.image.gallery()
-        if evt.index is None or not 0 <= int(evt.index) < len(items):
+        """The clicked image's own file (not the n-th of a fresh listing: the page's list may be older)."""
+        path = selected_file(ctx, evt.value)
+        if path is None:
             return "", ""
-        path = items[int(evt.index)]
         try:
             return read_png_parameters(path), str(path)
         except StudioError as exc:
@@ -349,15 +406,19 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     )
     stop_btn.click(request_stop, None, None, api_name="image_stop", **quick)
     model.change(
-        apply_defaults, [model, precision], [steps, cfg, width, height, sampler, note], api_name="image_model", **quick
+        apply_defaults,
+        [model, precision, restored_model],
+        [steps, cfg, width, height, sampler, note, restored_model],
+        api_name="image_model",
+        **quick,
     )
     load_btn.click(load, [model, precision, width, height], [note], api_name="image_load", **gpu)
-    restore_outputs = [*settings, model, restore_md]
+    restore_outputs = [*settings, model, restore_md, restored_model]
     restore_file.upload(
         restore, [restore_file, model, precision, *settings], restore_outputs, api_name="image_restore", **quick
     )
     refresh_btn.click(lambda: gallery_items(ctx), None, [gallery], api_name="image_gallery", **light)
-    gallery.select(select, None, [selected_params, selected_path], **light)
+    gallery.select(select, None, [selected_params, selected_path], api_name="image_select", **light)
     reuse_btn.click(
         reuse, [selected_path, model, precision, *settings], restore_outputs, api_name="image_reuse", **quick
     )

@@ -54,7 +54,9 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 models = models_tab.build(ctx)
         finetune_tab.connect_chat(ctx, finetune, chat, tabs)  # "Try in Chat" attaches the adapter there
+        chat_tab.connect_page_load(ctx, app, chat)  # lists built with the page are refreshed on every (re)load
         speech_tab.wire_send_to_chat(speech, chat["input"], tabs)  # "Send to Chat" opens the transcript there
+        image_tab.connect_page_load(ctx, app, image)  # a reload shows images drawn and models added since start
         app.studio_components = {"memory_bar": bar, "memory_timer": timer, "chat": chat, "models": models}
         app.studio_components["finetune"] = finetune
         app.studio_components["sharing"] = sharing

@@ -62,6 +62,9 @@ CHATBOT_SHAPE = (
     '{label} takes a list of messages such as {{"role": "user", "content": [{{"type": "text", "text": "Hello"}}]}}.'
 )
 NOT_AN_IMAGE = "{label}: {name} is not an image the studio can read. Upload a PNG, JPEG or WebP file."
+CHAT_NO_REPLY = "No reply: {error}"  # the stats line when a reply failed; the conversation is kept as it was
+CHAT_SIDE_STATS = "With adapter {adapter}: {with_stats} · without: {without_stats}"
+CHAT_SIDE_WAITING = "answering…"
 FT_INTRO = (
     "Drop a dataset, check how the model will see it, pick a base model and LoRA settings, then Start. Training runs "
     "in its own process; Stop saves a usable adapter, Resume continues from the last checkpoint, and *Try in Chat* "

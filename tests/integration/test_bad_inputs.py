@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import gradio_call, start_studio, stop_studio
 
 NEEDS_FFMPEG = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 # what must never reach a client: tracebacks, internal exception classes, the catch-all message
@@ -85,26 +85,6 @@ def bad_files(tmp_path_factory) -> Path:
     (folder / "no-weights").mkdir()
     (folder / "no-weights" / "config.json").write_text("{}")
     return folder
-
-
-def gradio_call(studio, api_name: str, data: list, timeout: float = 60) -> tuple[str, str]:
-    """One Gradio API call over HTTP; returns (the last SSE event, its data). NaN and Infinity go as JSON allows
-    Python to write them (Gradio's server reads them)."""
-    with httpx.Client(base_url=studio.url, timeout=timeout) as client:
-        body = json.dumps({"data": data}, allow_nan=True)
-        r = client.post(f"gradio_api/call/{api_name}", content=body, headers={"content-type": "application/json"})
-        r.raise_for_status()
-        event_id = r.json()["event_id"]
-        event, payload = "", ""
-        with client.stream("GET", f"gradio_api/call/{api_name}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    payload = line.split(":", 1)[1].strip()
-                    if event in ("complete", "error"):
-                        break
-        return event, payload
 
 
 def upload(studio, path: Path) -> dict[str, Any]:

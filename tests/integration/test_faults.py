@@ -50,7 +50,7 @@ from studio.models.specs import ModelSpec
 from studio.training.datasets import load_dataset
 from studio.training.job import TrainJob
 from studio.training.runs import RunManager
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import gradio_call, start_studio, stop_studio
 
 GREEDY = ChatParams(temperature=0, max_new_tokens=8, repetition_penalty=1.0)
 HELLO = [{"role": "user", "content": "hello there"}]
@@ -377,19 +377,7 @@ def _peft_model(base: Path, adapter: Path):
 
 def _call(studio, api_name: str, data: list) -> list:
     """One Gradio API call over HTTP (127.0.0.1 only); the outputs, or AssertionError with the page's error."""
-    with httpx.Client(base_url=studio.url, timeout=120) as client:
-        r = client.post(f"gradio_api/call/{api_name}", json={"data": data})
-        r.raise_for_status()
-        event_id = r.json()["event_id"]
-        event, payload = "", ""
-        with client.stream("GET", f"gradio_api/call/{api_name}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    payload = line.split(":", 1)[1].strip()
-                    if event in ("complete", "error"):
-                        break
+    event, payload = gradio_call(studio, api_name, data, timeout=120)
     assert event == "complete", f"{api_name}: {event} {payload}"
     return json.loads(payload)
 

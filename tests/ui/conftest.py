@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -66,6 +67,30 @@ def start_studio(data_dir: Path, *args: str, timeout: float = 90.0) -> Studio:
             time.sleep(0.2)
     proc.kill()
     raise TimeoutError(f"studio did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def gradio_call(
+    studio: Studio, api_name: str, data: list, headers: dict | None = None, *, timeout: float = 60
+) -> tuple[str, str]:
+    """One Gradio API call over HTTP, as a page's client makes it; returns (the last SSE event, its data).
+    NaN and Infinity go as Python's JSON writes them (Gradio's server reads them)."""
+    import httpx
+
+    with httpx.Client(base_url=studio.url, timeout=timeout, headers=headers or {}) as client:
+        body = json.dumps({"data": data}, allow_nan=True)
+        r = client.post(f"gradio_api/call/{api_name}", content=body, headers={"content-type": "application/json"})
+        r.raise_for_status()
+        event_id = r.json()["event_id"]
+        event, payload = "", ""
+        with client.stream("GET", f"gradio_api/call/{api_name}/{event_id}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    event = line.split(":", 1)[1].strip()
+                elif line.startswith("data:"):
+                    payload = line.split(":", 1)[1].strip()
+                    if event in ("complete", "error"):
+                        break
+        return event, payload
 
 
 def stop_studio(studio: Studio) -> None:

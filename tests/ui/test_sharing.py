@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import gradio_call, start_studio, stop_studio
 
 
 def _log_value(studio, pattern: str, timeout: float = 30) -> str:
@@ -84,32 +84,14 @@ def local(tmp_path_factory):
     stop_studio(s)
 
 
-def _call(studio, api_name: str, data: list, headers: dict | None = None) -> tuple[str, str]:
-    """One Gradio API call over HTTP; returns (the last SSE event, its data)."""
-    with httpx.Client(base_url=studio.url, timeout=60, headers=headers or {}) as client:
-        r = client.post(f"gradio_api/call/{api_name}", json={"data": data})
-        r.raise_for_status()
-        event_id = r.json()["event_id"]
-        event, payload = "", ""
-        with client.stream("GET", f"gradio_api/call/{api_name}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event:"):
-                    event = line.split(":", 1)[1].strip()
-                elif line.startswith("data:"):
-                    payload = line.split(":", 1)[1].strip()
-                    if event in ("complete", "error"):
-                        break
-        return event, payload
-
-
 def test_remote_visitors_cannot_load_by_path_or_change_the_budget(local, tiny_models):
     visitor = {"Host": "visitor.gradio.live", "X-Forwarded-For": "203.0.113.9"}
-    event, data = _call(local, "models_load", ["chat", str(tiny_models.causal_lm), "fp32"], visitor)
+    event, data = gradio_call(local, "models_load", ["chat", str(tiny_models.causal_lm), "fp32"], visitor)
     assert event == "error" and "Remote visitors cannot load models by path or Hub id" in data, data
-    event, data = _call(local, "models_budget", [1.0, 0.1], visitor)
+    event, data = gradio_call(local, "models_budget", [1.0, 0.1], visitor)
     assert event == "error" and "Remote visitors cannot change the memory budget" in data, data
     # the owner, on this machine, can
-    event, data = _call(local, "models_budget", [1.5, 0.1])
+    event, data = gradio_call(local, "models_budget", [1.5, 0.1])
     assert event == "complete" and "Budget now" in data, data
 
 
@@ -120,17 +102,17 @@ def test_remote_visitors_use_the_owners_models_but_cannot_train_or_load_their_ow
     visitor = {"Host": "visitor.gradio.live", "X-Forwarded-For": "203.0.113.9"}
     lm = str(tiny_models.causal_lm)
     # a model the owner has not loaded: refused in the Chat and Speech tabs (no loading from server paths)
-    event, data = _call(local, "chat", chat(model=lm, max_new=4), visitor)
+    event, data = gradio_call(local, "chat", chat(model=lm, max_new=4), visitor)
     assert event == "error" and "Remote visitors can use the models the owner has loaded" in data, data
     recording = upload(local, ROOT / "assets" / "speech-sample.ogg")
     speech = [recording, None, str(tiny_models.whisper_pt), "int8", "auto", "transcribe", "", 1, False, False, True]
-    event, data = _call(local, "speech_transcribe", speech, visitor)
+    event, data = gradio_call(local, "speech_transcribe", speech, visitor)
     assert event == "error" and "Remote visitors can use the models the owner has loaded" in data, data
     # fine-tuning is the owner's
-    event, data = _call(local, "ft_start", start(None), visitor)
+    event, data = gradio_call(local, "ft_start", start(None), visitor)
     assert event == "error" and "Remote visitors cannot start fine-tuning" in data, data
     # once the owner has loaded the model, the visitor chats with it
-    event, data = _call(local, "models_load", ["chat", lm, "fp32"])
+    event, data = gradio_call(local, "models_load", ["chat", lm, "fp32"])
     assert event == "complete" and " loaded: " in data, data
-    event, data = _call(local, "chat", chat(model=lm, max_new=4), visitor)
+    event, data = gradio_call(local, "chat", chat(model=lm, max_new=4), visitor)
     assert event == "complete" and "tok/s" in data, data

@@ -34,3 +34,61 @@ def test_export_writes_markdown_and_json_before_offering_them(tmp_path):
     assert data["model"] == "tiny" and data["messages"][-1]["content"] == "4 — ünïcödé ✓"
     with pytest.raises(InputError, match="empty"):
         export_conversation(ctx, "", [], "tiny")
+
+
+def _ctx(tmp_path):
+    return build_context(StudioConfig(data_dir=tmp_path, device="cpu"), start_monitor=False)
+
+
+def _adapter(folder):
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    return folder
+
+
+def test_page_load_offers_adapters_made_after_the_page_was_built(tmp_path):
+    from studio.ui.chat_tab import NO_ADAPTER, resolve_spec
+    from studio.ui.layout import build_app
+
+    ctx = _ctx(tmp_path)
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    app = build_app(ctx)
+    (load,) = [f for f in app.fns.values() if f.api_name == "chat_refresh"]
+    assert "load" in [t[1] for t in load.targets]
+    folder = _adapter(ctx.paths.runs / "run-1" / "adapter")  # trained after the page was built
+    ctx.chat.adapters[resolve_spec(ctx, str(lm), "fp32").key] = {"run-1": str(folder)}  # attached on the server
+    models, folders, answer_with = load.fn(str(lm), "fp32", NO_ADAPTER)
+    assert folders.choices == [(str(folder), str(folder))]
+    assert [v for _, v in answer_with.choices] == [NO_ADAPTER, "run-1"] and answer_with.value == NO_ADAPTER
+    assert models.choices  # the model list is rebuilt too (models loaded since then appear)
+    # another base model has its own adapters; a half-typed choice offers the base model only
+    assert [v for _, v in load.fn(str(tmp_path), "fp32", "run-1")[2].choices] == [NO_ADAPTER]
+    assert load.fn("/no/such/model", "fp32", "run-1")[2].value == NO_ADAPTER
+
+
+def test_answer_with_keeps_the_current_pick_while_it_is_attached(tmp_path):
+    from studio.ui.chat_tab import NO_ADAPTER, answer_with_update, resolve_spec
+
+    ctx = _ctx(tmp_path)
+    ctx.chat.adapters[resolve_spec(ctx, str(tmp_path), "fp32").key] = {"a": "x", "b": "y"}
+    assert answer_with_update(ctx, str(tmp_path), "fp32", "b").value == "b"
+    assert answer_with_update(ctx, str(tmp_path), "fp16", "b").value == NO_ADAPTER  # another precision, another base
+
+
+def test_a_failed_reply_leaves_no_empty_bubble_but_keeps_a_partial_one():
+    from studio.ui.chat_tab import drop_empty_reply
+
+    user = [{"role": "user", "content": "hi"}]
+    assert drop_empty_reply(user + [{"role": "assistant", "content": ""}], added=True) == user
+    assert drop_empty_reply(user + [{"role": "assistant", "content": [{"type": "text", "text": " "}]}], True) == user
+    partial = user + [{"role": "assistant", "content": "Hel"}]
+    assert drop_empty_reply(partial, added=True) == partial
+    assert drop_empty_reply(user, added=False) == user and drop_empty_reply(None, added=True) == []
+
+
+def test_a_runs_adapter_folder_is_named_after_its_run():
+    from studio.ui.chat_tab import adapter_name
+
+    assert adapter_name("/data/runs/poems/adapter") == "poems"
+    assert adapter_name("/somewhere/purple") == "purple"

@@ -14,6 +14,7 @@ from studio.engines.image import (
     ImageParams,
     defaults_for,
     infotext,
+    lcm_applies,
     measure_stages,
     need_with,
     params_from_infotext,
@@ -153,3 +154,15 @@ def test_api_request_fields():
     model, given = parse_request({"prompt": " a fox ", "n": 2, "size": "64x72", "model": "tiny-sd", "seed": 5})
     assert model == "tiny-sd"
     assert given == {"prompt": "a fox", "batch_size": 2, "width": 64, "height": 72, "seed": 5}
+
+
+def test_the_lcm_sampler_only_for_few_step_models():
+    assert lcm_applies(ModelSpec("image", "stabilityai/sd-turbo", "hub"))
+    assert lcm_applies(ModelSpec("image", "/models/lcm-dreamshaper-v7", "folder"))
+    assert not lcm_applies(ModelSpec("image", "stable-diffusion-v1-5/stable-diffusion-v1-5", "hub"))
+    params = ImageParams(prompt="a cat", sampler="LCM", steps=4, cfg_scale=1)
+    params.check_inputs(model="LCM Dreamshaper", few_step=True)
+    with pytest.raises(InputError) as err:
+        params.check_inputs(model="SD 1.5", few_step=False)
+    assert "The LCM sampler works only with few-step models (LCM, LCM-LoRA, Turbo" in str(err.value)
+    assert "SD 1.5 is not one" in str(err.value)
