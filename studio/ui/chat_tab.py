@@ -59,6 +59,7 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
         spec = ctx.manager.spec_for(rec.key)
         if rec.kind == "chat" and spec is not None and spec.source_type != "starter":
             choices.append((f"{rec.name} ({rec.state})", spec.source))
+    choices.extend(local_chat_models(ctx.paths.models))
     for entry in CATALOG:
         if entry.kind == "chat":
             choices.append((f"{entry.label} — {entry.hub_id}", entry.hub_id))
@@ -68,6 +69,26 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
             seen.add(value)
             unique.append((label, value))
     return unique
+
+
+def local_chat_models(models: Path) -> list[tuple[str, str]]:
+    """Causal LM folders (config.json naming a *ForCausalLM architecture) and .gguf files put in the data dir's
+    models/ folder by hand; the converted starter is offered as the starter already."""
+    found: list[tuple[str, str]] = []
+    if not models.is_dir():
+        return found
+    for config in sorted(models.glob("*/config.json")):
+        if config.parent.name == "starter":
+            continue
+        try:
+            architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        if any(str(a).endswith("ForCausalLM") for a in architectures):
+            found.append((f"{config.parent.name} (folder)", str(config.parent)))
+    for gguf in sorted(models.glob("*.gguf")):
+        found.append((f"{gguf.name} (single file)", str(gguf)))
+    return found
 
 
 def adapter_folders(ctx: AppContext) -> list[str]:

@@ -92,3 +92,23 @@ def test_a_runs_adapter_folder_is_named_after_its_run():
 
     assert adapter_name("/data/runs/poems/adapter") == "poems"
     assert adapter_name("/somewhere/purple") == "purple"
+
+
+def test_causal_lm_folders_and_gguf_files_in_models_are_offered(tmp_path):
+    from studio.ui.chat_tab import local_chat_models, model_choices
+
+    ctx = build_context(StudioConfig(data_dir=tmp_path), probe=FakeGpuProbe(), start_monitor=False)
+    models = ctx.paths.models
+    (models / "my-llama").mkdir()
+    (models / "my-llama" / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (models / "a-vae").mkdir()
+    (models / "a-vae" / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
+    (models / "broken").mkdir()
+    (models / "broken" / "config.json").write_text("{not json")
+    (models / "phi.Q4_K_M.gguf").write_bytes(b"GGUF")
+    assert local_chat_models(models) == [
+        ("my-llama (folder)", str(models / "my-llama")),
+        ("phi.Q4_K_M.gguf (single file)", str(models / "phi.Q4_K_M.gguf")),
+    ]
+    values = [v for _label, v in model_choices(ctx)]
+    assert str(models / "my-llama") in values and str(models / "a-vae") not in values
