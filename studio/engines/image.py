@@ -540,8 +540,9 @@ class ImageEngine:
         return target
 
     def check_available(self, spec: ModelSpec) -> None:
-        """Offline, a Hub model must already be in the local cache: say so before trying."""
-        if spec.source_type != "hub" or not self.offline:
+        """A Hub model not in the local cache needs the Hub: offline, or with the Hub out of reach (one quick
+        connection, not a minute of retries), say so before trying."""
+        if spec.source_type != "hub":
             return
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -549,10 +550,19 @@ class ImageEngine:
             cached = try_to_load_from_cache(spec.source, "model_index.json", revision=spec.revision)
         except Exception:  # noqa: BLE001 - a malformed id: the loader says what is wrong
             return
-        if not isinstance(cached, str):
+        if isinstance(cached, str):
+            return
+        if self.offline:
             raise ModelLoadError(
                 f"{spec.source} is not downloaded and the studio is offline.",
                 "Start the studio without --offline to download it, or pick a local folder or .safetensors file.",
+            )
+        from studio.models.hub import NO_NETWORK_TIP, hub_unreachable
+
+        why = hub_unreachable()
+        if why:
+            raise ModelLoadError(
+                f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
             )
 
     # ----- memory --------------------------------------------------------------------------------------------

@@ -174,3 +174,35 @@ def test_an_id_that_does_not_exist_says_so(hub_env):
 
     with pytest.raises(ModelLoadError, match=r"nobody/nothing does not exist on the Hugging Face Hub"):
         load_causal_lm(ModelSpec("chat", "nobody/nothing", "hub"))
+
+
+def test_an_image_model_not_downloaded_says_why_before_loading(hub_env, tmp_path):
+    """The Image tab's Hub models: offline, or with the Hub out of reach, a model not in the cache is one clear
+    line within seconds, before any load is tried."""
+    from studio.engines.image import ImageEngine
+    from studio.memory.probes import HostProbe
+    from studio.memory.timeline import EventLog
+    from studio.models.calibration import Calibration
+    from studio.models.kinds import default_registry
+    from studio.models.manager import ModelManager
+
+    manager = ModelManager(
+        probe=HostProbe(),
+        kinds=default_registry(),
+        calibration=Calibration(tmp_path / "c.json"),
+        events=EventLog(),
+        device="cpu",
+        budget_bytes=2 * 1024**3,
+        reserve_bytes=0,
+    )
+    spec = ModelSpec("image", "stabilityai/sd-turbo", "hub")
+    offline = ImageEngine(manager, tmp_path / "out", tmp_path / "models", offline=True)
+    with pytest.raises(ModelLoadError, match=r"sd-turbo is not downloaded and the studio is offline"):
+        offline.check_available(spec)
+    hub, _ = hub_env
+    hub.close()
+    t0 = time.monotonic()
+    with pytest.raises(ModelLoadError, match=r"not downloaded yet and the Hugging Face Hub is out of reach"):
+        ImageEngine(manager, tmp_path / "out", tmp_path / "models").check_available(spec)
+    assert time.monotonic() - t0 < 10
+    assert manager.records() == []  # nothing was loaded
