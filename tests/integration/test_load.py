@@ -9,8 +9,10 @@ answers in under a second throughout. `--max-queue 2` keeps the line short, so "
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +22,8 @@ import httpx
 import pytest
 
 from studio.ui.chat_tab import NO_ADAPTER
-from tests.ui.conftest import free_port
+from tests.integration.load_clients import is_busy
+from tests.ui.conftest import ROOT, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -66,204 +69,104 @@ def served(tmp_path_factory):
     ctx.close()
 
 
-def _is_busy(exc: BaseException) -> bool:
-    """The two ways a full line answers: OpenAI's 503 with code "busy", and Gradio's full queue."""
-    text = str(exc)
-    return ("busy" in text and "Try again" in text) or "Queue is full" in text or "currently busy" in text
+KINDS = (
+    "page-chat",
+    "page-image",
+    "page-speech",
+    "api-chat",
+    "api-chat-stream",
+    "api-chat",
+    "api-image",
+    "api-speech",
+)
 
 
 def test_eight_clients_for_a_minute(served, tiny_models, clip):
-    import openai
-    from gradio_client import Client, handle_file
-
+    """Eight visitors, each a process of its own (tests/integration/load_clients.py), for a minute; this process
+    serves them and watches the manager and the memory bar."""
     ctx, url = served
     manager = ctx.manager
-    lm = str(tiny_models.causal_lm)
-    lm_id = Path(lm).name
     t_start = time.time()
-    deadline = time.monotonic() + SECONDS
-    done: Counter[str] = Counter()
-    busy: Counter[str] = Counter()
+    start_at = t_start + 8  # the clients import their libraries first, then all begin together
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    clients = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.load_clients",
+                kind,
+                url,
+                str(tiny_models.causal_lm),
+                str(clip),
+                str(start_at),
+                str(SECONDS),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for kind in KINDS
+    ]
     failures: list[str] = []
     over_budget: list[str] = []
     bar_latency: list[float] = []
     models_latency: list[float] = []
     stop = threading.Event()
 
-    def api() -> openai.OpenAI:
-        return openai.OpenAI(base_url=url + "v1", api_key="not-needed", max_retries=0, timeout=120)
-
-    def loop(name: str, call) -> None:
-        while time.monotonic() < deadline and not stop.is_set():
-            try:
-                call()
-                done[name] += 1
-            except Exception as exc:  # noqa: BLE001 - sorted below: busy is fine, anything else fails the test
-                if _is_busy(exc):
-                    busy[name] += 1
-                    time.sleep(0.3)
-                else:
-                    failures.append(f"{name}: {type(exc).__name__}: {exc}"[:500])
-                    time.sleep(0.5)
-
-    # --- the page's API (gradio_client) -------------------------------------------------------------------
-    def page_chat():
-        ui = Client(url, verbose=False)
-        history = [{"role": "user", "content": [{"type": "text", "text": "hello there"}]}]
-        settings = ("fp32", "", 0.7, 0.95, 40, 1.0, 12, -1, 0, NO_ADAPTER, False)
-
-        def call():
-            hist, _side, stats = ui.predict(history, [], lm, *settings, api_name="/chat")
-            assert hist[-1]["role"] == "assistant" and "tok/s" in stats, stats
-
-        loop("page chat", call)
-
-    def page_image():
-        ui = Client(url, verbose=False)
-
-        def call():
-            gallery, status = ui.predict(
-                "tiny-sd",
-                "fp32",
-                "a red fox",
-                "",
-                "Euler",
-                2,
-                7,
-                64,
-                64,
-                -1,
-                1,
-                1,
-                None,
-                0.75,
-                api_name="/image_generate",
-            )
-            assert gallery and Path(gallery[0]["image"]).suffix == ".png", status
-
-        loop("page image", call)
-
-    def page_speech():
-        ui = Client(url, verbose=False)
-
-        def call():
-            status, text, _table, files = ui.predict(
-                handle_file(str(clip)),
-                None,
-                "starter:whisper-tiny.en",
-                "int8",
-                "auto",
-                "transcribe",
-                "",
-                1,
-                False,
-                False,
-                True,
-                api_name="/speech_transcribe",
-            )
-            assert "hello" in text.lower() and files, status
-
-        loop("page speech", call)
-
-    # --- the OpenAI-compatible API --------------------------------------------------------------------------
-    def wait_for_model(client) -> None:  # the page's chat loads the LM; the API serves loaded models only
-        while time.monotonic() < deadline and lm_id not in {m.id for m in client.models.list().data}:
-            time.sleep(0.2)
-
-    def api_chat(stream: bool):
-        client = api()
-
-        def call():
-            kwargs = {"model": lm_id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 12}
-            if stream:
-                text = "".join(
-                    c.choices[0].delta.content or ""
-                    for c in client.chat.completions.create(stream=True, **kwargs)
-                    if c.choices
-                )
-            else:
-                text = client.chat.completions.create(**kwargs).choices[0].message.content
-            assert isinstance(text, str)
-
-        wait_for_model(client)
-        loop("api chat stream" if stream else "api chat", call)
-
-    def api_image():
-        client = api()
-
-        def call():
-            out = client.images.generate(
-                model="tiny-sd",
-                prompt="a lighthouse",
-                size="64x64",
-                n=1,
-                response_format="b64_json",
-                extra_body={"steps": 2},
-            )
-            assert out.data[0].b64_json
-
-        loop("api image", call)
-
-    def api_speech():
-        client = api()
-
-        def call():
-            with clip.open("rb") as fh:
-                text = client.audio.transcriptions.create(model="whisper-1", file=fh, response_format="text")
-            assert "hello" in str(text).lower()
-
-        loop("api speech", call)
-
-    # --- observers: the memory bar's answer time and the manager's books ----------------------------------------
-    def memory_bar():
-        with httpx.Client(base_url=url, timeout=10) as http:  # as the page asks: a direct call, never queued
+    def observe() -> None:  # the memory bar and the Models tab as the page asks: direct calls, never queued
+        with httpx.Client(base_url=url, timeout=10) as http:
             while not stop.is_set():
                 t0 = time.perf_counter()
                 r = http.post("gradio_api/run/memory_bar", json={"data": []})
-                bar_latency.append(time.perf_counter() - t0)
+                if time.time() >= start_at:
+                    bar_latency.append(time.perf_counter() - t0)
                 html = r.json()["data"][0] if r.status_code == 200 else r.text
                 if "budget" not in html.lower():
                     failures.append(f"memory bar: {html[:300]}")
-                t0 = time.perf_counter()  # the Models tab's table too
+                t0 = time.perf_counter()
                 r = http.post("gradio_api/run/models_list", json={"data": [None, ""]})
-                models_latency.append(time.perf_counter() - t0)
+                if time.time() >= start_at:
+                    models_latency.append(time.perf_counter() - t0)
                 if r.status_code != 200:
                     failures.append(f"models tab: {r.status_code} {r.text[:300]}")
                 time.sleep(0.25)
 
-    def books():
+    def books() -> None:
         while not stop.is_set():
             accounted, budget = manager.accounted_bytes(), manager.budget_bytes()
             if accounted > budget:
                 over_budget.append(f"{accounted} > {budget}")
             time.sleep(0.05)
 
-    clients = [
-        threading.Thread(target=page_chat),
-        threading.Thread(target=page_image),
-        threading.Thread(target=page_speech),
-        threading.Thread(target=api_chat, args=(False,)),
-        threading.Thread(target=api_chat, args=(True,)),
-        threading.Thread(target=api_chat, args=(False,)),
-        threading.Thread(target=api_image),
-        threading.Thread(target=api_speech),
-    ]
-    observers = [threading.Thread(target=memory_bar, daemon=True), threading.Thread(target=books, daemon=True)]
-    for t in observers + clients:
+    observers = [threading.Thread(target=observe, daemon=True), threading.Thread(target=books, daemon=True)]
+    for t in observers:
         t.start()
-    for t in clients:
-        t.join(SECONDS + 240)
-    stop.set()
+    results: dict[str, dict] = {}
+    try:
+        for i, (kind, proc) in enumerate(zip(KINDS, clients, strict=True)):
+            out, err = proc.communicate(timeout=SECONDS + 300)
+            assert proc.returncode == 0, f"{kind} client failed:\n{err[-3000:]}"
+            results[f"{kind}-{i}"] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        stop.set()
+        for proc in clients:
+            if proc.poll() is None:
+                proc.kill()
     for t in observers:
         t.join(30)
-    assert not any(t.is_alive() for t in clients), "a client hung"
 
+    done = {name: r["done"] for name, r in results.items()}
+    busy = {name: r["busy"] for name, r in results.items()}
+    failures += [f for r in results.values() for f in r["failures"]]
     assert not failures, "\n".join(failures[:10])
     for kind in ("chat", "image", "speech"):  # every kind of work got through, on both APIs
-        assert sum(n for name, n in done.items() if kind in name and "page" in name) >= 1, (done, busy)
-        assert sum(n for name, n in done.items() if kind in name and "api" in name) >= 1, (done, busy)
+        for door in ("page", "api"):
+            assert sum(n for name, n in done.items() if kind in name and name.startswith(door)) >= 1, (done, busy)
     assert not over_budget, over_budget[:5]
-    events = [e for e in ctx.events.since(t_start)]
+    events = ctx.events.since(t_start)
     assert not [e for e in events if e.kind in ("evict", "unload", "oom")], events
     loads = Counter(e.model for e in events if e.kind == "load")
     assert loads and all(n == 1 for n in loads.values()), f"a model was loaded twice: {loads}"
@@ -273,7 +176,7 @@ def test_eight_clients_for_a_minute(served, tiny_models, clip):
     )
     assert max(models_latency) < 1.0, f"the Models tab took {max(models_latency):.2f} s"
     print(
-        f"done {dict(done)}; busy {dict(busy)}; loads {dict(loads)}; memory bar max {max(bar_latency) * 1000:.0f} ms;"
+        f"done {done}; busy {busy}; loads {dict(loads)}; memory bar max {max(bar_latency) * 1000:.0f} ms;"
         f" Models tab max {max(models_latency) * 1000:.0f} ms"
     )
 
@@ -313,7 +216,7 @@ def test_a_full_line_says_busy_and_visitors_see_their_place(served, tiny_models)
         extra = ui.submit(history, [], lm, *settings, api_name="/chat")
         with pytest.raises(Exception) as full:
             extra.result(timeout=15)
-        assert _is_busy(full.value), full.value
+        assert is_busy(full.value), full.value
 
         # the API's line: one more caller waits for the GPU, and the next is turned away at once
         def ask(i: int) -> None:
