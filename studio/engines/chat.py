@@ -172,6 +172,7 @@ class _GenerateThread:
                 job()
             finally:
                 done.set()
+                del job, done  # the finished reply's closure holds the model: keep nothing until the next one
 
 
 def _stopping_criteria(should_stop: Callable[[], bool]):

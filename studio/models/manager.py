@@ -229,6 +229,21 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
 
 
+def _weak_parts(model: Any) -> list[weakref.ref]:
+    """Weak references to a loaded model and to the module or pipeline it wraps (LoadedLM.model, ...): a reference
+    kept to the inner object holds all the memory while the wrapper is long gone."""
+    parts = [model] + [getattr(model, name, None) for name in ("model", "pipeline", "pipe")]
+    refs = []
+    for part in parts:
+        if part is None or isinstance(part, (str, int, float)):
+            continue
+        try:
+            refs.append(weakref.ref(part))
+        except TypeError:
+            pass
+    return refs
+
+
 def _empty_device_cache() -> None:
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -593,18 +608,15 @@ class ModelManager:
             entry.state = UNLOADED
             model, entry.model = entry.model, None
         before = self.probe.snapshot().this_process
-        try:
-            ref = weakref.ref(model)
-        except TypeError:
-            ref = None
+        refs = _weak_parts(model)  # the model and the heavy object it wraps (a reference may keep either)
         del model
         gc.collect()
         _empty_device_cache()
         _trim_host_heap()
         referrers: tuple[str, ...] = ()
-        leaked = ref is not None and ref() is not None
+        leaked = any(r() is not None for r in refs)
         if leaked:
-            obj = ref()
+            obj = next(o for o in (r() for r in refs) if o is not None)
             referrers = tuple(sorted({type(r).__name__ for r in gc.get_referrers(obj)} - {"frame"}))[:8]
             del obj
             self.events.add(

@@ -9,12 +9,8 @@ import torch
 
 from studio.engines.chat import ChatEngine, ChatParams
 from studio.errors import InputError, ModelLoadError
-from studio.memory.probes import HostProbe
-from studio.memory.timeline import EventLog
-from studio.models.calibration import Calibration
-from studio.models.kinds import default_registry
-from studio.models.manager import ModelManager
 from studio.models.specs import ModelSpec
+from tests.managers import cpu_manager
 
 GREEDY = ChatParams(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
 HELLO = [{"role": "user", "content": "hello there, how are you"}]
@@ -23,15 +19,7 @@ HELLO = [{"role": "user", "content": "hello there, how are you"}]
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chat")
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(tmp / "c.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=2 * 1024**3,
-        reserve_bytes=0,
-    )
+    manager = cpu_manager(tmp)
     return ChatEngine(manager)
 
 
@@ -289,3 +277,21 @@ def test_out_of_memory_after_the_first_tokens_keeps_the_reply_so_far(engine, lm_
     monkeypatch.setattr(model, "forward", real_forward)
     full = engine.complete(lm_spec, HELLO, GREEDY)
     assert full.done and full.text.startswith(chunks[-1].text)  # greedy: the same start, now finished
+
+
+def test_after_a_reply_unloading_frees_the_model_without_a_leak(tmp_path, tiny_models):
+    """The engine's long-lived generate thread keeps nothing of a finished reply: the manager's weakref check
+    finds the model gone when it is unloaded."""
+    from studio.models.specs import ModelSpec
+
+    import gc
+    import weakref
+
+    engine = ChatEngine(cpu_manager(tmp_path))
+    spec = ModelSpec("chat", str(tiny_models.causal_lm), "folder")
+    assert engine.complete(spec, HELLO, GREEDY).done
+    with engine.manager.acquire(spec) as lease:
+        module = weakref.ref(lease.model.model)  # the torch module itself, not only its wrapper
+    report = engine.manager.unload(spec.key)
+    gc.collect()
+    assert not report.leaked and module() is None, report

@@ -41,15 +41,12 @@ from studio.engines.chat import ChatParams
 from studio.engines.image import ImageParams
 from studio.engines.speech import SpeechParams
 from studio.errors import DiskFullError, StudioOutOfMemory
-from studio.memory.probes import HostProbe
-from studio.memory.timeline import EventLog
-from studio.models.calibration import Calibration
-from studio.models.kinds import default_registry
-from studio.models.manager import LOADED, ModelManager
+from studio.models.manager import LOADED
 from studio.models.specs import ModelSpec
 from studio.training.datasets import load_dataset
 from studio.training.job import TrainJob
 from studio.training.runs import RunManager
+from tests.managers import cpu_manager
 from tests.ui.conftest import gradio_call, start_studio, stop_studio
 
 GREEDY = ChatParams(temperature=0, max_new_tokens=8, repetition_penalty=1.0)
@@ -270,15 +267,7 @@ def test_a_full_disk_while_saving_an_image_says_where_keeps_earlier_images_and_l
 
 
 def _runs(root: Path) -> RunManager:
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(root / "calibration.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=4 * 1024**3,
-        reserve_bytes=0,
-    )
+    manager = cpu_manager(root, 4 * 1024**3)
     return RunManager(manager, root / "runs")
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from studio.errors import ModelLoadError
 from studio.models.specs import ModelSpec
+from tests.managers import cpu_manager
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -180,21 +181,8 @@ def test_an_image_model_not_downloaded_says_why_before_loading(hub_env, tmp_path
     """The Image tab's Hub models: offline, or with the Hub out of reach, a model not in the cache is one clear
     line within seconds, before any load is tried."""
     from studio.engines.image import ImageEngine
-    from studio.memory.probes import HostProbe
-    from studio.memory.timeline import EventLog
-    from studio.models.calibration import Calibration
-    from studio.models.kinds import default_registry
-    from studio.models.manager import ModelManager
 
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(tmp_path / "c.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=2 * 1024**3,
-        reserve_bytes=0,
-    )
+    manager = cpu_manager(tmp_path)
     spec = ModelSpec("image", "stabilityai/sd-turbo", "hub")
     offline = ImageEngine(manager, tmp_path / "out", tmp_path / "models", offline=True)
     with pytest.raises(ModelLoadError, match=r"sd-turbo is not downloaded and the studio is offline"):

@@ -10,13 +10,10 @@ import pytest
 import torch
 
 from studio.errors import BudgetError, StudioOutOfMemory
-from studio.memory.probes import HostProbe
-from studio.memory.timeline import EventLog
-from studio.models.calibration import Calibration
-from studio.models.kinds import default_registry
 from studio.models.manager import LOADED, PARKED, UNLOADED, ModelManager
 from studio.models.specs import ModelSpec
 from studio.models.tiny import build_tiny_causal_lm
+from tests.managers import cpu_manager
 
 MB = 1024**2
 
@@ -32,16 +29,7 @@ def lms(tmp_path_factory):
 
 
 def make_manager(tmp_path, budget: int, **kw) -> ModelManager:
-    return ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(tmp_path / "cal.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=budget,
-        reserve_bytes=0,
-        **kw,
-    )
+    return cpu_manager(tmp_path, budget, **kw)
 
 
 def state(m: ModelManager, spec: ModelSpec) -> str:

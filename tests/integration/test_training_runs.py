@@ -11,29 +11,17 @@ from pathlib import Path
 import pytest
 
 from studio.errors import BudgetError
-from studio.memory.probes import HostProbe
-from studio.memory.timeline import EventLog
-from studio.models.calibration import Calibration
-from studio.models.kinds import default_registry
-from studio.models.manager import ModelManager
 from studio.training.datasets import load_dataset
 from studio.training.job import RunDir, TrainJob
 from studio.training.runs import RunManager
+from tests.managers import cpu_manager
 
 ASSET = Path(__file__).resolve().parents[2] / "assets" / "datasets" / "studio-faq.jsonl"
 GIB = 1024**3
 
 
 def _runs(tmp_path: Path, budget: int = 4 * GIB) -> RunManager:
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=default_registry(),
-        calibration=Calibration(tmp_path / "c.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=budget,
-        reserve_bytes=0,
-    )
+    manager = cpu_manager(tmp_path, budget)
     return RunManager(manager, tmp_path / "runs")
 
 

@@ -13,13 +13,10 @@ import pytest
 
 from studio.engines.speech import SAMPLE_RATE, SpeechEngine, SpeechParams
 from studio.errors import InputError, StudioOutOfMemory
-from studio.memory.probes import HostProbe
-from studio.memory.timeline import EventLog
-from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate
 from studio.models.kinds import KindRegistry, ModelKind
-from studio.models.manager import ModelManager
 from studio.models.specs import ModelSpec
+from tests.managers import cpu_manager
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
 
@@ -60,15 +57,7 @@ def _engine(model: WhisperModel, tmp_path: Path) -> tuple[SpeechEngine, ModelSpe
             measure=lambda m, spec: 1000,
         )
     )
-    manager = ModelManager(
-        probe=HostProbe(),
-        kinds=kinds,
-        calibration=Calibration(tmp_path / "calibration.json"),
-        events=EventLog(),
-        device="cpu",
-        budget_bytes=2 * 1024**3,
-        reserve_bytes=0,
-    )
+    manager = cpu_manager(tmp_path, kinds=kinds)
     return SpeechEngine(manager), ModelSpec("speech", "scripted", "hub", backend="faster-whisper")
 
 
