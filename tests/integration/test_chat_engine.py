@@ -282,10 +282,10 @@ def test_out_of_memory_after_the_first_tokens_keeps_the_reply_so_far(engine, lm_
 def test_after_a_reply_unloading_frees_the_model_without_a_leak(tmp_path, tiny_models):
     """The engine's long-lived generate thread keeps nothing of a finished reply: the manager's weakref check
     finds the model gone when it is unloaded."""
-    from studio.models.specs import ModelSpec
-
     import gc
     import weakref
+
+    from studio.models.specs import ModelSpec
 
     engine = ChatEngine(cpu_manager(tmp_path))
     spec = ModelSpec("chat", str(tiny_models.causal_lm), "folder")

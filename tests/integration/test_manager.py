@@ -116,6 +116,7 @@ def test_leased_model_is_never_evicted_while_another_thread_loads(tmp_path, lms)
         pass_lease = m.acquire(a)
         m.unload(a.key)  # a model with an open lease cannot be unloaded
     pass_lease.release()
+    del model_a, out  # this test's own references to the module (the manager's leak check watches it too)
     assert not m.unload(a.key).leaked  # released: now it can go
 
 
