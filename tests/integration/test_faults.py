@@ -46,7 +46,7 @@ from studio.models.specs import ModelSpec
 from studio.training.datasets import load_dataset
 from studio.training.job import TrainJob
 from studio.training.runs import RunManager
-from tests.managers import cpu_manager
+from tests.integration.test_training_runs import _job, _runs
 from tests.ui.conftest import gradio_call, start_studio, stop_studio
 
 GREEDY = ChatParams(temperature=0, max_new_tokens=8, repetition_penalty=1.0)
@@ -266,25 +266,9 @@ def test_a_full_disk_while_saving_an_image_says_where_keeps_earlier_images_and_l
             c.close()
 
 
-def _runs(root: Path) -> RunManager:
-    manager = cpu_manager(root, 4 * 1024**3)
-    return RunManager(manager, root / "runs")
-
-
 def _tiny_job(tiny_models, **overrides) -> TrainJob:
-    settings = dict(
-        base_model=str(tiny_models.causal_lm),
-        base_label="tiny",
-        learning_rate=2e-2,
-        cutoff_len=256,
-        batch_size=2,
-        eval_every=0,
-        save_every=4,
-        warmup_ratio=0.0,
-        train_rows=1,
-        seed=0,
-    )
-    return TrainJob(**{**settings, **overrides})
+    """The training tests' tiny job, without evaluation, checkpointing every 4 steps."""
+    return _job(tiny_models, **{"eval_every": 0, "save_every": 4, **overrides})
 
 
 def _files(folder: Path) -> dict[str, bytes]:
