@@ -182,8 +182,9 @@ class Trainer:
         if not self.dist.main:
             return
         now = time.time()
-        if not force and now - self._last_status < STATUS_EVERY:
-            return
+        shown = self._status.get("state")
+        if not force and shown == state and now - self._last_status < STATUS_EVERY:
+            return  # throttled only while the state stays the same: "saving" must not outlive the save
         self._last_status = now
         rate = self.tokens / self.train_seconds if self.train_seconds > 0 else None
         done = self.step - self._start_step if hasattr(self, "_start_step") else 0

@@ -181,12 +181,31 @@ def test_eight_clients_for_a_minute(served, tiny_models, clip):
     )
 
 
+def _in_line(job, place: int | None, lane) -> bool:
+    """The job waits for the GPU (place None: in the lane) or in Gradio's queue at `place`; a job that ended
+    instead (say, turned away) fails the test with what it heard."""
+    from gradio_client.utils import Status
+
+    st = job.status()
+    if st.code == Status.FINISHED:
+        raise AssertionError(f"the visitor's request ended instead of waiting: {job.exception(timeout=1)!r}")
+    if place is None:
+        return lane.waiting() == 1
+    return st.code == Status.IN_QUEUE and st.rank == place
+
+
+def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_a_full_line_says_busy_and_visitors_see_their_place(served, tiny_models):
     """The GPU held by a long job: waiting page requests are told their place, one more is turned away at once
     with "busy, try again" (OpenAI's 503 with Retry-After; Gradio's queue-full), and all is well afterwards."""
     import openai
     from gradio_client import Client
-    from gradio_client.utils import Status
 
     ctx, url = served
     lane = ctx.chat.lane
@@ -202,17 +221,16 @@ def test_a_full_line_says_busy_and_visitors_see_their_place(served, tiny_models)
     assert lane.wait()  # a long job holds the GPU
     results: dict[int, str] = {}
     try:
-        # the page's line: the first job waits for the GPU, the next two wait in Gradio's queue with their place
-        jobs = [ui.submit(history, [], lm, *settings, api_name="/chat") for _ in range(3)]
-        deadline = time.monotonic() + 20
-        ranks: dict[int, int] = {}
-        while (len(ranks) < 2 or lane.waiting() < 1) and time.monotonic() < deadline:
-            for i, job in enumerate(jobs):
-                st = job.status()
-                if st.code == Status.IN_QUEUE and st.rank is not None:
-                    ranks[i] = st.rank
-            time.sleep(0.1)
-        assert lane.waiting() == 1 and len(ranks) >= 2, (lane.waiting(), ranks)  # visitors are told their place
+        # the page's line: the first job waits for the GPU, the next two wait in Gradio's queue with their place.
+        # One at a time, so that Gradio's bounded queue never sees two joins before it has moved the first on.
+        jobs = []
+        for place in (None, 0, 1):
+            jobs.append(ui.submit(history, [], lm, *settings, api_name="/chat"))
+            _until(
+                lambda place=place, job=jobs[-1]: _in_line(job, place, lane),
+                20,
+                f"visitor {len(jobs)} to be told its place ({place})",
+            )
         extra = ui.submit(history, [], lm, *settings, api_name="/chat")
         with pytest.raises(Exception) as full:
             extra.result(timeout=15)

@@ -188,3 +188,24 @@ def test_qlora_unpacked_with_checkpointing_learns_and_saves_a_4bit_trained_adapt
     assert len(losses) == 16 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     logits = _peft_logits(tiny_models.causal_lm, run.adapter, torch.tensor([[1, 5, 9, 42, 7, 3]]))
     assert torch.isfinite(logits).all()
+
+
+def test_the_status_returns_to_training_right_after_a_save_or_an_eval(tmp_path, tiny_models):
+    """Status writes are throttled while training, but a change of state is always written: "saving" or
+    "evaluating" must not stay on screen for the steps that follow (seen in the page with frequent saves)."""
+    from studio.training.worker import Dist, Trainer
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    trainer = Trainer(run, _job(tiny_models), Dist())
+    trainer.total, trainer.micro_per_epoch = 100, 10  # as prepare() sets them from the data
+    for step, (state, force) in enumerate(
+        [("training", False), ("saving", True), ("training", False), ("training", False), ("evaluating", True)]
+    ):
+        trainer.step = step
+        trainer.status(state, force=force)
+        trainer.status("training", force=False)
+        assert run.status()["state"] == "training", (step, state)
+    trainer.step = 7
+    trainer.status("training", force=False)  # the same state again within the throttle: not rewritten
+    assert run.status()["step"] == 4
