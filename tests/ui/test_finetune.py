@@ -33,7 +33,7 @@ def test_drop_preview_train_watch_stop_and_try_in_chat(page, studio, tiny_models
         ("ft-max-steps", "100000"),
         ("ft-batch", "1"),
         ("ft-cutoff", "256"),
-        ("ft-eval-every", "5"),
+        ("ft-eval-every", "20"),
     ):
         _fill(page, elem_id, value)
     page.locator("#ft-file input[type=file]").set_input_files(str(ASSET))
