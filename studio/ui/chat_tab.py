@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +32,35 @@ NO_ADAPTER = "(none: base model)"
 
 
 class StopFlags:
-    """Per-browser-session stop requests; the Stop button is never queued behind the reply it stops."""
+    """Per-browser-session stop requests (the Stop button is never queued behind the reply it stops), and which
+    sessions have a reply running, so that Clear can wait for a stopped reply's last message before emptying."""
 
     def __init__(self) -> None:
         self._flags: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
+        self._running: Counter[str] = Counter()
+        self._lock = threading.Condition()
 
     def event(self, session: str) -> threading.Event:
         with self._lock:
             return self._flags.setdefault(session, threading.Event())
+
+    @contextmanager
+    def running(self, session: str) -> Iterator[None]:
+        with self._lock:
+            self._running[session] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running[session] -= 1
+                if self._running[session] <= 0:
+                    del self._running[session]
+                self._lock.notify_all()
+
+    def wait_idle(self, session: str, timeout: float) -> bool:
+        """True once no reply of this session runs (at most `timeout` seconds)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._running[session], timeout)
 
 
 def _starter_choice(ctx: AppContext) -> tuple[str, str] | None:
@@ -353,44 +376,48 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         conversation as it was (the user's message stays, no empty bubble to feed the next prompt); what a reply
         wrote before failing is kept."""
         added = side_added = False  # whether this call put a reply bubble in the conversation / the side pane
-        try:
-            spec = resolve_spec(ctx, choice, prec)
-            if not str(choice).startswith(STARTER_PREFIX):  # the bundled starter is anyone's, as on /v1
-                require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
-            params = params_from(t, p, k, r, n, s, c)
-            adapter = None if adapter in (None, "", NO_ADAPTER) else adapter
-            msgs = conversation(sys_prompt, history)
-            if not msgs or msgs[-1]["role"] != "user" or blank(msgs[-1]["content"]):
-                raise InputError("Type a message first: the message is empty.")
-            stop = flags.event(request.session_hash if request else "local")
-            stop.clear()
-            prefix = ""
-            if not any(rec.key == spec.key and rec.state == "loaded" for rec in ctx.manager.records()):
-                prefix = ctx.manager.plan(spec).message + " "
-            history, added = history + [{"role": "assistant", "content": ""}], True
-            yield history, side_history, prefix + "Thinking…"
-            with_stats = ""
-            for _, _, with_stats in stream_reply(spec, msgs, params, adapter, stop, history, side_history, prefix):
-                yield history, side_history, with_stats
-            if both and adapter:
-                # both replies' stats stay on the page: the base reply's must not overwrite the adapter's
-                with_stats = with_stats.removeprefix(prefix)
-                side_history = [dict(m) for m in history[:-1]] + [{"role": "assistant", "content": ""}]
-                side_added, without_stats = True, ""
-                for _, _, without_stats in stream_reply(spec, msgs, params, None, stop, side_history, None):
-                    both_stats = msg.CHAT_SIDE_STATS.format(
-                        adapter=adapter, with_stats=with_stats, without_stats=without_stats or msg.CHAT_SIDE_WAITING
-                    )
-                    yield history, side_history, prefix + both_stats
-        except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
-            if isinstance(exc, StudioError):
-                error, line = str(exc), exc.message
-            else:
-                msg.log.exception("unexpected error while answering")
-                error = line = msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])
-            shown = drop_empty_reply(history, added), drop_empty_reply(side_history, side_added)
-            yield *shown, msg.CHAT_NO_REPLY.format(error=line)
-            raise gr.Error(error) from None
+        session = request.session_hash if request else "local"
+        with flags.running(session):  # Clear waits for this to end
+            try:
+                spec = resolve_spec(ctx, choice, prec)
+                if not str(choice).startswith(STARTER_PREFIX):  # the bundled starter is anyone's, as on /v1
+                    require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
+                params = params_from(t, p, k, r, n, s, c)
+                adapter = None if adapter in (None, "", NO_ADAPTER) else adapter
+                msgs = conversation(sys_prompt, history)
+                if not msgs or msgs[-1]["role"] != "user" or blank(msgs[-1]["content"]):
+                    raise InputError("Type a message first: the message is empty.")
+                stop = flags.event(session)
+                stop.clear()
+                prefix = ""
+                if not any(rec.key == spec.key and rec.state == "loaded" for rec in ctx.manager.records()):
+                    prefix = ctx.manager.plan(spec).message + " "
+                history, added = history + [{"role": "assistant", "content": ""}], True
+                yield history, side_history, prefix + "Thinking…"
+                with_stats = ""
+                for _, _, with_stats in stream_reply(spec, msgs, params, adapter, stop, history, side_history, prefix):
+                    yield history, side_history, with_stats
+                if both and adapter:
+                    # both replies' stats stay on the page: the base reply's must not overwrite the adapter's
+                    with_stats = with_stats.removeprefix(prefix)
+                    side_history = [dict(m) for m in history[:-1]] + [{"role": "assistant", "content": ""}]
+                    side_added, without_stats = True, ""
+                    for _, _, without_stats in stream_reply(spec, msgs, params, None, stop, side_history, None):
+                        both_stats = msg.CHAT_SIDE_STATS.format(
+                            adapter=adapter,
+                            with_stats=with_stats,
+                            without_stats=without_stats or msg.CHAT_SIDE_WAITING,
+                        )
+                        yield history, side_history, prefix + both_stats
+            except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
+                if isinstance(exc, StudioError):
+                    error, line = str(exc), exc.message
+                else:
+                    msg.log.exception("unexpected error while answering")
+                    error = line = msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])
+                shown = drop_empty_reply(history, added), drop_empty_reply(side_history, side_added)
+                yield *shown, msg.CHAT_NO_REPLY.format(error=line)
+                raise gr.Error(error) from None
 
     def add_user(text, history):
         if blank(text):
@@ -461,18 +488,28 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     quick = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
     # progress (a download) and errors show on the stats line: the conversation stays in view, after an error too
     replying = {"show_progress_on": [stats_md], **gpu}
-    send_btn.click(add_user, [user_box, chatbot], [user_box, chatbot], api_name="chat_add_user", **quick).success(
-        respond, gen_inputs, gen_outputs, api_name="chat", **replying
-    )
-    user_box.submit(add_user, [user_box, chatbot], [user_box, chatbot], api_visibility="private", **quick).success(
-        respond, gen_inputs, gen_outputs, api_visibility="private", **replying
-    )
-    regen_btn.click(drop_last_reply, [chatbot], [chatbot], **quick).success(
-        respond, gen_inputs, gen_outputs, api_name="chat_regenerate", **replying
-    )
+    replies = [
+        send_btn.click(add_user, [user_box, chatbot], [user_box, chatbot], api_name="chat_add_user", **quick).success(
+            respond, gen_inputs, gen_outputs, api_name="chat", **replying
+        ),
+        user_box.submit(add_user, [user_box, chatbot], [user_box, chatbot], api_visibility="private", **quick).success(
+            respond, gen_inputs, gen_outputs, api_visibility="private", **replying
+        ),
+        regen_btn.click(drop_last_reply, [chatbot], [chatbot], **quick).success(
+            respond, gen_inputs, gen_outputs, api_name="chat_regenerate", **replying
+        ),
+    ]
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
     stop_btn.click(request_stop, None, None, api_name="chat_stop", **quick)
-    clear_btn.click(lambda: ([], [], ""), None, [chatbot, side, stats_md], api_name="chat_clear", **light)
+
+    def clear_chat(request: gr.Request):
+        request_stop(request)  # a reply still being written ends after its current token ...
+        # ... and its last message goes out before this one, which empties the chat (else that message refills it)
+        flags.wait_idle(request.session_hash if request else "local", timeout=30)
+        return [], [], ""
+
+    # cancels: the page stops listening to a reply in flight, so its last message cannot bring the chat back
+    clear_btn.click(clear_chat, None, [chatbot, side, stats_md], api_name="chat_clear", cancels=replies, **quick)
     export_btn.click(export, [chatbot, system, model, precision], [export_files], api_name="chat_export")
     model.change(show_plan, [model, precision, context], [plan_md], api_name="chat_plan", **light)
     for widget in (precision, context):

@@ -104,6 +104,20 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
     expect(page.locator("#chat-history")).to_contain_text("tell me a long story")
     expect(_bots(page)).to_have_count(2)
     assert len(reply.inner_text()) >= len(second)  # the partial reply stays
+
+    # Clear while a reply streams: the reply ends, the chat empties and stays empty, and the GPU is free again
+    _send(page, "another long story")
+    expect(_bots(page)).to_have_count(3, timeout=30_000)
+    expect(_bots(page).nth(2)).to_have_text(re.compile(r"\S"), timeout=30_000)
+    page.locator("#chat-clear").click()
+    expect(_bots(page)).to_have_count(0)
+    page.wait_for_timeout(1500)  # long enough for any message of the cancelled reply to arrive
+    expect(_users(page)).to_have_count(0)
+    expect(_bots(page)).to_have_count(0)
+    _set_value(page, "chat-max-new", "8")
+    _send(page, "short one")
+    expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=60_000)
+    expect(_bots(page)).to_have_count(1)
     page.screenshot(path=str(studio.data_dir.parent / "chat-tab.png"), full_page=True)
 
 
