@@ -14,6 +14,12 @@ CSS = (
     + """
 #studio-title h1 {margin: 0; font-size: 22px;}
 #studio-title p {margin: 0; color: var(--body-text-color-subdued);}
+/* a status line that shows a failed run: Gradio's "Error" badge sits at the right, beside the text, not over it */
+#chat-stats [data-testid=status-tracker]:has(.error), #image-status [data-testid=status-tracker]:has(.error) {
+  align-items: flex-end; justify-content: flex-start; padding-right: 2.75rem !important;
+}
+#chat-stats:has([data-testid=status-tracker] .error) [data-testid=markdown],
+#image-status:has([data-testid=status-tracker] .error) [data-testid=markdown] {padding-right: 8rem;}
 """
 )
 

@@ -129,3 +129,18 @@ def page(browser):
     p.set_default_timeout(30_000)
     yield p
     context.close()
+
+
+def assert_error_badge_beside_text(page, block: str) -> None:
+    """A status line that shows a failure: Gradio's "Error" badge is visible and covers none of the text."""
+    from playwright.sync_api import expect
+
+    badge = page.locator(f"{block} [data-testid=status-tracker] .error")
+    expect(badge).to_be_visible()
+    b = badge.bounding_box()
+    for text in page.locator(f"{block} [data-testid=markdown] p").all():
+        t = text.bounding_box()
+        # the paragraph's box (its text wraps inside it) and the badge's box do not meet
+        apart = b["x"] >= t["x"] + t["width"] or t["x"] >= b["x"] + b["width"]
+        apart = apart or b["y"] >= t["y"] + t["height"] or t["y"] >= b["y"] + b["height"]
+        assert apart, (b, t)

@@ -10,6 +10,8 @@ import warnings
 import pytest
 from playwright.sync_api import expect
 
+from tests.ui.conftest import assert_error_badge_beside_text
+
 pytestmark = pytest.mark.ui
 
 
@@ -156,6 +158,7 @@ def test_the_conversation_is_kept_through_bad_input_and_failed_loads(page, studi
     expect(_users(page)).to_have_text(["first question", "second question"])
     expect(_bots(page)).to_have_text([first_reply])
     expect(page.locator("#chat-history [data-testid=status-tracker] .error")).to_have_count(0)  # no overlay on it
+    assert_error_badge_beside_text(page, "#chat-stats")  # the failure's badge does not hide the message
 
     # Regenerate answers the question that failed, then replaces that answer; Clear empties the chat
     _set_model(page, str(tiny_models.causal_lm))
