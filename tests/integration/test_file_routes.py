@@ -3,7 +3,8 @@
 - every route that serves files refuses path traversal (`..`, %-encoded, double-encoded, absolute paths, files in
   the data dir outside outputs/, symlinks in outputs/ that point out of it) and still serves outputs/ and assets/;
 - an upload over --max-upload-mb is refused with a message naming the limit, on Gradio's upload route and on /v1
-  (also when the body comes chunked, without a Content-Length), while a small upload works;
+  (also when the body comes chunked, without a Content-Length), while a small upload works; a body over the limit
+  sent to Gradio's JSON routes is refused the same way (Gradio itself would read it whole);
 - the source loads weights safely: `torch.load(..., weights_only=True)`, never `trust_remote_code=True`, no
   pickle of user files except through estimate.py's restricted unpickler.
 
@@ -257,14 +258,29 @@ def _chunked_post(studio, path: str, head: bytes, total: int) -> tuple[int, str]
             b"Content-Type: audio/wav\r\n\r\n",
         ),
         ("/v1/chat/completions", b'{"model": "x", "messages": [], "padding": "'),
+        # Gradio's own JSON routes read a body whole before looking at it; the studio cuts it at the limit
+        ("/gradio_api/queue/join", b'{"fn_index": 0, "session_hash": "abc", "data": ["'),
+        ("/gradio_api/run/chat", b'{"data": ["'),
+        ("/gradio_api/call/chat", b'{"data": ["'),
     ],
 )
-def test_v1_chunked_body_over_the_limit_is_refused_early(studio, path, head):
+def test_chunked_body_over_the_limit_is_refused_early(studio, path, head):
     start = time.monotonic()
     status, text = _chunked_post(studio, path, head, total=3 * LIMIT)
     assert status == 413, text
     assert "accepts up to 1 MB" in text and "--max-upload-mb" in text, text
     assert time.monotonic() - start < 15
+
+
+def test_gradio_json_over_the_limit_is_refused_and_small_json_still_works(studio):
+    big = b'{"data": ["' + b"0" * (LIMIT + 1000) + b'"]}'
+    r = httpx.post(studio.url + "gradio_api/run/memory_bar", content=big, timeout=30)  # with its Content-Length
+    assert r.status_code == 413 and "accepts up to 1 MB" in r.json()["detail"], r.text
+    r = httpx.post(studio.url + "gradio_api/run/memory_bar", json={"data": []}, timeout=30)
+    assert r.status_code == 200 and "budget" in r.json()["data"][0], r.text
+    json_type = {"content-type": "application/json"}
+    r = httpx.post(studio.url + "gradio_api/run/memory_bar", content=iter([b'{"data": []}']), headers=json_type)
+    assert r.status_code == 200, r.text  # chunked and small: reaches Gradio
 
 
 def test_v1_small_chunked_body_reaches_the_route(studio):
