@@ -1,6 +1,7 @@
 """One visitor of the load test (tests/integration/test_load.py), in a process of its own as a real visitor is:
-`python -m tests.integration.load_clients KIND URL LM CLIP START SECONDS` sends KIND requests from START (epoch
-seconds) for SECONDS and prints {"done", "busy", "failures"} as JSON. Busy answers are part of fair use; any other
+`python -m tests.integration.load_clients KIND URL LM CLIP GO SECONDS` prepares (imports, connects), prints "ready",
+waits for the file GO to appear, then sends KIND requests for SECONDS and prints {"done", "busy", "failures"} as
+JSON. The test starts all visitors together once all are ready, however long a busy machine takes to prepare them. Busy answers are part of fair use; any other
 failure is reported."""
 
 from __future__ import annotations
@@ -93,10 +94,12 @@ def caller(kind: str, url: str, lm: str, clip: Path) -> Callable[[], None]:
     return call
 
 
-def run(kind: str, url: str, lm: str, clip: Path, start: float, seconds: float) -> dict:
+def run(kind: str, url: str, lm: str, clip: Path, go: Path, seconds: float) -> dict:
     call = caller(kind, url, lm, clip)
-    time.sleep(max(0.0, start - time.time()))
-    end = start + seconds
+    print("ready", flush=True)
+    while not go.exists():
+        time.sleep(0.02)
+    end = time.time() + seconds
     if kind.startswith("api-chat"):  # the page's chat loads the LM; the API serves loaded models only
         client, lm_id = api(url), Path(lm).name
         while time.time() < end and lm_id not in {m.id for m in client.models.list().data}:
@@ -117,5 +120,5 @@ def run(kind: str, url: str, lm: str, clip: Path, start: float, seconds: float) 
 
 
 if __name__ == "__main__":
-    kind, url, lm, clip, start, seconds = sys.argv[1:7]
-    print(json.dumps(run(kind, url, lm, Path(clip), float(start), float(seconds))), flush=True)
+    kind, url, lm, clip, go, seconds = sys.argv[1:7]
+    print(json.dumps(run(kind, url, lm, Path(clip), Path(go), float(seconds))), flush=True)

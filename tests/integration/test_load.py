@@ -81,13 +81,13 @@ KINDS = (
 )
 
 
-def test_eight_clients_for_a_minute(served, tiny_models, clip):
+def test_eight_clients_for_a_minute(served, tiny_models, clip, tmp_path):
     """Eight visitors, each a process of its own (tests/integration/load_clients.py), for a minute; this process
     serves them and watches the manager and the memory bar."""
     ctx, url = served
     manager = ctx.manager
     t_start = time.time()
-    start_at = t_start + 8  # the clients import their libraries first, then all begin together
+    go = tmp_path / "go"  # the visitors prepare (imports, connecting), then all begin together when it appears
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     clients = [
         subprocess.Popen(
@@ -99,7 +99,7 @@ def test_eight_clients_for_a_minute(served, tiny_models, clip):
                 url,
                 str(tiny_models.causal_lm),
                 str(clip),
-                str(start_at),
+                str(go),
                 str(SECONDS),
             ],
             cwd=ROOT,
@@ -110,6 +110,17 @@ def test_eight_clients_for_a_minute(served, tiny_models, clip):
         )  # fmt: skip
         for kind in KINDS
     ]
+    try:
+        for kind, proc in zip(KINDS, clients, strict=True):
+            line = proc.stdout.readline()
+            if line.strip() != "ready":
+                proc.kill()
+                raise AssertionError(f"{kind} client did not start: {line!r}\n{proc.stderr.read()[-3000:]}")
+    except BaseException:
+        for proc in clients:
+            proc.kill()
+        raise
+    go.write_text("go")
     failures: list[str] = []
     over_budget: list[str] = []
     bar_latency: list[float] = []
@@ -121,15 +132,13 @@ def test_eight_clients_for_a_minute(served, tiny_models, clip):
             while not stop.is_set():
                 t0 = time.perf_counter()
                 r = http.post("gradio_api/run/memory_bar", json={"data": []})
-                if time.time() >= start_at:
-                    bar_latency.append(time.perf_counter() - t0)
+                bar_latency.append(time.perf_counter() - t0)
                 html = r.json()["data"][0] if r.status_code == 200 else r.text
                 if "budget" not in html.lower():
                     failures.append(f"memory bar: {html[:300]}")
                 t0 = time.perf_counter()
                 r = http.post("gradio_api/run/models_list", json={"data": [None, ""]})
-                if time.time() >= start_at:
-                    models_latency.append(time.perf_counter() - t0)
+                models_latency.append(time.perf_counter() - t0)
                 if r.status_code != 200:
                     failures.append(f"models tab: {r.status_code} {r.text[:300]}")
                 time.sleep(0.25)
