@@ -23,6 +23,10 @@ UPLOAD_SUFFIX = "/upload"  # Gradio's upload route: it checks each file against 
 BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
+def _headers(scope: dict) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
 def _error(status: int, message: str, code: str) -> Any:
     from fastapi.responses import JSONResponse
 
@@ -44,13 +48,13 @@ class V1Guard:
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/"):
-            refusal = self.check(headers)
-            too_large = _too_large
+            headers = _headers(scope)
+            refusal, too_large = self.check(headers), _too_large
         elif scope.get("method") in BODY_METHODS and not path.rstrip("/").endswith(UPLOAD_SUFFIX):
+            headers = _headers(scope)
             refusal, too_large = self.check_size(headers, _too_large_plain), _too_large_plain
-        else:
+        else:  # a GET (the page, its files) or an upload: nothing to check here
             await self.app(scope, receive, send)
             return
         if refusal is not None:

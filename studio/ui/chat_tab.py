@@ -31,6 +31,11 @@ STARTER_PREFIX = "starter:"
 NO_ADAPTER = "(none: base model)"
 
 
+def session_key(request: gr.Request | None) -> str:
+    """The browser session a request comes from ("local" for a direct call): stop flags are kept per session."""
+    return request.session_hash if request else "local"
+
+
 class StopFlags:
     """Per-browser-session stop requests (the Stop button is never queued behind the reply it stops), and which
     sessions have a reply running, so that Clear can wait for a stopped reply's last message before emptying."""
@@ -376,7 +381,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         conversation as it was (the user's message stays, no empty bubble to feed the next prompt); what a reply
         wrote before failing is kept."""
         added = side_added = False  # whether this call put a reply bubble in the conversation / the side pane
-        session = request.session_hash if request else "local"
+        session = session_key(request)
         with flags.running(session):  # Clear waits for this to end
             try:
                 spec = resolve_spec(ctx, choice, prec)
@@ -425,7 +430,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         return "", history + [{"role": "user", "content": text}]
 
     def request_stop(request: gr.Request) -> None:
-        flags.event(request.session_hash if request else "local").set()  # the reply ends after its current token
+        flags.event(session_key(request)).set()  # the reply ends after its current token
 
     def drop_last_reply(history):
         history = list(history or [])
@@ -505,7 +510,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     def clear_chat(request: gr.Request):
         request_stop(request)  # a reply still being written ends after its current token ...
         # ... and its last message goes out before this one, which empties the chat (else that message refills it)
-        flags.wait_idle(request.session_hash if request else "local", timeout=30)
+        flags.wait_idle(session_key(request), timeout=30)
         return [], [], ""
 
     # cancels: the page stops listening to a reply in flight, so its last message cannot bring the chat back

@@ -32,7 +32,7 @@ from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG, ModelSpec
 from studio.security import require_loaded_or_owner
 from studio.ui import messages as msg
-from studio.ui.chat_tab import StopFlags
+from studio.ui.chat_tab import StopFlags, session_key
 from studio.ui.models_tab import spec_from_form
 
 IMAGE_PRECISIONS = ("fp16", "bf16", "fp32")
@@ -297,7 +297,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             spec = resolve_spec(ctx, choice, prec)
             require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
             params = params_from(p, n, smp, st, c, w, h, sd, bs, bc, init_img, strg)
-            stop = flags.event(request.session_hash if request else "local")
+            stop = flags.event(session_key(request))
             stop.clear()
             loaded = any(r.key == spec.key and r.state == "loaded" for r in ctx.manager.records())
             yield gr.update(), "Starting…" if loaded else "Loading the model first…"
@@ -317,7 +317,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             yield gallery_items(ctx), f"**Not drawn:** {text}"
 
     def request_stop(request: gr.Request) -> None:
-        flags.event(request.session_hash if request else "local").set()  # ends after the current step
+        flags.event(session_key(request)).set()  # ends after the current step
 
     def restore_values(text: str, choice, prec, current: ImageParams, path: str) -> list:
         restored = params_from_infotext(text, current)

@@ -27,7 +27,7 @@ from studio.models.specs import ModelSpec
 from studio.security import require_loaded_or_owner
 from studio.text import blank
 from studio.ui import messages as msg
-from studio.ui.chat_tab import StopFlags
+from studio.ui.chat_tab import StopFlags, session_key
 from studio.ui.models_tab import spec_from_form
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             if not str(choice).startswith(STARTER_PREFIX):  # the bundled starter is anyone's; other models the owner's
                 require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
             params = params_from(lang, task_, prompt_, beam_, fallback_, words_, vad_)
-            stop = flags.event(request.session_hash if request else "local")
+            stop = flags.event(session_key(request))
             stop.clear()
             name = Path(audio_path).name
             prefix = ""
@@ -324,7 +324,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
             raise gr.Error(msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])) from None
 
     def request_stop(request: gr.Request) -> None:
-        flags.event(request.session_hash if request else "local").set()  # ends after the current segment
+        flags.event(session_key(request)).set()  # ends after the current segment
 
     gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
     light = {"queue": False, "show_progress": "hidden"}
