@@ -43,6 +43,7 @@ class StopFlags:
     def __init__(self) -> None:
         self._flags: dict[str, threading.Event] = {}
         self._running: Counter[str] = Counter()
+        self._clears: Counter[str] = Counter()  # how many times each session's conversation was cleared
         self._lock = threading.Condition()
 
     def event(self, session: str) -> threading.Event:
@@ -61,6 +62,19 @@ class StopFlags:
                 if self._running[session] <= 0:
                     del self._running[session]
                 self._lock.notify_all()
+
+    def clears(self, session: str) -> int:
+        with self._lock:
+            return self._clears[session]
+
+    def clear(self, session: str, timeout: float) -> None:
+        """Clear pressed: a reply being written stops, and Clear waits (at most `timeout` seconds) until it has ended,
+        so that the reply's last message reaches the page before Clear's own. Replies asked for before this Clear
+        and still waiting in the queue will not answer (see `clears`)."""
+        with self._lock:
+            self._clears[session] += 1
+        self.event(session).set()
+        self.wait_idle(session, timeout)
 
     def wait_idle(self, session: str, timeout: float) -> bool:
         """True once no reply of this session runs (at most `timeout` seconds)."""
@@ -254,6 +268,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="Conversation", elem_id="chat-history", height=460, buttons=["copy"])
+            asked_after = gr.State(None)  # how many Clears the session had when its last question was asked
             side = gr.Chatbot(label="Same prompt without the adapter", elem_id="chat-side", height=300, visible=False)
             user_box = gr.Textbox(
                 label="Message",
@@ -374,6 +389,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         c,
         adapter,
         both,
+        asked_after,
         request: gr.Request,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model picked but not yet downloaded shows its download
     ):
@@ -382,6 +398,13 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         wrote before failing is kept."""
         added = side_added = False  # whether this call put a reply bubble in the conversation / the side pane
         session = session_key(request)
+        if asked_after is not None and asked_after != flags.clears(session):
+            yield (
+                gr.skip(),
+                gr.skip(),
+                gr.skip(),
+            )  # asked before a Clear, and waited in the queue: the chat stays clear
+            return
         with flags.running(session):  # Clear waits for this to end
             try:
                 spec = resolve_spec(ctx, choice, prec)
@@ -424,21 +447,21 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
                 yield *shown, msg.CHAT_NO_REPLY.format(error=line)
                 raise gr.Error(error) from None
 
-    def add_user(text, history):
+    def add_user(text, history, request: gr.Request):
         if blank(text):
             raise gr.Error("Type a message first: the message is empty.")
-        return "", history + [{"role": "user", "content": text}]
+        return "", history + [{"role": "user", "content": text}], flags.clears(session_key(request))
 
     def request_stop(request: gr.Request) -> None:
         flags.event(session_key(request)).set()  # the reply ends after its current token
 
-    def drop_last_reply(history):
+    def drop_last_reply(history, request: gr.Request):
         history = list(history or [])
         while history and history[-1].get("role") == "assistant":
             history.pop()
         if not history:
             raise gr.Error("Nothing to regenerate yet.")
-        return history
+        return history, flags.clears(session_key(request))
 
     @msg.user_errors
     def attach(choice, prec, folder, request: gr.Request):
@@ -485,6 +508,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         context,
         use_adapter,
         side_by_side,
+        asked_after,
     ]
     gen_outputs = [chatbot, side, stats_md]
     gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
@@ -493,28 +517,25 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     quick = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
     # progress (a download) and errors show on the stats line: the conversation stays in view, after an error too
     replying = {"show_progress_on": [stats_md], **gpu}
-    replies = [
-        send_btn.click(add_user, [user_box, chatbot], [user_box, chatbot], api_name="chat_add_user", **quick).success(
-            respond, gen_inputs, gen_outputs, api_name="chat", **replying
-        ),
-        user_box.submit(add_user, [user_box, chatbot], [user_box, chatbot], api_visibility="private", **quick).success(
-            respond, gen_inputs, gen_outputs, api_visibility="private", **replying
-        ),
-        regen_btn.click(drop_last_reply, [chatbot], [chatbot], **quick).success(
-            respond, gen_inputs, gen_outputs, api_name="chat_regenerate", **replying
-        ),
-    ]
+    asked = [user_box, chatbot, asked_after]
+    send_btn.click(add_user, [user_box, chatbot], asked, api_name="chat_add_user", **quick).success(
+        respond, gen_inputs, gen_outputs, api_name="chat", **replying
+    )
+    user_box.submit(add_user, [user_box, chatbot], asked, api_visibility="private", **quick).success(
+        respond, gen_inputs, gen_outputs, api_visibility="private", **replying
+    )
+    regen_btn.click(drop_last_reply, [chatbot], [chatbot, asked_after], **quick).success(
+        respond, gen_inputs, gen_outputs, api_name="chat_regenerate", **replying
+    )
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
     stop_btn.click(request_stop, None, None, api_name="chat_stop", **quick)
 
     def clear_chat(request: gr.Request):
-        request_stop(request)  # a reply still being written ends after its current token ...
-        # ... and its last message goes out before this one, which empties the chat (else that message refills it)
-        flags.wait_idle(session_key(request), timeout=30)
+        flags.clear(session_key(request), timeout=30)  # a reply being written ends, and its last message goes first
         return [], [], ""
 
-    # cancels: the page stops listening to a reply in flight, so its last message cannot bring the chat back
-    clear_btn.click(clear_chat, None, [chatbot, side, stats_md], api_name="chat_clear", cancels=replies, **quick)
+    # no `cancels=`: a cancelled reply's last message can still arrive after Clear's; waiting for it is what orders them
+    clear_btn.click(clear_chat, None, [chatbot, side, stats_md], api_name="chat_clear", **quick)
     export_btn.click(export, [chatbot, system, model, precision], [export_files], api_name="chat_export")
     model.change(show_plan, [model, precision, context], [plan_md], api_name="chat_plan", **light)
     for widget in (precision, context):

@@ -119,10 +119,10 @@ class StudioBlocks(gr.Blocks):
         blocks = list(block_fn.inputs)
         name = block_fn.api_name or block_fn.name
         if len(inputs) < len(blocks):
-            labels = ", ".join(label_of(b, i) for i, b in enumerate(blocks))
-            raise gr.Error(
-                msg.INPUT_COUNT.format(action=name, wanted=len(blocks), got=len(inputs), labels=labels[:600])
-            )
+            # session state (gr.State) is not the caller's to send: Gradio's API fills it in
+            sent = [(i, b) for i, b in enumerate(blocks) if b.get_block_name() != "state"]
+            labels = ", ".join(label_of(b, i) for i, b in sent)
+            raise gr.Error(msg.INPUT_COUNT.format(action=name, wanted=len(sent), got=len(inputs), labels=labels[:600]))
         props = set(getattr(block_fn, "component_prop_inputs", None) or ())
         inputs = list(inputs)
         for i, block in enumerate(blocks):

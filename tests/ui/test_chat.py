@@ -111,9 +111,13 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
     _send(page, "another long story")
     expect(_bots(page)).to_have_count(3, timeout=30_000)
     expect(_bots(page).nth(2)).to_have_text(re.compile(r"\S"), timeout=30_000)
+    # a question sent with Enter meanwhile (Send is held while its own reply runs) waits for the GPU behind the reply
+    page.locator("#chat-input textarea").fill("and a question asked meanwhile")
+    page.locator("#chat-input textarea").press("Enter")
+    page.wait_for_timeout(500)
     page.locator("#chat-clear").click()
     expect(_bots(page)).to_have_count(0)
-    page.wait_for_timeout(1500)  # long enough for any message of the cancelled reply to arrive
+    page.wait_for_timeout(3000)  # long enough for the stopped reply's messages, and for the waiting question's turn
     expect(_users(page)).to_have_count(0)
     expect(_bots(page)).to_have_count(0)
     _set_value(page, "chat-max-new", "8")
@@ -134,6 +138,11 @@ def broken_lm(tiny_models, tmp_path_factory):
     return folder
 
 
+def _same_text(text: str) -> re.Pattern:
+    """The text again, wherever the page puts white space in it."""
+    return re.compile(r"^\s*" + r"\s*".join(re.escape(ch) for ch in text if not ch.isspace()) + r"\s*$")
+
+
 def test_the_conversation_is_kept_through_bad_input_and_failed_loads(page, studio, tiny_models, broken_lm):
     page.goto(studio.url)
     _set_model(page, str(tiny_models.causal_lm))
@@ -142,7 +151,8 @@ def test_the_conversation_is_kept_through_bad_input_and_failed_loads(page, studi
     _send(page, "first question")
     expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=60_000)
     expect(_bots(page)).to_have_count(1)
-    first_reply = _bots(page).first.inner_text()
+    # the random LM's reply may hold control characters, around which the bubble's line breaks can move on a redraw
+    first_reply = _same_text(_bots(page).first.inner_text())
 
     _send(page, "   ")  # an empty message is refused; the exchange before it stays
     expect(page.get_by_text("the message is empty").first).to_be_visible()
