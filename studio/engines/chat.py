@@ -17,7 +17,7 @@ from typing import Any
 from studio.engines.lane import GpuLane
 from studio.errors import InputError, ModelLoadError, StudioOutOfMemory
 from studio.models.estimate import Workload
-from studio.models.manager import ModelManager, is_oom
+from studio.models.manager import ModelManager, ModelRecord, is_oom
 from studio.models.specs import ModelSpec
 from studio.text import blank, invalid_text
 
@@ -252,6 +252,19 @@ class ChatEngine:
         )
         return ids, notice
 
+    # ----- models ------------------------------------------------------------------------------------------
+
+    def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
+        """Load the model (with the adapters attached to it) and leave it loaded; its record afterwards."""
+        with self.manager.acquire(spec, workload) as lease:
+            self._sync_adapters(spec, lease.model)
+        record = self.manager.record(spec.key)
+        assert record is not None
+        return record
+
+    def is_loaded(self, spec: ModelSpec) -> bool:
+        return self.manager.is_loaded(spec.key)
+
     # ----- adapters ----------------------------------------------------------------------------------------
 
     def attach_adapter(self, spec: ModelSpec, folder: str | Path, name: str | None = None) -> str:
@@ -278,7 +291,7 @@ class ChatEngine:
         """Remove an adapter from the base model; the base weights are untouched."""
         with self._lock:
             self.adapters.get(spec.key, {}).pop(name, None)
-        lease = self.manager._lease_if_loaded(spec.key)
+        lease = self.manager.lease_if_loaded(spec.key)
         if lease is not None:
             with lease:
                 model = lease.model.model

@@ -32,7 +32,7 @@ from studio.engines.lane import GpuLane
 from studio.errors import BudgetError, DiskFullError, InputError, ModelLoadError, is_disk_full
 from studio.models import folders
 from studio.models.estimate import Workload
-from studio.models.manager import LOADED, ModelManager, fmt_bytes
+from studio.models.manager import LOADED, ModelManager, ModelRecord, fmt_bytes
 from studio.models.specs import ModelSpec, catalog_entry
 from studio.text import blank, invalid_text
 
@@ -564,6 +564,16 @@ class ImageEngine:
             raise ModelLoadError(
                 f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
             )
+
+    def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
+        """Load the pipeline (building the test pipeline first, when it is that) and leave it loaded; its record."""
+        if is_tiny(spec):
+            self.ensure_tiny()
+        self.check_available(spec)
+        return self.manager.load(spec, workload)
+
+    def is_loaded(self, spec: ModelSpec) -> bool:
+        return self.manager.is_loaded(spec.key)
 
     # ----- memory --------------------------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from typing import Any
 from studio.engines.lane import GpuLane
 from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory
 from studio.models.estimate import Workload
-from studio.models.manager import ModelManager, is_oom
+from studio.models.manager import ModelManager, ModelRecord, is_oom
 from studio.models.specs import ModelSpec
 from studio.text import invalid_text
 
@@ -725,6 +725,14 @@ class SpeechEngine:
         if shutil.which(self.ffmpeg) is None:
             return f"{self.ffmpeg} not found, so audio cannot be decoded. {FFMPEG_TIP}"
         return ""
+
+    def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
+        """Load the model and leave it loaded; its record afterwards."""
+        check_speech_source(spec)
+        return self.manager.load(spec, workload)
+
+    def is_loaded(self, spec: ModelSpec) -> bool:
+        return self.manager.is_loaded(spec.key)
 
     def transcribe(
         self,

@@ -418,6 +418,10 @@ class ModelManager:
             need = entry.host_bytes + est.runtime_bytes
         return self._plan_room(spec, est, need, exclude=spec.key)
 
+    def plan_reservation(self, nbytes: int) -> Plan:
+        """What `reserve(owner, nbytes)` would park or unload to fit, without doing it."""
+        return self._plan_room(None, None, int(nbytes), exclude=None)
+
     def _plan_room(self, spec: ModelSpec | None, est: Estimate | None, need: int, exclude: str | None) -> Plan:
         budget = self.budget_bytes()
         with self._state_lock:
@@ -478,7 +482,7 @@ class ModelManager:
         """
         kind = self.kinds.get(spec.kind)
         if workload is None:
-            lease = self._lease_if_loaded(spec.key)
+            lease = self.lease_if_loaded(spec.key)
             if lease is not None:
                 return lease
         with self._load_lock:
@@ -490,7 +494,7 @@ class ModelManager:
                 self._make_room(extra, exclude=spec.key)
                 with self._state_lock:
                     entry.runtime = est.runtime_bytes
-            lease = self._lease_if_loaded(spec.key)  # another thread may have loaded it while we waited
+            lease = self.lease_if_loaded(spec.key)  # another thread may have loaded it while we waited
             if lease is not None:
                 return lease
             with self._state_lock:
@@ -504,11 +508,20 @@ class ModelManager:
                 self.events.add("unpark", spec.name, entry.device_bytes, f"{spec.name} back on {spec.device}")
             else:
                 self._load(entry, kind, est)
-            lease = self._lease_if_loaded(spec.key)
+            lease = self.lease_if_loaded(spec.key)
             assert lease is not None
             return lease
 
-    def _lease_if_loaded(self, key: str) -> Lease | None:
+    def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
+        """Load (or unpark) the model for `workload` and leave it loaded and idle; its record afterwards."""
+        with self.acquire(spec, workload):
+            pass
+        record = self.record(spec.key)
+        assert record is not None
+        return record
+
+    def lease_if_loaded(self, key: str) -> Lease | None:
+        """A lease on the model if it is loaded now, else None: never loads, never waits for a load."""
         with self._state_lock:
             entry = self._entries.get(key)
             if entry is None or entry.state != LOADED:
@@ -741,6 +754,25 @@ class ModelManager:
                     estimate_method=e.estimate.method if e.estimate else "",
                 )
             )
+        return out
+
+    def record(self, key: str) -> ModelRecord | None:
+        """The record of one model, or None when the manager does not know it."""
+        return next((r for r in self.records() if r.key == key), None)
+
+    def is_loaded(self, key: str) -> bool:
+        """Whether the model is on its device now (not parked, not unloaded)."""
+        with self._state_lock:
+            entry = self._entries.get(key)
+            return entry is not None and entry.state == LOADED
+
+    def models(self, kind: str, states: Sequence[str] | None = None) -> list[tuple[ModelRecord, ModelSpec]]:
+        """The models of one kind the manager knows (in `states`, when given), most recently used first."""
+        out = []
+        for rec in self.records():
+            spec = self.spec_for(rec.key)
+            if rec.kind == kind and spec is not None and (states is None or rec.state in states):
+                out.append((rec, spec))
         return out
 
     def reservations(self) -> list[tuple[Reservation, int]]:

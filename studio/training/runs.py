@@ -99,8 +99,7 @@ class RunManager:
 
     def plan(self, job: TrainJob) -> JobPlan:
         est = self.estimate(job)
-        # the same room-making plan that `manager.reserve` carries out (what it would park or unload), read-only
-        plan = self.manager._plan_room(None, None, est.total, exclude=None)
+        plan = self.manager.plan_reservation(est.total)  # what `manager.reserve` would park or unload, read-only
         self.root.mkdir(parents=True, exist_ok=True)
         return JobPlan(est, self.manager.budget_bytes(), plan, shutil.disk_usage(self.root).free)
 
