@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from studio.config import StudioConfig  # noqa: E402
 from studio.context import build_context  # noqa: E402
 from studio.engines.image import ImageParams, sampler_named  # noqa: E402
-from studio.ui.models_tab import spec_from_form  # noqa: E402
+from studio.models.specs import spec_from_form  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
 
@@ -86,7 +86,7 @@ def main() -> None:
     ctx = build_context(StudioConfig(device=args.device, data_dir=data_dir), start_monitor=False)
     precision = "fp16" if ctx.device == "cuda" else "fp32"
     if args.model:
-        spec = spec_from_form(ctx, "image", args.model, precision)
+        spec = spec_from_form(ctx.device, "image", args.model, precision)
     else:
         ctx.image.ensure_tiny()
         spec = ctx.image.tiny_spec(precision)

@@ -55,11 +55,7 @@ DISCONNECT_POLL_S = 0.5
 def served_speech_models(ctx: AppContext) -> dict[str, ModelSpec]:
     """Model id -> spec: the starter (also as whisper-1), then loaded or parked speech models, most recent first."""
     served: dict[str, ModelSpec] = {}
-    held: list[ModelSpec] = []
-    for rec in ctx.manager.records():
-        spec = ctx.manager.spec_for(rec.key)
-        if rec.kind == "speech" and rec.state in (LOADED, PARKED) and spec is not None:
-            held.append(spec)
+    held = [spec for _, spec in ctx.manager.models("speech", (LOADED, PARKED))]
     try:
         from studio.models.speech_starter import STARTER_NAME, starter_spec
 

@@ -99,12 +99,7 @@ def parse_request(body: Any) -> tuple[str | None, dict[str, Any]]:
 
 def image_models(ctx: AppContext) -> list[tuple[str, ModelSpec, float]]:
     """(id, spec, last used) of the image models the API serves, most recently used first."""
-    out = []
-    for rec in ctx.manager.records():  # already most recently used first
-        spec = ctx.manager.spec_for(rec.key)
-        if rec.kind == "image" and rec.state in (LOADED, PARKED) and spec is not None:
-            out.append((model_name(spec), spec, rec.last_used))
-    return out
+    return [(model_name(spec), spec, rec.last_used) for rec, spec in ctx.manager.models("image", (LOADED, PARKED))]
 
 
 def resolve_model(ctx: AppContext, model_id: str | None) -> ModelSpec:

@@ -237,11 +237,7 @@ def api_id(spec: ModelSpec) -> str:
 
 def served_models(ctx: AppContext) -> list[ServedModel]:
     """Loaded or parked chat models (most recently used first), the starter, and "base:adapter" for adapters."""
-    bases: list[tuple[ModelSpec, int]] = []
-    for rec in ctx.manager.records():
-        spec = ctx.manager.spec_for(rec.key)
-        if rec.kind == "chat" and rec.state in (LOADED, PARKED) and spec is not None:
-            bases.append((spec, int(rec.last_used)))
+    bases = [(spec, int(rec.last_used)) for rec, spec in ctx.manager.models("chat", (LOADED, PARKED))]
     try:
         from studio.models.starter import starter_spec
     except ImportError:

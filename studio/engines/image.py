@@ -565,11 +565,16 @@ class ImageEngine:
                 f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
             )
 
-    def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
-        """Load the pipeline (building the test pipeline first, when it is that) and leave it loaded; its record."""
+    def prepare(self, spec: ModelSpec) -> None:
+        """What must be there before the model can be planned or loaded: the test pipeline is built on first use, a
+        Hub model not downloaded needs the Hub."""
         if is_tiny(spec):
             self.ensure_tiny()
         self.check_available(spec)
+
+    def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
+        """Load the pipeline (see `prepare`) and leave it loaded; its record afterwards."""
+        self.prepare(spec)
         return self.manager.load(spec, workload)
 
     def is_loaded(self, spec: ModelSpec) -> bool:

@@ -6,6 +6,9 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio.errors import InputError
+from studio.text import control_char, lone_surrogate
+
 KINDS = ("chat", "image", "speech", "base-for-training")
 PRECISIONS = ("nf4", "int8", "fp16", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
@@ -151,3 +154,44 @@ def catalog_entry(source: str) -> CatalogEntry | None:
         if entry.hub_id == source:
             return entry
     return None
+
+
+EMPTY_SOURCE = "Type a folder, a file path or a Hugging Face id to load."
+BAD_SOURCE_CHAR = (
+    "The model name has a character that no folder, file or Hugging Face id contains ({code}, character {at}). "
+    "Type or paste the name again."
+)
+
+
+def check_name_chars(source: str) -> None:
+    """Refuse a model name with a NUL, another control character or a lone surrogate (pasted or sent by a script)."""
+    bad = control_char(source)
+    if bad is None:
+        bad = lone_surrogate(source)
+    if bad is not None:
+        raise InputError(BAD_SOURCE_CHAR.format(code=f"U+{ord(source[bad]):04X}", at=bad + 1))
+
+
+def spec_from_form(device: str, kind: str, source: str, precision: str) -> ModelSpec:
+    """A model typed or picked in a form (a folder, a file or a Hub id) as a ModelSpec, or what is wrong with it."""
+    source = (source or "").strip()
+    if not source:
+        raise InputError(EMPTY_SOURCE)
+    check_name_chars(source)
+    if kind not in KINDS:
+        raise InputError(f"Kind must be one of {', '.join(KINDS)}.")
+    if precision not in PRECISIONS:
+        raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        source_type, source = "folder", str(path.resolve())
+    elif path.is_file():
+        source_type, source = "file", str(path.resolve())
+    elif source.startswith(("/", "./", "~", "..")) or "\\" in source:
+        raise InputError(f"{source}: no such file or folder on the studio's machine.")
+    else:
+        source_type = "hub"
+    backend = "faster-whisper" if kind == "speech" and source_type == "folder" else ""
+    return ModelSpec(
+        kind=kind, source=source, source_type=source_type, precision=precision, device=device, backend=backend
+    )

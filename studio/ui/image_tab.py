@@ -7,7 +7,7 @@ Thin handlers: widgets -> ImageParams -> ctx.image.generate() -> widgets. No tor
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,11 @@ from studio.engines.image import (
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes
-from studio.models.specs import CATALOG, ModelSpec
+from studio.models.specs import CATALOG, ModelSpec, spec_from_form
 from studio.security import require_loaded_or_owner
 from studio.ui import messages as msg
-from studio.ui.chat_tab import StopFlags, session_key
-from studio.ui.models_tab import spec_from_form
+from studio.ui.forms import bind, whole
+from studio.ui.session import StopFlags
 
 IMAGE_PRECISIONS = ("fp16", "bf16", "fp32")
 MODEL_HELP = "Model (pick one, or type a diffusers folder, a .safetensors checkpoint or a Hugging Face id)"
@@ -43,9 +43,8 @@ TINY_CHOICE = f"{TINY_LABEL}: offline, for trying the studio"
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     """The test pipeline, image models the manager knows, checkpoints in models/, then the recommended models."""
     choices: list[tuple[str, str]] = [(TINY_CHOICE, TINY_SOURCE)]
-    for rec in ctx.manager.records():
-        spec = ctx.manager.spec_for(rec.key)
-        if rec.kind == "image" and spec is not None and model_name(spec) != TINY_SOURCE:
+    for rec, spec in ctx.manager.models("image"):
+        if model_name(spec) != TINY_SOURCE:
             choices.append((f"{rec.name} ({rec.state})", spec.source))
     models = ctx.paths.models
     if models.is_dir():
@@ -88,38 +87,12 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
     """The picker's value as a ModelSpec."""
     choice = (choice or "").strip()
     if not choice:
-        raise InputError("Pick an image model first.")
+        raise InputError(msg.PICK_MODEL.format(what="an image model"))
     if precision not in IMAGE_PRECISIONS:
         raise InputError(f"Precision must be one of {', '.join(IMAGE_PRECISIONS)} for image models.")
     if choice == TINY_SOURCE:
         return ctx.image.tiny_spec(precision)
-    return spec_from_form(ctx, "image", choice, precision)
-
-
-def _whole(value: Any, name: str) -> int:
-    if value is None or value == "":
-        raise InputError(f"{name} must be a whole number.")
-    number = float(value)
-    if number != int(number):
-        raise InputError(f"{name} must be a whole number, not {number:g}.")
-    return int(number)
-
-
-def params_from(prompt, negative, sampler, steps, cfg, width, height, seed, size, count, init, strength):
-    return ImageParams(
-        prompt=(prompt or "").strip(),
-        negative_prompt=(negative or "").strip(),
-        sampler=sampler or SAMPLER_NAMES[0],
-        steps=_whole(steps, "Steps"),
-        cfg_scale=float(cfg if cfg is not None else 7),
-        width=_whole(width, "Width"),
-        height=_whole(height, "Height"),
-        seed=_whole(seed, "Seed"),
-        batch_size=_whole(size, "Batch size"),
-        batch_count=_whole(count, "Batch count"),
-        init_image=init or None,
-        strength=float(strength if strength is not None else 0.75),
-    )
+    return spec_from_form(ctx.device, "image", choice, precision)
 
 
 def gallery_items(ctx: AppContext) -> list[tuple[str, str]]:
@@ -148,223 +121,217 @@ def selected_file(ctx: AppContext, item: Any) -> Path | None:
     return None
 
 
-def connect_page_load(ctx: AppContext, app: gr.Blocks, tab: dict[str, gr.components.Component]) -> None:
-    """Every page (re)load shows the gallery and the model picker as they are now, not as they were when the
-    studio started: images drawn since (by another page or /v1), models loaded or copied into models/ since."""
-
-    def on_load():
-        return gallery_items(ctx), gr.Dropdown(choices=model_choices(ctx))
-
-    app.load(on_load, None, [tab["gallery"], tab["model"]], api_name="image_page", queue=False, show_progress="hidden")
+# ----- forms ----------------------------------------------------------------------------------------------------
 
 
-def build(ctx: AppContext) -> dict[str, gr.components.Component]:
-    """Lay out the tab inside the current Blocks context and wire its events."""
-    flags = StopFlags()
-    choices = model_choices(ctx)
-    first = TINY_SOURCE if ctx.device == "cpu" else "stabilityai/sd-turbo"
-    precision_default = "fp16" if ctx.device == "cuda" else "fp32"
-    start = defaults_for(resolve_spec(ctx, first, precision_default))
-    with gr.Row():
-        model = gr.Dropdown(
-            choices=choices, value=first, allow_custom_value=True, label=MODEL_HELP, elem_id="image-model", scale=4
+@dataclass(frozen=True, kw_only=True)
+class SettingsForm:
+    """The settings a PNG's parameters restore."""
+
+    prompt: str | None
+    negative: str | None
+    sampler: str | None
+    steps: int | None
+    cfg: float | None
+    width: int | None
+    height: int | None
+    seed: int | None
+    strength: float | None  # denoising strength (image to image)
+
+    API_ORDER = ("prompt", "negative", "sampler", "steps", "cfg", "width", "height", "seed", "strength")
+
+    def current(self) -> ImageParams:
+        """The settings as they stand, as ImageParams (restoring fills in only what a PNG says)."""
+        fields = {}
+        for name, key in zip(SettingsForm.API_ORDER, RESTORED_FIELDS, strict=True):
+            value = getattr(self, name)
+            if value is not None:
+                fields[key] = int(value) if key in ("steps", "width", "height", "seed") else value
+        return replace(ImageParams(), **fields)
+
+
+RESTORED_FIELDS = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "width", "height", "seed", "strength")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrawForm(SettingsForm):
+    """What a run draws with (the API order of `image_check` and `image_generate`)."""
+
+    model: str | None
+    precision: str
+    batch_size: int | None
+    batch_count: int | None
+    init: str | None  # init image (image to image), or None
+
+    API_ORDER = ("model", "precision", *SettingsForm.API_ORDER[:8], "batch_size", "batch_count", "init", "strength")
+
+    def params(self) -> ImageParams:
+        return ImageParams(
+            prompt=(self.prompt or "").strip(),
+            negative_prompt=(self.negative or "").strip(),
+            sampler=self.sampler or SAMPLER_NAMES[0],
+            steps=whole(self.steps, "Steps"),
+            cfg_scale=float(self.cfg if self.cfg is not None else 7),
+            width=whole(self.width, "Width"),
+            height=whole(self.height, "Height"),
+            seed=whole(self.seed, "Seed"),
+            batch_size=whole(self.batch_size, "Batch size"),
+            batch_count=whole(self.batch_count, "Batch count"),
+            init_image=self.init or None,
+            strength=float(self.strength if self.strength is not None else 0.75),
         )
-        precision = gr.Dropdown(
-            list(IMAGE_PRECISIONS), value=precision_default, label="Precision", elem_id="image-precision", scale=1
-        )
-        load_btn = gr.Button("Load", elem_id="image-load", scale=1)
-    note = gr.Markdown(start.note, elem_id="image-note")
-    with gr.Row():
-        with gr.Column(scale=2):
-            prompt = gr.Textbox(
-                label="Prompt", lines=3, placeholder="a lighthouse at dusk, oil painting", elem_id="image-prompt"
-            )
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="image-negative")
-            with gr.Row():
-                generate_btn = gr.Button("Generate", variant="primary", elem_id="image-generate")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="image-stop")
-            with gr.Accordion("Settings", open=True):
-                with gr.Row():
-                    sampler = gr.Dropdown(
-                        list(SAMPLER_NAMES), value=start.sampler, label="Sampler", elem_id="image-sampler"
-                    )
-                    steps = gr.Slider(1, 150, value=start.steps, step=1, label="Steps", elem_id="image-steps")
-                cfg = gr.Slider(
-                    0, 30, value=start.cfg_scale, step=0.5, label="CFG scale (0-1 = off)", elem_id="image-cfg"
-                )
-                with gr.Row():
-                    width = gr.Number(value=start.width, precision=0, step=8, label="Width", elem_id="image-width")
-                    height = gr.Number(value=start.height, precision=0, step=8, label="Height", elem_id="image-height")
-                with gr.Row():
-                    seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="image-seed")
-                    batch_size = gr.Number(value=1, precision=0, label="Batch size", elem_id="image-batch-size")
-                    batch_count = gr.Number(value=1, precision=0, label="Batch count", elem_id="image-batch-count")
-            with gr.Accordion("Image to image", open=False):
-                init = gr.Image(
-                    type="filepath", label="Init image (leave empty for text to image)", elem_id="image-init"
-                )
-                strength = gr.Slider(
-                    0.01, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="image-strength"
-                )
-            with gr.Accordion("Restore settings from a PNG", open=False):
-                restore_file = gr.File(
-                    label="Drop a PNG made here or by AUTOMATIC1111 / Forge",
-                    file_types=[".png"],
-                    elem_id="image-restore",
-                )
-                restore_md = gr.Markdown(elem_id="image-restore-status")
-        with gr.Column(scale=3):
-            status = gr.Markdown(elem_id="image-status")
-            gallery = gr.Gallery(
-                value=gallery_items(ctx),
-                label="Images (this and earlier sessions, newest first)",
-                columns=4,
-                height=520,
-                object_fit="contain",
-                elem_id="image-gallery",
-            )
-            with gr.Row():
-                refresh_btn = gr.Button("Refresh gallery", elem_id="image-refresh", scale=1)
-                reuse_btn = gr.Button("Reuse the selected image's settings", elem_id="image-reuse", scale=2)
-            selected_params = gr.Textbox(
-                label="Parameters of the selected image", lines=4, interactive=False, elem_id="image-params"
-            )
-            selected_path = gr.State("")
-    # the model a restore just switched to: the picker's change event then keeps the restored settings
-    restored_model = gr.State(None)
 
-    settings = [prompt, negative, sampler, steps, cfg, width, height, seed, strength]
+
+@dataclass(frozen=True, kw_only=True)
+class RestoreForm(SettingsForm):
+    """A PNG dropped to restore its settings (the API order of `image_restore`)."""
+
+    restore: Any  # the dropped file
+    model: str | None
+    precision: str
+
+    API_ORDER = ("restore", "model", "precision", *SettingsForm.API_ORDER)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReuseForm(SettingsForm):
+    """The gallery's selected image, to reuse its settings (the API order of `image_reuse`)."""
+
+    selected_path: str | None
+    model: str | None
+    precision: str
+
+    API_ORDER = ("selected_path", "model", "precision", *SettingsForm.API_ORDER)
+
+
+# ----- the handlers ---------------------------------------------------------------------------------------------
+
+
+class ImageTab:
+    """The Image tab's handlers; stop flags are per browser session."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.flags = StopFlags()
+
+    def page_load(self) -> tuple:
+        """Every page (re)load shows the gallery and the model picker as they are now, not as they were when the
+        studio started: images drawn since (by another page or /v1), models loaded or copied into models/ since."""
+        return gallery_items(self.ctx), gr.Dropdown(choices=model_choices(self.ctx))
+
+    def gallery(self) -> list[tuple[str, str]]:
+        return gallery_items(self.ctx)
 
     @msg.user_errors
-    def apply_defaults(choice, prec, restored=None):
+    def apply_defaults(self, choice: str | None, precision: str, restored: str | None = None) -> tuple:
+        """A model picked: its steps, CFG, size and sampler, and what loading it would take."""
         if not choice:
-            return [gr.update()] * 6 + [None]
-        spec = resolve_spec(ctx, choice, prec)
+            return (*[gr.update()] * 6, None)
+        spec = resolve_spec(self.ctx, choice, precision)
         d = defaults_for(spec)
         text = d.note
         if model_name(spec) != TINY_SOURCE:
             try:
-                text = (text + " " + ctx.manager.plan(spec).message).strip()
+                text = (text + " " + self.ctx.manager.plan(spec).message).strip()
             except StudioError as exc:  # not downloaded yet, or unknown: the size is not known before loading
                 text = (text + " " + exc.message).strip()
         if restored and restored == choice:  # switched by a restore: its settings stay
-            return [gr.update()] * 5 + [text, None]
+            return (*[gr.update()] * 5, text, None)
         return d.steps, d.cfg_scale, d.width, d.height, d.sampler, text, None
 
     @msg.user_errors
-    def load(choice, prec, w, h, request: gr.Request, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - downloads
-        spec = resolve_spec(ctx, choice, prec)
-        require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
-        if model_name(spec) == TINY_SOURCE:
-            ctx.image.ensure_tiny()
-        ctx.image.check_available(spec)
-        workload = Workload(width=_whole(w, "Width"), height=_whole(h, "Height"))
-        plan = ctx.manager.plan(spec, workload)
-        with ctx.manager.acquire(spec, workload):
-            pass
-        rec = next(r for r in ctx.manager.records() if r.key == spec.key)
+    def load(
+        self,
+        choice: str | None,
+        precision: str,
+        width: int | None,
+        height: int | None,
+        request: gr.Request = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model not downloaded yet shows its download
+    ) -> str:
+        spec = resolve_spec(self.ctx, choice, precision)
+        require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
+        self.ctx.image.prepare(spec)
+        workload = Workload(width=whole(width, "Width"), height=whole(height, "Height"))
+        plan = self.ctx.manager.plan(spec, workload)
+        rec = self.ctx.image.load(spec, workload)
         return f"{plan.message}\n\n{spec.name} is ready: {fmt_bytes(rec.measured_bytes)} measured."
 
     @msg.user_errors
-    def check(choice, prec, p, n, smp, st, c, w, h, sd, bs, bc, init_img, strg) -> None:
+    def check(self, form: DrawForm, request: Any = None) -> None:
         """Quick checks before the run is queued: a bad setting is refused with its message, nothing else moves."""
-        spec = resolve_spec(ctx, choice, prec)
-        params = params_from(p, n, smp, st, c, w, h, sd, bs, bc, init_img, strg)
-        params.check_inputs(max_side_for(spec), spec.name, lcm_applies(spec))
+        spec = resolve_spec(self.ctx, form.model, form.precision)
+        form.params().check_inputs(max_side_for(spec), spec.name, lcm_applies(spec))
 
-    def generate(
-        choice,
-        prec,
-        p,
-        n,
-        smp,
-        st,
-        c,
-        w,
-        h,
-        sd,
-        bs,
-        bc,
-        init_img,
-        strg,
-        request: gr.Request,
-        progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model not yet downloaded shows its download
-    ):
+    def not_drawn(self, last: tuple | None, text: str, line: str) -> tuple:
+        """The page after a failed run: the gallery with what was drawn (on disk already), and why not the rest."""
+        return gallery_items(self.ctx), f"**Not drawn:** {text}"
+
+    @msg.user_errors(final=not_drawn, warn=True)
+    def generate(self, form: DrawForm, request: gr.Request = None, progress: Any = None):
         """Generator: the gallery grows batch by batch; the progress bar moves per step (the engine keeps the
         pipeline's own per-step tqdm bar out of it). A failure mid-run is reported in the status (and a warning) so
         the gallery keeps showing what was drawn."""
-        try:
-            spec = resolve_spec(ctx, choice, prec)
-            require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
-            params = params_from(p, n, smp, st, c, w, h, sd, bs, bc, init_img, strg)
-            stop = flags.event(session_key(request))
-            stop.clear()
-            loaded = any(r.key == spec.key and r.state == "loaded" for r in ctx.manager.records())
-            yield gr.update(), "Starting…" if loaded else "Loading the model first…"
+        spec = resolve_spec(self.ctx, form.model, form.precision)
+        require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
+        params = form.params()
+        stop = self.flags.start(request)
+        yield gr.update(), "Starting…" if self.ctx.image.is_loaded(spec) else "Loading the model first…"
 
-            def on_step(done: int, total: int) -> None:
+        def on_step(done: int, total: int) -> None:
+            if progress is not None:
                 progress((min(done, total), total), desc="Denoising", unit="steps")
 
-            for update in ctx.image.generate(spec, params, should_stop=stop.is_set, on_step=on_step):
-                yield gallery_items(ctx), update.message
-        except StudioError as exc:
-            gr.Warning(str(exc))
-            yield gallery_items(ctx), f"**Not drawn:** {exc}"
-        except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
-            msg.log.exception("unexpected error while drawing")
-            text = msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])
-            gr.Warning(text)
-            yield gallery_items(ctx), f"**Not drawn:** {text}"
+        for update in self.ctx.image.generate(spec, params, should_stop=stop.is_set, on_step=on_step):
+            yield gallery_items(self.ctx), update.message
 
-    def request_stop(request: gr.Request) -> None:
-        flags.event(session_key(request)).set()  # ends after the current step
+    def request_stop(self, request: gr.Request = None) -> None:
+        self.flags.stop(request)  # ends after the current step
 
-    def restore_values(text: str, choice, prec, current: ImageParams, path: str) -> list:
-        restored = params_from_infotext(text, current)
+    @msg.user_errors
+    def restore(self, form: RestoreForm, request: Any = None) -> list:
+        if not form.restore:
+            return [*[gr.update()] * (len(SettingsForm.API_ORDER) + 1), "", None]
+        file = form.restore
+        path = file if isinstance(file, str) else getattr(file, "name", str(file))
+        return self.restored(read_png_parameters(path), form, path)
+
+    @msg.user_errors
+    def reuse(self, form: ReuseForm, request: Any = None) -> list:
+        if not form.selected_path:
+            raise InputError(msg.PICK_GALLERY_IMAGE)
+        return self.restored(read_png_parameters(form.selected_path), form, form.selected_path)
+
+    def restored(self, text: str, form: RestoreForm | ReuseForm, path: str) -> list:
+        """The settings, the model (switched when the PNG names another one in the list) and what was done."""
+        restored = params_from_infotext(text, form.current())
         notes = list(restored.notes)
         p = restored.params
         values = [p.prompt, p.negative_prompt, p.sampler, p.steps, p.cfg_scale, p.width, p.height, p.seed, p.strength]
         new_model, switched = gr.update(), None
-        current_name = _current_name(choice, prec)
+        current_name = self.current_name(form.model, form.precision)
         if restored.model and restored.model != current_name:
-            found = choice_for_model(model_choices(ctx), restored.model)
+            found = choice_for_model(model_choices(self.ctx), restored.model)
             if found is None:
                 notes.append(
                     f"It was drawn with {restored.model}, which is not in the model list: "
-                    f"the model stays {current_name or choice or 'unset'}."
+                    f"the model stays {current_name or form.model or 'unset'}."
                 )
-            elif found != choice:
+            elif found != form.model:
                 new_model = switched = found
                 notes.append(f"Switched the model to {restored.model}.")
         head = f"Restored the settings of {Path(path).name} (seed {p.seed})."
         return [*values, new_model, " ".join([head, *notes]), switched]
 
-    def _current_name(choice, prec) -> str:
+    def current_name(self, choice: str | None, precision: str) -> str:
         try:
-            return model_name(resolve_spec(ctx, choice, prec))
+            return model_name(resolve_spec(self.ctx, choice, precision))
         except StudioError:
             return ""
 
-    @msg.user_errors
-    def restore(file, choice, prec, *current):
-        if not file:
-            return [gr.update()] * (len(settings) + 1) + ["", None]
-        path = file if isinstance(file, str) else getattr(file, "name", str(file))
-        text = read_png_parameters(path)
-        base = replace(ImageParams(), **_current_fields(current))
-        return restore_values(text, choice, prec, base, path)
-
-    def _current_fields(current) -> dict[str, Any]:
-        names = ("prompt", "negative_prompt", "sampler", "steps", "cfg_scale", "width", "height", "seed", "strength")
-        fields = {}
-        for name, value in zip(names, current, strict=True):
-            if value is not None:
-                fields[name] = int(value) if name in ("steps", "width", "height", "seed") else value
-        return fields
-
-    def select(evt: gr.SelectData):
+    def select(self, evt: gr.SelectData) -> tuple[str, str]:
         """The clicked image's own file (not the n-th of a fresh listing: the page's list may be older)."""
-        path = selected_file(ctx, evt.value)
+        path = selected_file(self.ctx, evt.value)
         if path is None:
             return "", ""
         try:
@@ -372,74 +339,132 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         except StudioError as exc:
             return str(exc), ""
 
-    @msg.user_errors
-    def reuse(path, choice, prec, *current):
-        if not path:
-            raise InputError("Click an image in the gallery first.")
-        base = replace(ImageParams(), **_current_fields(current))
-        return restore_values(read_png_parameters(path), choice, prec, base, path)
 
-    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
-    light = {"queue": False, "show_progress": "hidden"}
-    quick = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
-    gen_inputs = [
-        model,
-        precision,
-        prompt,
-        negative,
-        sampler,
-        steps,
-        cfg,
-        width,
-        height,
-        seed,
-        batch_size,
-        batch_count,
-    ]
-    run_inputs, run_outputs = [*gen_inputs, init, strength], [gallery, status]
-    drawing = {"show_progress_on": [status], **gpu}  # the gallery stays visible while a run draws
-    generate_btn.click(check, run_inputs, None, api_name="image_check", **quick).success(
-        generate, run_inputs, run_outputs, api_name="image_generate", **drawing
+# ----- layout and wiring ----------------------------------------------------------------------------------------
+
+
+def layout(ctx: AppContext) -> dict[str, Any]:
+    """The tab's widgets, by name (the names the forms use)."""
+    w: dict[str, Any] = {}
+    choices = model_choices(ctx)
+    first = TINY_SOURCE if ctx.device == "cpu" else "stabilityai/sd-turbo"
+    precision = "fp16" if ctx.device == "cuda" else "fp32"
+    start = defaults_for(resolve_spec(ctx, first, precision))
+    with gr.Row():
+        w["model"] = gr.Dropdown(
+            choices=choices, value=first, allow_custom_value=True, label=MODEL_HELP, elem_id="image-model", scale=4
+        )
+        w["precision"] = gr.Dropdown(
+            list(IMAGE_PRECISIONS), value=precision, label="Precision", elem_id="image-precision", scale=1
+        )
+        w["load"] = gr.Button("Load", elem_id="image-load", scale=1)
+    w["note"] = gr.Markdown(start.note, elem_id="image-note")
+    with gr.Row():
+        with gr.Column(scale=2):
+            settings_column(w, start)
+        with gr.Column(scale=3):
+            gallery_column(ctx, w)
+    # the model a restore just switched to: the picker's change event then keeps the restored settings
+    w["restored_model"] = gr.State(None)
+    return w
+
+
+def settings_column(w: dict[str, Any], start: Any) -> None:
+    w["prompt"] = gr.Textbox(
+        label="Prompt", lines=3, placeholder="a lighthouse at dusk, oil painting", elem_id="image-prompt"
     )
-    prompt.submit(check, run_inputs, None, api_visibility="private", **quick).success(
-        generate, run_inputs, run_outputs, api_visibility="private", **drawing
+    w["negative"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="image-negative")
+    with gr.Row():
+        w["generate"] = gr.Button("Generate", variant="primary", elem_id="image-generate")
+        w["stop"] = gr.Button("Stop", variant="stop", elem_id="image-stop")
+    with gr.Accordion("Settings", open=True):
+        with gr.Row():
+            w["sampler"] = gr.Dropdown(
+                list(SAMPLER_NAMES), value=start.sampler, label="Sampler", elem_id="image-sampler"
+            )
+            w["steps"] = gr.Slider(1, 150, value=start.steps, step=1, label="Steps", elem_id="image-steps")
+        w["cfg"] = gr.Slider(
+            0, 30, value=start.cfg_scale, step=0.5, label="CFG scale (0-1 = off)", elem_id="image-cfg"
+        )
+        with gr.Row():
+            w["width"] = gr.Number(value=start.width, precision=0, step=8, label="Width", elem_id="image-width")
+            w["height"] = gr.Number(value=start.height, precision=0, step=8, label="Height", elem_id="image-height")
+        with gr.Row():
+            w["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="image-seed")
+            w["batch_size"] = gr.Number(value=1, precision=0, label="Batch size", elem_id="image-batch-size")
+            w["batch_count"] = gr.Number(value=1, precision=0, label="Batch count", elem_id="image-batch-count")
+    with gr.Accordion("Image to image", open=False):
+        w["init"] = gr.Image(type="filepath", label="Init image (leave empty for text to image)", elem_id="image-init")
+        w["strength"] = gr.Slider(0.01, 1, value=0.75, step=0.01, label="Denoising strength", elem_id="image-strength")
+    with gr.Accordion("Restore settings from a PNG", open=False):
+        w["restore"] = gr.File(
+            label="Drop a PNG made here or by AUTOMATIC1111 / Forge", file_types=[".png"], elem_id="image-restore"
+        )
+        w["restore_status"] = gr.Markdown(elem_id="image-restore-status")
+
+
+def gallery_column(ctx: AppContext, w: dict[str, Any]) -> None:
+    w["status"] = gr.Markdown(elem_id="image-status")
+    w["gallery"] = gr.Gallery(
+        value=gallery_items(ctx),
+        label="Images (this and earlier sessions, newest first)",
+        columns=4,
+        height=520,
+        object_fit="contain",
+        elem_id="image-gallery",
     )
-    stop_btn.click(request_stop, None, None, api_name="image_stop", **quick)
-    model.change(
-        apply_defaults,
-        [model, precision, restored_model],
-        [steps, cfg, width, height, sampler, note, restored_model],
-        api_name="image_model",
-        **quick,
+    with gr.Row():
+        w["refresh"] = gr.Button("Refresh gallery", elem_id="image-refresh", scale=1)
+        w["reuse"] = gr.Button("Reuse the selected image's settings", elem_id="image-reuse", scale=2)
+    w["selected_params"] = gr.Textbox(
+        label="Parameters of the selected image", lines=4, interactive=False, elem_id="image-params"
     )
-    load_btn.click(load, [model, precision, width, height], [note], api_name="image_load", **gpu)
-    restore_outputs = [*settings, model, restore_md, restored_model]
-    restore_file.upload(
-        restore, [restore_file, model, precision, *settings], restore_outputs, api_name="image_restore", **quick
+    w["selected_path"] = gr.State("")
+
+
+GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+LIGHT = {"queue": False, "show_progress": "hidden"}
+QUICK = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
+
+
+def wire(tab: ImageTab, w: dict[str, Any]) -> None:
+    """The tab's events."""
+    check, draw_inputs = bind(tab.check, DrawForm, w)
+    generate, _ = bind(tab.generate, DrawForm, w, progress=gr.Progress(track_tqdm=True))
+    drawn = [w["gallery"], w["status"]]
+    drawing = {"show_progress_on": [w["status"]], **GPU}  # the gallery stays visible while a run draws
+    w["generate"].click(check, draw_inputs, None, api_name="image_check", **QUICK).success(
+        generate, draw_inputs, drawn, api_name="image_generate", **drawing
     )
-    refresh_btn.click(lambda: gallery_items(ctx), None, [gallery], api_name="image_gallery", **light)
-    gallery.select(select, None, [selected_params, selected_path], api_name="image_select", **light)
-    reuse_btn.click(
-        reuse, [selected_path, model, precision, *settings], restore_outputs, api_name="image_reuse", **quick
+    w["prompt"].submit(check, draw_inputs, None, api_visibility="private", **QUICK).success(
+        generate, draw_inputs, drawn, api_visibility="private", **drawing
     )
-    return {
-        "model": model,
-        "precision": precision,
-        "prompt": prompt,
-        "negative": negative,
-        "generate": generate_btn,
-        "stop": stop_btn,
-        "sampler": sampler,
-        "steps": steps,
-        "cfg": cfg,
-        "width": width,
-        "height": height,
-        "seed": seed,
-        "batch_size": batch_size,
-        "batch_count": batch_count,
-        "init": init,
-        "strength": strength,
-        "restore": restore_file,
-        "gallery": gallery,
-        "status": status,
-    }
+    w["stop"].click(tab.request_stop, None, None, api_name="image_stop", **QUICK)
+    defaults = [w[n] for n in ("steps", "cfg", "width", "height", "sampler", "note", "restored_model")]
+    choice = [w["model"], w["precision"], w["restored_model"]]
+    w["model"].change(tab.apply_defaults, choice, defaults, api_name="image_model", **QUICK)
+    load_inputs = [w["model"], w["precision"], w["width"], w["height"]]
+    w["load"].click(tab.load, load_inputs, [w["note"]], api_name="image_load", **GPU)
+    restored = [*(w[n] for n in SettingsForm.API_ORDER), w["model"], w["restore_status"], w["restored_model"]]
+    restore, restore_inputs = bind(tab.restore, RestoreForm, w)
+    w["restore"].upload(restore, restore_inputs, restored, api_name="image_restore", **QUICK)
+    w["refresh"].click(tab.gallery, None, [w["gallery"]], api_name="image_gallery", **LIGHT)
+    selected = [w["selected_params"], w["selected_path"]]
+    w["gallery"].select(tab.select, None, selected, api_name="image_select", **LIGHT)
+    reuse, reuse_inputs = bind(tab.reuse, ReuseForm, w)
+    w["reuse"].click(reuse, reuse_inputs, restored, api_name="image_reuse", **QUICK)
+
+
+def build(ctx: AppContext) -> dict[str, Any]:
+    """Lay out the tab inside the current Blocks context and wire its events."""
+    tab = ImageTab(ctx)
+    w = layout(ctx)
+    wire(tab, w)
+    w["tab"] = tab
+    return w
+
+
+def connect_page_load(ctx: AppContext, app: gr.Blocks, image: dict[str, Any]) -> None:
+    """Every page (re)load shows the gallery and the model picker as they are now (see `ImageTab.page_load`)."""
+    outputs = [image["gallery"], image["model"]]
+    app.load(image["tab"].page_load, None, outputs, api_name="image_page", queue=False, show_progress="hidden")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -25,11 +26,6 @@ SELECT_MODEL = "Pick a model in the list first."
 LOAD_HELP = (
     "A local folder (transformers or diffusers layout), a single file (.safetensors, .gguf, Whisper .pt) or a "
     "Hugging Face id. The plan says what would be evicted before anything is loaded."
-)
-EMPTY_SOURCE = "Type a folder, a file path or a Hugging Face id to load."
-BAD_SOURCE_CHAR = (
-    "The model name has a character that no folder, file or Hugging Face id contains ({code}, character {at}). "
-    "Type or paste the name again."
 )
 BUDGET_HELP = "Budget and reserve apply at once; idle models are evicted if what is loaded no longer fits."
 BUDGET_SET = "Budget now {budget} (reserve {reserve}); models may use {usable}."
@@ -62,6 +58,21 @@ CHATBOT_SHAPE = (
     '{label} takes a list of messages such as {{"role": "user", "content": [{{"type": "text", "text": "Hello"}}]}}.'
 )
 NOT_AN_IMAGE = "{label}: {name} is not an image the studio can read. Upload a PNG, JPEG or WebP file."
+
+# what a form lacks: the page says it before anything runs
+PICK_MODEL = "Pick {what} first."
+NO_RECORDING = "Upload a recording or record one with the microphone first."
+EVAL_SHARE_MISSING = "The evaluation share must be a number between 0 and 0.9."
+RESERVE_MISSING = "Reserve must be a number of GB (0 or more)."
+PICK_ADAPTER_TO_DETACH = "Pick the adapter to detach in 'Answer with'."
+PICK_ADAPTER_FOLDER = "Pick or type an adapter folder first."
+NOTHING_TO_EXPORT = "Nothing to export yet: the conversation is empty."
+NO_DATASET = "Drop a dataset file first."
+PICK_GALLERY_IMAGE = "Click an image in the gallery first."
+BEAM_MISSING = "Beam size must be a whole number."
+
+TYPE_FIRST = "Type a message first: the message is empty."
+NOTHING_TO_REGENERATE = "Nothing to regenerate yet."
 CHAT_NO_REPLY = "No reply: {error}"  # the stats line when a reply failed; the conversation is kept as it was
 CHAT_SIDE_STATS = "With adapter {adapter}: {with_stats} · without: {without_stats}"
 CHAT_SIDE_WAITING = "answering…"
@@ -72,21 +83,69 @@ FT_INTRO = (
 )
 
 
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn StudioError (and any unexpected error) into a gr.Error the page shows, never a traceback."""
+def page_error(exc: BaseException, where: str) -> tuple[str, str]:
+    """(the page's error text with its tip, its first line) for any exception; unexpected ones are logged whole."""
+    if isinstance(exc, StudioError):
+        return str(exc), exc.message
+    log.error("unexpected error in %s", where, exc_info=exc)
+    text = UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])
+    return text, text
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+def user_errors(
+    fn: Callable[..., Any] | None = None,
+    *,
+    final: Callable[[Any, Any, str, str], Any] | None = None,
+    warn: bool = False,
+) -> Any:
+    """Turn StudioError (and any unexpected error) into what the page shows, never a traceback: a gr.Error, or with
+    `warn` a gr.Warning toast. For a generator, `final(owner, last, text, line)` makes one more update, so the page
+    keeps what the run made before it failed: `owner` is the handler's first argument (the tab, for a method),
+    `last` the last update it yielded (None when none yet), `text` the error with its tip and `line` its first line."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         import gradio as gr
 
-        try:
-            return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except StudioError as exc:
-            raise gr.Error(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
-            log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])) from None
+        def fail(exc: BaseException) -> tuple[str, str]:
+            if isinstance(exc, gr.Error):
+                raise exc
+            return page_error(exc, fn.__name__)
 
-    return wrapper
+        def end(text: str) -> None:
+            if warn:
+                gr.Warning(text)
+            else:
+                raise gr.Error(text) from None
+
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def stream(*args: Any, **kwargs: Any) -> Any:
+                last = None
+                try:
+                    for last in fn(*args, **kwargs):  # noqa: B007 - the last update is kept for `final`
+                        yield last
+                except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
+                    text, line = fail(exc)
+                else:
+                    return
+                if warn:
+                    gr.Warning(text)
+                if final is not None:
+                    yield final(args[0] if args else None, last, text, line)
+                if not warn:
+                    raise gr.Error(text) from None
+
+            return stream
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
+                text, _ = fail(exc)
+            end(text)
+
+        return call
+
+    return decorate(fn) if fn is not None else decorate

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -11,9 +11,8 @@ from studio.config import GIB
 from studio.context import AppContext
 from studio.errors import InputError
 from studio.models.manager import ModelRecord, fmt_bytes
-from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec
+from studio.models.specs import CATALOG, KINDS, PRECISIONS, spec_from_form
 from studio.security import require_owner
-from studio.text import control_char, lone_surrogate
 from studio.ui import messages as msg
 from studio.ui import timeline
 
@@ -61,42 +60,104 @@ def model_rows(records: list[ModelRecord]) -> list[list[str]]:
     ]
 
 
-def check_name_chars(source: str) -> None:
-    """Refuse a model name with a NUL, another control character or a lone surrogate (pasted or sent by a script)."""
-    bad = control_char(source)
-    if bad is None:
-        bad = lone_surrogate(source)
-    if bad is not None:
-        raise InputError(msg.BAD_SOURCE_CHAR.format(code=f"U+{ord(source[bad]):04X}", at=bad + 1))
+class ModelsTab:
+    """The Models tab's handlers: the manager's list, park/unload, plan and load by name, the budget."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.manager = ctx.manager
+
+    def refresh(self, current: str | None, seen: str) -> tuple:
+        """The table, the picker (re-rendered only when its choices change: an open list stays open), the timeline."""
+        records = self.manager.records()
+        choices = [(f"{r.name} — {r.state}", r.key) for r in records]
+        keys = {r.key for r in records}
+        signature = repr(choices)
+        if signature == seen and (current in keys or not keys):
+            dropdown = gr.skip()
+        else:
+            value = current if current in keys else (records[0].key if records else None)
+            dropdown = gr.Dropdown(choices=choices, value=value)
+        return (
+            model_rows(records),
+            dropdown,
+            timeline.render(self.ctx.monitor.samples(), self.ctx.events.since()),
+            timeline.event_rows(self.ctx.events.last(50)),
+            signature,
+        )
+
+    @msg.user_errors
+    def park(self, key: str | None, request: gr.Request = None) -> str:
+        require_owner(self.ctx.security, request, "park or unload models")
+        if not key:
+            raise InputError(msg.SELECT_MODEL)
+        rec = self.manager.record(key)
+        self.manager.park(key)
+        return msg.PARKED.format(name=rec.name if rec is not None else key)
+
+    @msg.user_errors
+    def unload(self, key: str | None, request: gr.Request = None) -> str:
+        require_owner(self.ctx.security, request, "park or unload models")
+        if not key:
+            raise InputError(msg.SELECT_MODEL)
+        report = self.manager.unload(key)
+        text = msg.UNLOADED.format(name=report.name, freed=fmt_bytes(report.accounted))
+        return text + (msg.LEAK.format(name=report.name) if report.leaked else "")
+
+    @msg.user_errors
+    def plan(self, kind: str, source: str, precision: str) -> str:
+        return self.manager.plan(spec_from_form(self.ctx.device, kind, source, precision)).message
+
+    @msg.user_errors
+    def load(
+        self,
+        kind: str,
+        source: str,
+        precision: str,
+        request: gr.Request = None,
+        progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model not downloaded yet shows its download
+    ) -> str:
+        require_owner(self.ctx.security, request, "load models by path or Hub id")
+        spec = spec_from_form(self.ctx.device, kind, source, precision)
+        engine = {"chat": self.ctx.chat, "image": self.ctx.image, "speech": self.ctx.speech}.get(spec.kind)
+        if engine is self.ctx.image:
+            self.ctx.image.prepare(spec)
+        plan = self.manager.plan(spec)
+        rec = engine.load(spec) if engine is not None else self.manager.load(spec)  # a chat model gets its adapters
+        loaded = msg.LOADED.format(
+            name=rec.name,
+            measured=fmt_bytes(rec.measured_bytes),
+            estimated=fmt_bytes(plan.estimate.weights_bytes),
+            method=plan.estimate.method,
+            seconds=rec.load_seconds or 0.0,
+        )
+        return f"{plan.message}\n\n{loaded}"
+
+    @msg.user_errors
+    def set_budget(self, budget_gb: float | None, reserve_gb: float | None, request: gr.Request = None) -> str:
+        require_owner(self.ctx.security, request, "change the memory budget")
+        if reserve_gb is None:
+            raise InputError(msg.RESERVE_MISSING)
+        if budget_gb is not None and budget_gb <= 0:
+            raise InputError(f"Budget must be more than 0 GB, not {budget_gb:g}; leave it empty for the default.")
+        if reserve_gb < 0:
+            raise InputError(f"Reserve must be 0 GB or more, not {reserve_gb:g}.")
+        for name, value in (("Budget", budget_gb), ("Reserve", reserve_gb)):
+            if value is not None and value > MAX_GB:
+                raise InputError(f"{name} must be at most {MAX_GB} GB, not {value:g}; no device has more.")
+        self.manager.set_budget(int(budget_gb * GIB) if budget_gb else None, int(reserve_gb * GIB))
+        return msg.BUDGET_SET.format(
+            budget=fmt_bytes(self.manager.configured_budget) if self.manager.configured_budget else "default",
+            reserve=fmt_bytes(self.manager.reserve_bytes),
+            usable=fmt_bytes(self.manager.budget_bytes()),
+        )
+
+    def kind_changed(self, kind: str) -> gr.Dropdown:
+        return gr.Dropdown(choices=[e.hub_id for e in CATALOG if e.kind == kind])
 
 
-def spec_from_form(ctx: AppContext, kind: str, source: str, precision: str) -> ModelSpec:
-    """Turn the load form into a ModelSpec, or say what is wrong with it."""
-    source = (source or "").strip()
-    if not source:
-        raise InputError(msg.EMPTY_SOURCE)
-    check_name_chars(source)
-    if kind not in KINDS:
-        raise InputError(f"Kind must be one of {', '.join(KINDS)}.")
-    if precision not in PRECISIONS:
-        raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
-    path = Path(source).expanduser()
-    if path.is_dir():
-        source_type, source = "folder", str(path.resolve())
-    elif path.is_file():
-        source_type, source = "file", str(path.resolve())
-    elif source.startswith(("/", "./", "~", "..")) or "\\" in source:
-        raise InputError(f"{source}: no such file or folder on the studio's machine.")
-    else:
-        source_type = "hub"
-    backend = "faster-whisper" if kind == "speech" and source_type == "folder" else ""
-    return ModelSpec(
-        kind=kind, source=source, source_type=source_type, precision=precision, device=ctx.device, backend=backend
-    )
-
-
-def build(ctx: AppContext) -> dict[str, gr.components.Component]:
-    """Lay out the tab inside the current Blocks context and wire its events."""
+def layout(ctx: AppContext) -> dict[str, Any]:
+    """The tab's widgets, by name."""
     manager = ctx.manager
     gr.Markdown(msg.MODELS_INTRO)
     table = gr.Dataframe(
@@ -162,133 +223,13 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         label="Recent events",
         elem_id="models-events",
     )
-
-    choices_seen = gr.State("")  # the dropdown is re-rendered only when its choices change (an open list stays open)
-
-    def refresh(current: str | None, seen: str):
-        records = manager.records()
-        choices = [(f"{r.name} — {r.state}", r.key) for r in records]
-        keys = {r.key for r in records}
-        signature = repr(choices)
-        if signature == seen and (current in keys or not keys):
-            dropdown = gr.skip()
-        else:
-            value = current if current in keys else (records[0].key if records else None)
-            dropdown = gr.Dropdown(choices=choices, value=value)
-        return (
-            model_rows(records),
-            dropdown,
-            timeline.render(ctx.monitor.samples(), ctx.events.since()),
-            timeline.event_rows(ctx.events.last(50)),
-            signature,
-        )
-
-    refresh_inputs = [selected, choices_seen]
-    refresh_outputs = [table, selected, plot, events_table, choices_seen]
-
-    @msg.user_errors
-    def do_park(key: str | None, request: gr.Request) -> str:
-        require_owner(ctx.security, request, "park or unload models")
-        if not key:
-            raise InputError(msg.SELECT_MODEL)
-        name = next((r.name for r in manager.records() if r.key == key), key)
-        manager.park(key)
-        return msg.PARKED.format(name=name)
-
-    @msg.user_errors
-    def do_unload(key: str | None, request: gr.Request) -> str:
-        require_owner(ctx.security, request, "park or unload models")
-        if not key:
-            raise InputError(msg.SELECT_MODEL)
-        report = manager.unload(key)
-        text = msg.UNLOADED.format(name=report.name, freed=fmt_bytes(report.accounted))
-        return text + (msg.LEAK.format(name=report.name) if report.leaked else "")
-
-    @msg.user_errors
-    def do_plan(kind_v: str, source_v: str, precision_v: str) -> str:
-        return manager.plan(spec_from_form(ctx, kind_v, source_v, precision_v)).message
-
-    @msg.user_errors
-    def do_load(
-        kind_v: str,
-        source_v: str,
-        precision_v: str,
-        request: gr.Request,
-        progress=gr.Progress(track_tqdm=True),  # noqa: B008
-    ) -> str:
-        require_owner(ctx.security, request, "load models by path or Hub id")
-        spec = spec_from_form(ctx, kind_v, source_v, precision_v)
-        plan = manager.plan(spec)
-        with manager.acquire(spec):
-            pass
-        rec = next(r for r in manager.records() if r.key == spec.key)
-        loaded = msg.LOADED.format(
-            name=rec.name,
-            measured=fmt_bytes(rec.measured_bytes),
-            estimated=fmt_bytes(plan.estimate.weights_bytes),
-            method=plan.estimate.method,
-            seconds=rec.load_seconds or 0.0,
-        )
-        return f"{plan.message}\n\n{loaded}"
-
-    @msg.user_errors
-    def do_budget(budget_gb: float | None, reserve_gb: float | None, request: gr.Request) -> str:
-        require_owner(ctx.security, request, "change the memory budget")
-        if reserve_gb is None:
-            raise InputError("Reserve must be a number of GB (0 or more).")
-        if budget_gb is not None and budget_gb <= 0:
-            raise InputError(f"Budget must be more than 0 GB, not {budget_gb:g}; leave it empty for the default.")
-        if reserve_gb < 0:
-            raise InputError(f"Reserve must be 0 GB or more, not {reserve_gb:g}.")
-        for name, value in (("Budget", budget_gb), ("Reserve", reserve_gb)):
-            if value is not None and value > MAX_GB:
-                raise InputError(f"{name} must be at most {MAX_GB} GB, not {value:g}; no device has more.")
-        manager.set_budget(int(budget_gb * GIB) if budget_gb else None, int(reserve_gb * GIB))
-        usable = manager.budget_bytes()
-        return msg.BUDGET_SET.format(
-            budget=fmt_bytes(manager.configured_budget) if manager.configured_budget else "default",
-            reserve=fmt_bytes(manager.reserve_bytes),
-            usable=fmt_bytes(usable),
-        )
-
-    def kind_changed(kind_v: str):
-        return gr.Dropdown(choices=[e.hub_id for e in CATALOG if e.kind == kind_v])
-
-    light = {"queue": False, "show_progress": "hidden"}
-    refresh_btn.click(refresh, refresh_inputs, refresh_outputs, api_name="models_list", **light)
-    park_btn.click(
-        do_park, [selected], [status], api_name="models_park", concurrency_id="gpu", concurrency_limit=1
-    ).then(refresh, refresh_inputs, refresh_outputs, **light)
-    unload_btn.click(
-        do_unload, [selected], [status], api_name="models_unload", concurrency_id="gpu", concurrency_limit=1
-    ).then(refresh, refresh_inputs, refresh_outputs, **light)
-    plan_btn.click(
-        do_plan,
-        [kind, source, precision],
-        [plan_out],
-        api_name="models_plan",
-        concurrency_id="plan",
-        concurrency_limit=4,
-    )
-    load_btn.click(
-        do_load,
-        [kind, source, precision],
-        [plan_out],
-        api_name="models_load",
-        concurrency_id="gpu",
-        concurrency_limit=1,
-    ).then(refresh, refresh_inputs, refresh_outputs, **light)
-    apply_btn.click(
-        do_budget, [budget, reserve], [budget_out], api_name="models_budget", concurrency_id="gpu", concurrency_limit=1
-    ).then(refresh, refresh_inputs, refresh_outputs, **light)
-    kind.change(kind_changed, [kind], [source], api_name="models_kind_sources", **light)
-    timer = gr.Timer(2.0)
-    timer.tick(refresh, refresh_inputs, refresh_outputs, **light)
+    choices_seen = gr.State("")  # the picker's choices as last sent
     return {
         "table": table,
         "selected": selected,
         "park": park_btn,
         "unload": unload_btn,
+        "refresh": refresh_btn,
         "status": status,
         "kind": kind,
         "source": source,
@@ -299,7 +240,45 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
         "budget": budget,
         "reserve": reserve,
         "apply": apply_btn,
+        "budget_result": budget_out,
         "timeline": plot,
         "events": events_table,
-        "timer": timer,
+        "choices_seen": choices_seen,
     }
+
+
+def wire(tab: ModelsTab, w: dict[str, Any]) -> None:
+    """The tab's events; every change is followed by a refresh of the list."""
+    light = {"queue": False, "show_progress": "hidden"}
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
+    refresh_inputs = [w["selected"], w["choices_seen"]]
+    refresh_outputs = [w["table"], w["selected"], w["timeline"], w["events"], w["choices_seen"]]
+    w["refresh"].click(tab.refresh, refresh_inputs, refresh_outputs, api_name="models_list", **light)
+    w["park"].click(tab.park, [w["selected"]], [w["status"]], api_name="models_park", **gpu).then(
+        tab.refresh, refresh_inputs, refresh_outputs, **light
+    )
+    w["unload"].click(tab.unload, [w["selected"]], [w["status"]], api_name="models_unload", **gpu).then(
+        tab.refresh, refresh_inputs, refresh_outputs, **light
+    )
+    form = [w["kind"], w["source"], w["precision"]]
+    planning = {"concurrency_id": "plan", "concurrency_limit": 4}
+    w["plan"].click(tab.plan, form, [w["load_result"]], api_name="models_plan", **planning)
+    w["load"].click(tab.load, form, [w["load_result"]], api_name="models_load", **gpu).then(
+        tab.refresh, refresh_inputs, refresh_outputs, **light
+    )
+    budget = [w["budget"], w["reserve"]]
+    w["apply"].click(tab.set_budget, budget, [w["budget_result"]], api_name="models_budget", **gpu).then(
+        tab.refresh, refresh_inputs, refresh_outputs, **light
+    )
+    w["kind"].change(tab.kind_changed, [w["kind"]], [w["source"]], api_name="models_kind_sources", **light)
+    w["timer"] = gr.Timer(2.0)
+    w["timer"].tick(tab.refresh, refresh_inputs, refresh_outputs, **light)
+
+
+def build(ctx: AppContext) -> dict[str, Any]:
+    """Lay out the tab inside the current Blocks context and wire its events."""
+    tab = ModelsTab(ctx)
+    w = layout(ctx)
+    wire(tab, w)
+    w["tab"] = tab
+    return w

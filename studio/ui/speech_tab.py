@@ -7,7 +7,9 @@ here; the transcript files are written to outputs/transcripts/ before the page s
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -20,15 +22,15 @@ from studio.engines.speech import (
     format_timestamp,
     save_transcript,
 )
-from studio.errors import InputError, StudioError
+from studio.errors import InputError
 from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes
-from studio.models.specs import ModelSpec
+from studio.models.specs import ModelSpec, spec_from_form
 from studio.security import require_loaded_or_owner
 from studio.text import blank
 from studio.ui import messages as msg
-from studio.ui.chat_tab import StopFlags, session_key
-from studio.ui.models_tab import spec_from_form
+from studio.ui.forms import bind
+from studio.ui.session import StopFlags
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     starter = _starter_choice()
     if starter:
         choices.append(starter)
-    for rec in ctx.manager.records():
-        spec = ctx.manager.spec_for(rec.key)
-        if rec.kind == "speech" and spec is not None and spec.label != _starter_label():
+    for rec, spec in ctx.manager.models("speech"):
+        if spec.label != _starter_label():
             choices.append((f"{rec.name} ({rec.state})", spec.source))
     for name, size in WHISPER_NAMES:
         choices.append((f"Whisper {name} — openai-whisper, {size} parameters", name))
@@ -113,7 +114,7 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
     """The picker's value as a ModelSpec: the starter, a name (tiny ... turbo), a .pt file or a CTranslate2 folder."""
     choice = (choice or "").strip()
     if not choice:
-        raise InputError("Pick a speech model first.")
+        raise InputError(msg.PICK_MODEL.format(what="a speech model"))
     if precision not in PRECISIONS:
         raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}, not {precision!r}.")
     offered = [value for _label, value in precision_choices(ctx)]
@@ -126,12 +127,12 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
         from studio.models.speech_starter import starter_spec
 
         return starter_spec(ctx.device, precision)
-    return spec_from_form(ctx, "speech", choice, precision)
+    return spec_from_form(ctx.device, "speech", choice, precision)
 
 
 def params_from(language, task, prompt, beam, fallback, words, vad) -> SpeechParams:
     if beam is None:
-        raise InputError("Beam size must be a whole number.")
+        raise InputError(msg.BEAM_MISSING)
     params = SpeechParams(
         language="" if language in (None, "", AUTO) else str(language),
         task=task or "transcribe",
@@ -180,9 +181,84 @@ def wire_send_to_chat(speech: dict, chat_input: gr.components.Component, tabs: g
     )
 
 
-def build(ctx: AppContext) -> dict[str, gr.components.Component]:
-    """Lay out the tab inside the current Blocks context and wire its events."""
-    flags = StopFlags()
+@dataclass(frozen=True)
+class TranscribeForm:
+    """What a transcription reads from the tab, by widget (the API order of `speech_transcribe`)."""
+
+    audio: str | None  # a recording (file or microphone)
+    video: str | None  # or a video: its sound track
+    model: str | None
+    precision: str
+    language: str | None
+    task: str | None
+    prompt: str | None  # initial prompt
+    beam: int | None
+    fallback: bool  # temperature fallback
+    words: bool  # word timestamps
+    vad: bool  # skip silence with the voice-activity filter
+
+    def params(self) -> SpeechParams:
+        return params_from(self.language, self.task, self.prompt, self.beam, self.fallback, self.words, self.vad)
+
+
+class SpeechTab:
+    """The Speech tab's handlers; stop flags are per browser session."""
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.flags = StopFlags()
+
+    @msg.user_errors
+    def show_plan(self, choice: str | None, precision: str) -> str:
+        if not choice:
+            return ""
+        plan = self.ctx.manager.plan(resolve_spec(self.ctx, choice, precision), Workload(batch=5))
+        est = plan.estimate
+        return (
+            f"{plan.message} Estimate: {fmt_bytes(est.total)} = weights {fmt_bytes(est.weights_bytes)} + "
+            f"decoder state {fmt_bytes(est.runtime_bytes)} ({est.method})."
+        )
+
+    @msg.user_errors
+    def transcribe(self, form: TranscribeForm, request: gr.Request = None, progress: Any = None):
+        """Generator: progress and the segments so far stream in; the files are written before they are shown."""
+        audio_path = form.video or form.audio  # only one is set: choosing one clears the other
+        if not audio_path:
+            raise InputError(msg.NO_RECORDING)
+        spec = resolve_spec(self.ctx, form.model, form.precision)
+        if not str(form.model).startswith(STARTER_PREFIX):  # the bundled starter is anyone's; others the owner's
+            require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
+        params = form.params()
+        stop = self.flags.start(request)
+        name = Path(audio_path).name
+        prefix = ""
+        if not self.ctx.speech.is_loaded(spec):
+            prefix = self.ctx.manager.plan(spec, Workload(batch=params.beam_size)).message + " "
+        yield prefix + f"Reading {name}…", "", [], None
+        for update in self.ctx.speech.transcribe(spec, audio_path, params, should_stop=stop.is_set, source_name=name):
+            if update.transcript is None:
+                if progress is not None and update.total_s:
+                    progress(update.fraction, desc=progress_line(update))
+                elif progress is not None:
+                    progress((int(update.done_s), None), desc=progress_line(update), unit="s of audio")
+                text_so_far = " ".join(s.text for s in update.segments)
+                yield prefix + progress_line(update), text_so_far, segment_rows(update), None
+                continue
+            tr = update.transcript
+            if tr.no_speech:
+                yield tr.summary(), "", [], None
+                return
+            written = save_transcript(tr, self.ctx.paths.outputs)
+            folder = written["srt"].parent
+            summary = f"{tr.summary()}\n\nSaved to `{folder}` as {', '.join(p.name for p in written.values())}."
+            yield summary, tr.text, segment_rows(update), [str(p) for p in written.values()]
+
+    def request_stop(self, request: gr.Request = None) -> None:
+        self.flags.stop(request)  # ends after the current segment
+
+
+def layout(ctx: AppContext) -> dict[str, Any]:
+    """The tab's widgets, by name (the names the form uses)."""
     choices = model_choices(ctx)
     gr.Markdown(INTRO)
     missing = ctx.speech.tools_missing()
@@ -265,89 +341,49 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
                 interactive=False,
                 elem_id="speech-files",
             )
-
-    @msg.user_errors
-    def show_plan(choice, prec):
-        if not choice:
-            return ""
-        spec = resolve_spec(ctx, choice, prec)
-        plan = ctx.manager.plan(spec, Workload(batch=5))
-        est = plan.estimate
-        return (
-            f"{plan.message} Estimate: {fmt_bytes(est.total)} = weights {fmt_bytes(est.weights_bytes)} + "
-            f"decoder state {fmt_bytes(est.runtime_bytes)} ({est.method})."
-        )
-
-    def transcribe(
-        audio_path, video_path, choice, prec, lang, task_, prompt_, beam_, fallback_, words_, vad_,
-        request: gr.Request, progress=gr.Progress(),
-    ):  # fmt: skip
-        """Generator: progress and the segments so far stream in; the files are written before they are shown."""
-        try:
-            audio_path = video_path or audio_path  # only one is set: choosing one clears the other
-            if not audio_path:
-                raise InputError("Upload a recording or record one with the microphone first.")
-            spec = resolve_spec(ctx, choice, prec)
-            if not str(choice).startswith(STARTER_PREFIX):  # the bundled starter is anyone's; other models the owner's
-                require_loaded_or_owner(ctx.security, ctx.manager, spec, request)
-            params = params_from(lang, task_, prompt_, beam_, fallback_, words_, vad_)
-            stop = flags.event(session_key(request))
-            stop.clear()
-            name = Path(audio_path).name
-            prefix = ""
-            if not any(r.key == spec.key and r.state == "loaded" for r in ctx.manager.records()):
-                prefix = ctx.manager.plan(spec, Workload(batch=params.beam_size)).message + " "
-            yield prefix + f"Reading {name}…", "", [], None
-            for update in ctx.speech.transcribe(spec, audio_path, params, should_stop=stop.is_set, source_name=name):
-                if update.transcript is None:
-                    if update.total_s:
-                        progress(update.fraction, desc=progress_line(update))
-                    else:
-                        progress((int(update.done_s), None), desc=progress_line(update), unit="s of audio")
-                    text_so_far = " ".join(s.text for s in update.segments)
-                    yield prefix + progress_line(update), text_so_far, segment_rows(update), None
-                    continue
-                tr = update.transcript
-                if tr.no_speech:
-                    yield tr.summary(), "", [], None
-                    return
-                written = save_transcript(tr, ctx.paths.outputs)
-                folder = written["srt"].parent
-                summary = f"{tr.summary()}\n\nSaved to `{folder}` as {', '.join(p.name for p in written.values())}."
-                yield summary, tr.text, segment_rows(update), [str(p) for p in written.values()]
-        except gr.Error:
-            raise
-        except StudioError as exc:
-            raise gr.Error(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the page gets one line; the console gets the traceback
-            log.exception("unexpected error while transcribing")
-            raise gr.Error(msg.UNEXPECTED.format(error=f"{type(exc).__name__}: {exc}"[:300])) from None
-
-    def request_stop(request: gr.Request) -> None:
-        flags.event(session_key(request)).set()  # ends after the current segment
-
-    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
-    light = {"queue": False, "show_progress": "hidden"}
-    quick = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
-    inputs = [audio, video, model, precision, language, task, prompt, beam, fallback, words, vad]
-    run_btn.click(transcribe, inputs, [status, text, table, files], api_name="speech_transcribe", **gpu)
-    stop_btn.click(request_stop, None, None, api_name="speech_stop", **quick)
-    video.upload(lambda: None, None, [audio], api_visibility="private", **light)  # one source at a time
-    audio.input(lambda: None, None, [video], api_visibility="private", **light)
-    model.change(show_plan, [model, precision], [plan_md], api_name="speech_plan", **light)
-    precision.change(show_plan, [model, precision], [plan_md], **light)
     return {
         "model": model,
         "precision": precision,
+        "plan": plan_md,
         "audio": audio,
         "video": video,
         "run": run_btn,
         "stop": stop_btn,
+        "language": language,
+        "task": task,
+        "prompt": prompt,
+        "beam": beam,
+        "fallback": fallback,
+        "words": words,
+        "vad": vad,
         "status": status,
         "text": text,
         "segments": table,
         "files": files,
         "send_to_chat": send_btn,
-        "language": language,
-        "task": task,
     }
+
+
+def wire(tab: SpeechTab, w: dict[str, Any]) -> None:
+    """The tab's events."""
+    gpu = {"concurrency_id": "gpu", "concurrency_limit": 1}
+    light = {"queue": False, "show_progress": "hidden"}
+    quick = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
+    transcribe, inputs = bind(tab.transcribe, TranscribeForm, w, progress=gr.Progress())
+    outputs = [w["status"], w["text"], w["segments"], w["files"]]
+    w["run"].click(transcribe, inputs, outputs, api_name="speech_transcribe", **gpu)
+    w["stop"].click(tab.request_stop, None, None, api_name="speech_stop", **quick)
+    w["video"].upload(lambda: None, None, [w["audio"]], api_visibility="private", **light)  # one source at a time
+    w["audio"].input(lambda: None, None, [w["video"]], api_visibility="private", **light)
+    plan_inputs = [w["model"], w["precision"]]
+    w["model"].change(tab.show_plan, plan_inputs, [w["plan"]], api_name="speech_plan", **light)
+    w["precision"].change(tab.show_plan, plan_inputs, [w["plan"]], **light)
+
+
+def build(ctx: AppContext) -> dict[str, Any]:
+    """Lay out the tab inside the current Blocks context and wire its events."""
+    tab = SpeechTab(ctx)
+    w = layout(ctx)
+    wire(tab, w)
+    w["tab"] = tab
+    return w

@@ -43,3 +43,50 @@ def test_ui_imports_without_torch():
 def test_the_blocker_really_blocks():
     out = _import_with_blocked("studio.ui", "gradio")
     assert out.returncode != 0 and "blocked import: gradio" in out.stderr
+
+
+# ----- ui/ and api/ speak to the engines and the manager through public methods only ---------------------------
+
+ROOMS_BELOW = {"manager", "chat", "image", "speech", "training"}  # ctx.manager, ctx.chat, … and names bound to them
+
+
+def _reaches_past(tree) -> list[tuple[int, str]]:
+    """(line, text) of each private attribute of the manager or an engine, and of each direct manager.acquire."""
+    import ast
+
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        owner = node.value
+        owner_name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+        if owner_name not in ROOMS_BELOW:
+            continue
+        private = node.attr.startswith("_") and not node.attr.startswith("__")
+        if private or (owner_name == "manager" and node.attr == "acquire"):
+            found.append((node.lineno, ast.unparse(node)))
+    return sorted(found)
+
+
+def test_ui_and_api_call_no_private_method_of_the_manager_or_an_engine():
+    import ast
+
+    offenders = []
+    for folder in ("ui", "api"):
+        for path in sorted((ROOT / "studio" / folder).glob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            offenders += [f"{path.relative_to(ROOT)}:{line}: {text}" for line, text in _reaches_past(tree)]
+    assert not offenders, "ui/ and api/ must use public methods (a missing one belongs below):\n" + "\n".join(
+        offenders
+    )
+
+
+def test_the_reach_check_finds_what_it_looks_for():
+    import ast
+
+    code = "ctx.manager._plan_room(None)\nwith ctx.manager.acquire(spec):\n    pass\nself.chat._lock\nctx.manager.plan(s)\n"
+    assert [text for _, text in _reaches_past(ast.parse(code))] == [
+        "ctx.manager._plan_room",
+        "ctx.manager.acquire",
+        "self.chat._lock",
+    ]

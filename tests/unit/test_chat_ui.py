@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -47,15 +48,16 @@ def _adapter(folder):
 
 
 def test_page_load_offers_adapters_made_after_the_page_was_built(tmp_path):
-    from studio.ui.chat_tab import NO_ADAPTER, resolve_spec
+    from studio.ui.chat_tab import NO_ADAPTER, ChatTab, resolve_spec
     from studio.ui.layout import build_app
 
     ctx = _ctx(tmp_path)
     lm = tmp_path / "lm"
     lm.mkdir()
     app = build_app(ctx)
-    (load,) = [f for f in app.fns.values() if f.api_name == "chat_refresh"]
-    assert "load" in [t[1] for t in load.targets]
+    (wired,) = [f for f in app.fns.values() if f.api_name == "chat_refresh"]
+    assert "load" in [t[1] for t in wired.targets] and wired.fn.__name__ == "refresh"  # runs on every page load
+    load = SimpleNamespace(fn=ChatTab(ctx).refresh)
     folder = _adapter(ctx.paths.runs / "run-1" / "adapter")  # trained after the page was built
     ctx.chat.adapters[resolve_spec(ctx, str(lm), "fp32").key] = {"run-1": str(folder)}  # attached on the server
     models, folders, answer_with = load.fn(str(lm), "fp32", NO_ADAPTER)
