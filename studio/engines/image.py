@@ -216,7 +216,7 @@ def native_size(spec: ModelSpec) -> int:
     """The size the model was trained at: from the catalog, a diffusers folder's configs, or the file's family."""
     entry = catalog_entry(spec.source)
     if entry is not None:
-        from studio.models.estimate import KNOWN_IMAGE_SIZES
+        from studio.models.dims import KNOWN_IMAGE_SIZES
 
         return dict(KNOWN_IMAGE_SIZES).get(spec.source, 1024 if entry.params > 2_000_000_000 else 512)
     path = spec.path
