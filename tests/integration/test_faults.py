@@ -38,7 +38,7 @@ import pytest
 from studio.config import StudioConfig
 from studio.context import build_context
 from studio.engines.chat import ChatParams
-from studio.engines.image import ImageParams
+from studio.engines.image_params import ImageParams
 from studio.engines.speech import SpeechParams
 from studio.errors import DiskFullError, StudioOutOfMemory
 from studio.models.manager import LOADED
