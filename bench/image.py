@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studio.config import StudioConfig  # noqa: E402
 from studio.context import build_context  # noqa: E402
-from studio.engines.image import ImageParams, sampler_named  # noqa: E402
+from studio.engines.image_params import ImageParams, sampler_named  # noqa: E402
 from studio.models.specs import spec_from_form  # noqa: E402
 
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studio.config import StudioConfig  # noqa: E402
 from studio.context import build_context  # noqa: E402
-from studio.engines.speech import SpeechParams, probe_audio  # noqa: E402
+from studio.engines.audio import probe_audio  # noqa: E402
+from studio.engines.speech import SpeechParams  # noqa: E402
 from studio.models.speech_starter import starter_spec  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "assets" / "speech-sample.ogg"

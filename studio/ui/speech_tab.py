@@ -14,14 +14,8 @@ from typing import Any
 import gradio as gr
 
 from studio.context import AppContext
-from studio.engines.speech import (
-    LANGUAGES,
-    SpeechParams,
-    SpeechUpdate,
-    format_clock,
-    format_timestamp,
-    save_transcript,
-)
+from studio.engines.speech import LANGUAGES, SpeechParams, SpeechUpdate
+from studio.engines.subtitles import format_clock, format_timestamp, save_transcript
 from studio.errors import InputError
 from studio.models.estimate import Workload
 from studio.models.manager import fmt_bytes

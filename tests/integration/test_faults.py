@@ -38,7 +38,7 @@ import pytest
 from studio.config import StudioConfig
 from studio.context import build_context
 from studio.engines.chat import ChatParams
-from studio.engines.image import ImageParams
+from studio.engines.image_params import ImageParams
 from studio.engines.speech import SpeechParams
 from studio.errors import DiskFullError, StudioOutOfMemory
 from studio.models.manager import LOADED
@@ -295,7 +295,8 @@ def test_a_full_disk_while_saving_a_checkpoint_fails_clearly_keeps_earlier_check
 
 def _fill_the_disk_during_a_checkpoint(disk: SmallDisk, runs: RunManager, run, pid: int, tiny_models) -> None:
     """Pause the worker right after its step-4 checkpoint, fill the disk, let it run into the step-8 checkpoint."""
-    from studio.training.worker import Dist, Trainer
+    from studio.training.dist import Dist
+    from studio.training.worker import Trainer
 
     deadline = time.monotonic() + 120
     while not run.checkpoint_steps():  # step 4 is on disk: pause the worker there, then fill the disk

@@ -6,7 +6,7 @@
   (also when the body comes chunked, without a Content-Length), while a small upload works; a body over the limit
   sent to Gradio's JSON routes is refused the same way (Gradio itself would read it whole);
 - the source loads weights safely: `torch.load(..., weights_only=True)`, never `trust_remote_code=True`, no
-  pickle of user files except through estimate.py's restricted unpickler.
+  pickle of user files except through torch_archive.py's restricted unpickler.
 
 Requests to the file routes go through http.client, which sends the path byte for byte (httpx would normalise
 `..` away before the server saw it).
@@ -341,7 +341,7 @@ PICKLE_LOADS = {
     "pandas.read_pickle",
 }
 UNPICKLER_BASES = {"pickle.Unpickler", "pickle._Unpickler", "_pickle.Unpickler"}
-ALLOWED_UNPICKLERS = {"studio/models/estimate.py:_StubUnpickler"}  # restricted: tensors become stubs
+ALLOWED_UNPICKLERS = {"studio/models/torch_archive.py:_StubUnpickler"}  # restricted: tensors become stubs
 
 
 def _aliases(tree: ast.AST) -> dict[str, str]:
@@ -506,7 +506,7 @@ class _Evil:
 
 
 def test_the_restricted_unpickler_refuses_code():
-    from studio.models.estimate import _StubUnpickler
+    from studio.models.torch_archive import _StubUnpickler
 
     with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system|not allowed"):
         _StubUnpickler(io.BytesIO(pickle.dumps(_Evil()))).load()

@@ -15,7 +15,7 @@ import pytest
 from openai import OpenAI
 from PIL import Image, PngImagePlugin
 
-from studio.engines.image import parse_infotext
+from studio.engines.image_params import parse_infotext
 from tests.ui.conftest import start_studio, stop_studio
 
 

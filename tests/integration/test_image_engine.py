@@ -11,15 +11,8 @@ from PIL import Image
 
 from studio.config import GIB, StudioConfig
 from studio.context import build_context
-from studio.engines.image import (
-    ATTENTION_SLICING,
-    ONE_AT_A_TIME,
-    VAE_TILING,
-    ImageParams,
-    params_from_infotext,
-    parse_infotext,
-    read_png_parameters,
-)
+from studio.engines.image_memory import ATTENTION_SLICING, ONE_AT_A_TIME, VAE_TILING
+from studio.engines.image_params import ImageParams, params_from_infotext, parse_infotext, read_png_parameters
 from studio.errors import InputError, ModelLoadError, StudioOutOfMemory
 from studio.models.specs import ModelSpec
 

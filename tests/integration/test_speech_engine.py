@@ -16,7 +16,9 @@ import pytest
 
 from studio.config import StudioConfig
 from studio.context import build_context
-from studio.engines.speech import SpeechParams, decode_audio, format_timestamp, to_srt, to_vtt
+from studio.engines.audio import decode_audio
+from studio.engines.speech import SpeechParams
+from studio.engines.subtitles import format_timestamp, to_srt, to_vtt
 from studio.errors import InputError, ModelLoadError
 from studio.models.specs import ModelSpec
 

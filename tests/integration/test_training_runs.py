@@ -181,7 +181,7 @@ def test_qlora_unpacked_with_checkpointing_learns_and_saves_a_4bit_trained_adapt
     runs.start(run)
     assert runs.wait(run, 300) == 0, run.log_file.read_text()[-3000:]
     assert runs.state(run)["state"] == "done"
-    from studio.training.worker import load_base
+    from studio.training.lora import load_base
 
     assert any(type(m).__name__ == "Linear4bit" for m in load_base(job).modules())  # the worker's base is 4-bit
     losses = [m["loss"] for m in run.metrics() if "loss" in m]
@@ -193,7 +193,8 @@ def test_qlora_unpacked_with_checkpointing_learns_and_saves_a_4bit_trained_adapt
 def test_the_status_returns_to_training_right_after_a_save_or_an_eval(tmp_path, tiny_models):
     """Status writes are throttled while training, but a change of state is always written: "saving" or
     "evaluating" must not stay on screen for the steps that follow (seen in the page with frequent saves)."""
-    from studio.training.worker import Dist, Trainer
+    from studio.training.dist import Dist
+    from studio.training.worker import Trainer
 
     run = RunDir(tmp_path / "run")
     run.path.mkdir()

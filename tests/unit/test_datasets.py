@@ -221,7 +221,7 @@ def test_job_round_trips_and_checks():
 
 
 def test_estimate_grows_with_batch_and_shrinks_with_checkpointing():
-    from studio.models.estimate import WeightsInfo
+    from studio.models.formats import WeightsInfo
 
     config = {"hidden_size": 576, "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
               "intermediate_size": 1536, "vocab_size": 49152}  # fmt: skip

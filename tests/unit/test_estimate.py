@@ -16,7 +16,6 @@ from studio.errors import ModelLoadError
 from studio.models import estimate as est
 from studio.models.estimate import (
     Estimate,
-    WeightsInfo,
     Workload,
     estimate,
     load_precision,
@@ -25,6 +24,7 @@ from studio.models.estimate import (
     weights_bytes,
     weights_info,
 )
+from studio.models.formats import WeightsInfo
 from studio.models.specs import BYTES_PER_PARAM, ModelSpec
 
 GB = 10**9

@@ -6,20 +6,9 @@ import pytest
 
 from studio.api.images import parse_request
 from studio.api.openai import ApiError
-from studio.engines.image import (
-    ATTENTION_SLICING,
-    CPU_OFFLOAD,
-    SAMPLER_NAMES,
-    VAE_TILING,
-    ImageParams,
-    defaults_for,
-    infotext,
-    lcm_applies,
-    measure_stages,
-    need_with,
-    params_from_infotext,
-    parse_infotext,
-)
+from studio.engines.image import defaults_for, lcm_applies
+from studio.engines.image_memory import ATTENTION_SLICING, CPU_OFFLOAD, VAE_TILING, measure_stages, need_with
+from studio.engines.image_params import SAMPLER_NAMES, ImageParams, infotext, params_from_infotext, parse_infotext
 from studio.errors import InputError
 from studio.models.specs import ModelSpec
 

@@ -11,24 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from studio.engines.speech import (
-    SAMPLE_RATE,
-    FfmpegMissing,
-    Segment,
-    SpeechParams,
-    Transcript,
-    check_speech_source,
-    decode_audio,
-    decode_windows,
-    format_timestamp,
-    is_silent,
-    language_code,
-    probe_audio,
-    save_transcript,
-    to_srt,
-    to_txt,
-    to_vtt,
-)
+from studio.engines.audio import SAMPLE_RATE, FfmpegMissing, decode_audio, decode_windows, is_silent, probe_audio
+from studio.engines.speech import SpeechParams, Transcript, check_speech_source, language_code
+from studio.engines.subtitles import format_timestamp, save_transcript, to_srt, to_txt, to_vtt
+from studio.engines.whisper_backends import Segment
 from studio.errors import InputError, ModelLoadError
 from studio.models.specs import ModelSpec
 

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from studio.engines.speech import SAMPLE_RATE, SpeechEngine, SpeechParams
+from studio.engines.audio import SAMPLE_RATE
+from studio.engines.speech import SpeechEngine, SpeechParams
 from studio.errors import InputError, StudioOutOfMemory
 from studio.models.estimate import Estimate
 from studio.models.kinds import KindRegistry, ModelKind
@@ -156,7 +157,7 @@ def test_tab_helpers(tmp_path):
 
 
 def test_a_missing_ffmpeg_is_said_in_the_page_and_on_transcribe(tone_file, tmp_path):
-    from studio.engines.speech import FfmpegMissing
+    from studio.engines.audio import FfmpegMissing
 
     engine, spec = _engine(WhisperModel(), tmp_path)
     engine.ffmpeg = "ffmpeg-not-installed"

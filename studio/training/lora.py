@@ -1,0 +1,99 @@
+"""The model side of LoRA fine-tuning: the base model as training loads it, the loss, and merging an adapter.
+
+The base is loaded safely (studio.models.loading) at the job's precision, or in 4-bit NF4 for QLoRA; the loss
+sums cross-entropy over the learned tokens only; `merge` folds a run's adapter into a 16/32-bit copy of its base
+and saves a full safetensors model folder. Heavy libraries are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from studio.errors import ModelLoadError, StudioError
+from studio.models.loading import model_location, pretrained_kwargs, torch_dtype
+from studio.models.specs import ModelSpec
+from studio.training import rows as rowlib
+from studio.training.job import RunDir, TrainJob, check_disk
+
+
+def load_base(job: TrainJob, device_index: int = 0):
+    """The base model for training: at its precision, or 4-bit NF4 for QLoRA (bitsandbytes), loaded safely."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    spec = ModelSpec(
+        "base-for-training",
+        job.base_model,
+        "hub" if job.source_type == "hub" else "folder",
+        precision=job.load_precision,
+        device=job.device,
+        label=job.base_label,
+    )
+    where = model_location(spec)
+    kwargs: dict[str, Any] = {**pretrained_kwargs(spec, job.offline), "dtype": torch_dtype(spec)}
+    if job.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["device_map"] = {"": device_index if job.device == "cuda" else "cpu"}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        text = str(exc).strip().splitlines()[0][:240] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{spec.name}: cannot load it for training ({text}).") from None
+    if job.method != "qlora":
+        model = model.to(f"cuda:{device_index}" if job.device == "cuda" else "cpu")
+    return model
+
+
+def token_loss(model, batch: dict[str, Any], n_items: int):
+    """Summed cross-entropy of the learned tokens divided by `n_items`.
+
+    Logits are computed only where the next token is learned (`logits_to_keep` with the positions): the output
+    layer over the vocabulary is the costliest part of a small model, and prompts need none of it.
+    """
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    target = labels[:, 1:]
+    keep = (target != rowlib.IGNORE).any(0).nonzero().squeeze(1)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    picked = target[:, keep]
+    loss = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), picked.reshape(-1), ignore_index=rowlib.IGNORE, reduction="sum"
+    )
+    return loss / n_items
+
+
+def merge(run: RunDir, out: Path | None = None) -> Path:
+    """Merge the run's adapter into a 16/32-bit copy of its base; save a full safetensors model folder."""
+    import torch
+    from peft import PeftModel
+
+    job = run.job()
+    if not (run.adapter / "adapter_config.json").is_file():
+        raise StudioError(f"{run.name} has no adapter yet.", "Train (or stop) the run first.")
+    out = Path(out) if out else run.merged
+    precision = "bf16" if job.device == "cuda" else "fp32"
+    base_job = TrainJob(**{**job.__dict__, "method": "lora", "precision": precision})
+    base = load_base(base_job)
+    check_disk(out.parent, sum(p.numel() * p.element_size() for p in base.parameters()))
+    merged = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+    tokenizer = rowlib.load_tokenizer(job.base_model, offline=job.offline)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with torch.no_grad():
+        merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
