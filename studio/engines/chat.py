@@ -12,14 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studio.engines.lane import GpuLane
-from studio.errors import InputError, ModelLoadError, StudioOutOfMemory
+from studio.errors import InputError, ModelLoadError, StudioOutOfMemory, is_oom
 from studio.models.estimate import Workload
-from studio.models.manager import ModelManager, ModelRecord, is_oom
 from studio.models.specs import ModelSpec
 from studio.text import blank, invalid_text
+
+if TYPE_CHECKING:  # the fine-tune worker imports this module for its template: it needs no manager
+    from studio.models.manager import ModelManager, ModelRecord
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_CONTEXT = 4096

@@ -32,9 +32,9 @@ from studio.engines.lane import GpuLane
 from studio.errors import BudgetError, DiskFullError, InputError, ModelLoadError, is_disk_full
 from studio.models import folders
 from studio.models.estimate import Workload
-from studio.models.manager import LOADED, ModelManager, ModelRecord, fmt_bytes
+from studio.models.manager import LOADED, ModelManager, ModelRecord
 from studio.models.specs import ModelSpec, catalog_entry
-from studio.text import blank, invalid_text
+from studio.text import blank, fmt_bytes, invalid_text
 
 # ----- samplers ----------------------------------------------------------------------------------------------
 

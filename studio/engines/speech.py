@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from studio.engines.lane import GpuLane
-from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory
+from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
 from studio.models.estimate import Workload
-from studio.models.manager import ModelManager, ModelRecord, is_oom
+from studio.models.manager import ModelManager, ModelRecord
 from studio.models.specs import ModelSpec
 from studio.text import invalid_text
 

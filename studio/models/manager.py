@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfMemory
+from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
 from studio.memory.probes import MemoryProbe, PeakMeter
 from studio.memory.timeline import EventLog
 from studio.models.calibration import Calibration
@@ -31,26 +31,13 @@ from studio.models.estimate import Estimate, Workload
 from studio.models.estimate import estimate as estimate_from_files
 from studio.models.kinds import KindRegistry, LoadOptions
 from studio.models.specs import ModelSpec
+from studio.text import fmt_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 GIB = 1024**3
 DEFAULT_CUDA_BUDGET = 12 * GIB
 PARK_HOST_MARGIN = 2 * GIB  # parking never takes host RAM below this
-
-
-def fmt_bytes(n: int | float | None) -> str:
-    """1.9 GB / 350 MB / 12 KB: the units the UI and messages use (GiB-based, as NVML tools show)."""
-    if n is None:
-        return "?"
-    n = float(n)
-    if n == 0:
-        return "0 B"
-    for unit, size in (("GB", GIB), ("MB", 1024**2), ("KB", 1024)):
-        if abs(n) >= size or unit == "KB":
-            value = n / size
-            return f"{value:.1f} {unit}" if abs(value) < 100 or unit == "KB" else f"{value:.0f} {unit}"
-    return f"{n:.0f} B"
 
 
 # States a model can be in.
@@ -216,17 +203,6 @@ class Reservation:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for out-of-memory errors from torch (CUDA or CPU allocator) and Python, without importing torch."""
-    if isinstance(exc, MemoryError):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "OutOfMemoryError" in names:
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
 
 
 def _weak_parts(model: Any) -> list[weakref.ref]:

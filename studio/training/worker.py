@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from studio.errors import BudgetError, DiskFullError, ModelLoadError, StudioError, is_disk_full
+from studio.errors import BudgetError, DiskFullError, ModelLoadError, StudioError, is_disk_full, is_oom
 from studio.models.loading import model_location, pretrained_kwargs, torch_dtype
-from studio.models.manager import fmt_bytes
 from studio.models.specs import ModelSpec
+from studio.text import fmt_bytes
 from studio.training import rows as rowlib
 from studio.training.datasets import read_jsonl
 from studio.training.job import RunDir, TrainJob, check_disk, default_targets, steps_for, write_atomic
@@ -640,8 +640,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the page gets one line; worker.log gets the traceback
         traceback.print_exc()
-        from studio.models.manager import is_oom
-
         text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         if is_disk_full(exc):
             text = f"The disk is full ({text}). Free some space on the disk of {run.path}, then press Resume."

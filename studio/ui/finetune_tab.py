@@ -16,8 +16,8 @@ import pandas as pd
 
 from studio.context import AppContext
 from studio.errors import InputError, StudioError
-from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG
+from studio.text import fmt_bytes
 from studio.training import rows as rowlib
 from studio.training.datasets import (
     SHAPES,

@@ -22,10 +22,9 @@ from studio.engines.speech import (
 )
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
-from studio.models.manager import fmt_bytes
 from studio.models.specs import ModelSpec
 from studio.security import require_loaded_or_owner
-from studio.text import blank
+from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.chat_tab import StopFlags, session_key
 from studio.ui.models_tab import spec_from_form
