@@ -12,14 +12,12 @@ writers (TXT, SRT, VTT, JSON) are plain functions.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +27,7 @@ from typing import Any
 
 from studio.engines.lane import GpuLane
 from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
+from studio.memory.reclaim import trim_host_heap
 from studio.models.estimate import Workload
 from studio.models.manager import ModelManager, ModelRecord
 from studio.models.specs import ModelSpec
@@ -692,15 +691,6 @@ class _Window:
         return out
 
 
-def _trim_heap() -> None:
-    """glibc keeps freed memory for reuse; give it back, so a long recording's RSS does not creep upwards."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
 def _shift(seg: Segment, offset: float, index: int, limit: float) -> Segment:
     """A window's segment in recording time, clipped to the window (whisper may overshoot the padded end)."""
     start = min(offset + seg.start, limit)
@@ -828,7 +818,7 @@ class SpeechEngine:
                     done = end
                     yield SpeechUpdate(done, total, list(segments), *detected)
                     del audio
-                    _trim_heap()  # hand the window's buffers back to the OS, so RSS follows what is live
+                    trim_host_heap()  # hand the window's buffers back to the OS, so RSS follows what is live
             duration = done if stopped else max(done, 0.0)
             if not stopped:
                 total = duration

@@ -10,11 +10,9 @@ reference to a model; leases borrow it and drop it on release.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
-import sys
 import threading
 import time
 import weakref
@@ -25,6 +23,7 @@ from typing import Any, TypeVar
 
 from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
 from studio.memory.probes import MemoryProbe, PeakMeter
+from studio.memory.reclaim import empty_device_cache, trim_host_heap
 from studio.memory.timeline import EventLog
 from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate, Workload
@@ -218,25 +217,6 @@ def _weak_parts(model: Any) -> list[weakref.ref]:
         except TypeError:
             pass
     return refs
-
-
-def _empty_device_cache() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _trim_host_heap() -> None:
-    """Give freed host memory back to the OS (glibc keeps it otherwise, and RSS would only grow)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 class ModelManager:
@@ -578,7 +558,7 @@ class ModelManager:
                 raise _Busy(f"{entry.spec.name} is in use and cannot be parked now.")
             entry.state = PARKED  # no new leases from here on
         entry.model = kind.move(entry.model, "cpu")
-        _empty_device_cache()
+        empty_device_cache()
         what = "evicted: parked in RAM" if evicted else "parked in RAM"
         self.events.add(
             "evict" if evicted else "park",
@@ -600,8 +580,8 @@ class ModelManager:
         refs = _weak_parts(model)  # the model and the heavy object it wraps (a reference may keep either)
         del model
         gc.collect()
-        _empty_device_cache()
-        _trim_host_heap()
+        empty_device_cache()
+        trim_host_heap()
         referrers: tuple[str, ...] = ()
         leaked = any(r() is not None for r in refs)
         if leaked:
@@ -810,7 +790,7 @@ class ModelManager:
                 failed, last_message = True, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             if failed:  # outside the except block: the traceback (and its tensors) is gone
                 gc.collect()
-                _empty_device_cache()
+                empty_device_cache()
                 self.events.add(
                     "oom",
                     name,
