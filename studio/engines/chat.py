@@ -21,7 +21,8 @@ from studio.models.specs import ModelSpec
 from studio.text import blank, invalid_text
 
 if TYPE_CHECKING:  # the fine-tune worker imports this module for its template: it needs no manager
-    from studio.models.manager import ModelManager, ModelRecord
+    from studio.models.manager import ModelManager
+    from studio.models.records import ModelRecord
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_CONTEXT = 4096

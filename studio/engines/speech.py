@@ -29,7 +29,8 @@ from studio.engines.lane import GpuLane
 from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
 from studio.memory.reclaim import trim_host_heap
 from studio.models.estimate import Workload
-from studio.models.manager import ModelManager, ModelRecord
+from studio.models.manager import ModelManager
+from studio.models.records import ModelRecord
 from studio.models.specs import ModelSpec
 from studio.text import invalid_text
 

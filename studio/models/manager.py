@@ -29,6 +29,7 @@ from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate, Workload
 from studio.models.estimate import estimate as estimate_from_files
 from studio.models.kinds import KindRegistry, LoadOptions
+from studio.models.records import Eviction, FreeReport, ModelRecord, Plan
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
 
@@ -65,79 +66,6 @@ class _Entry:
     @property
     def host_bytes(self) -> int:
         return self.measured if self.measured is not None else (self.estimate.weights_bytes if self.estimate else 0)
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """What the Models tab shows for one model."""
-
-    key: str
-    name: str
-    kind: str
-    precision: str
-    device: str
-    state: str
-    estimated_bytes: int | None
-    measured_bytes: int | None
-    accounted_bytes: int
-    leases: int
-    last_used: float
-    load_seconds: float | None
-    estimate_method: str
-
-
-@dataclass(frozen=True)
-class Eviction:
-    """One model the plan would move off the device."""
-
-    key: str
-    name: str
-    nbytes: int
-    action: str  # "park" or "unload"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What loading `spec` would take: its estimate and what would be evicted to fit it."""
-
-    spec: ModelSpec | None  # None when making room for a reservation or a budget change
-    estimate: Estimate
-    need: int  # bytes that must be free on the device
-    budget: int
-    free: int  # budget minus what is accounted now
-    evictions: tuple[Eviction, ...]
-    fits: bool
-    reason: str = ""  # why it does not fit, when it does not
-    already_loaded: bool = False
-
-    @property
-    def message(self) -> str:
-        """The sentence shown before a load: 'Loading SDXL (6.9 GB) unloads Whisper small (1.9 GB).'"""
-        name = self.spec.name if self.spec else "this"
-        head = f"Loading {name} ({fmt_bytes(self.need)})"
-        if self.already_loaded:
-            return f"{name} is already loaded."
-        if not self.fits:
-            return f"{head} does not fit: {self.reason}"
-        if not self.evictions:
-            return f"{head} fits in the {fmt_bytes(self.free)} free of the budget."
-        parts = []
-        for verb in ("unload", "park"):
-            names = [f"{e.name} ({fmt_bytes(e.nbytes)})" for e in self.evictions if e.action == verb]
-            if names:
-                parts.append(f"{'unloads' if verb == 'unload' else 'parks in RAM'} {', '.join(names)}")
-        return f"{head} {' and '.join(parts)}."
-
-
-@dataclass(frozen=True)
-class FreeReport:
-    """What freeing a model gave back."""
-
-    name: str
-    accounted: int  # bytes the manager stopped accounting
-    observed: int | None  # bytes the probe saw come back (device or RSS), if it could tell
-    leaked: bool  # something outside the manager still holds the model
-    referrers: tuple[str, ...] = ()
 
 
 class _Busy(BudgetError):

@@ -10,7 +10,7 @@ import gradio as gr
 from studio.config import GIB
 from studio.context import AppContext
 from studio.errors import InputError
-from studio.models.manager import ModelRecord
+from studio.models.records import ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec
 from studio.security import require_owner
 from studio.text import control_char, fmt_bytes, lone_surrogate
