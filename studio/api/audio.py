@@ -38,7 +38,7 @@ from studio.engines.speech import (
     to_vtt,
 )
 from studio.errors import ModelLoadError
-from studio.models.manager import LOADED, PARKED
+from studio.models.records import LOADED, PARKED
 from studio.models.specs import ModelSpec
 
 if TYPE_CHECKING:

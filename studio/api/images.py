@@ -31,7 +31,7 @@ from studio.engines.image import (
     defaults_for,
     model_name,
 )
-from studio.models.manager import LOADED, PARKED
+from studio.models.records import LOADED, PARKED
 from studio.models.specs import ModelSpec
 from studio.text import blank
 

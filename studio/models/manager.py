@@ -29,7 +29,7 @@ from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate, Workload
 from studio.models.estimate import estimate as estimate_from_files
 from studio.models.kinds import KindRegistry, LoadOptions
-from studio.models.records import Eviction, FreeReport, ModelRecord, Plan
+from studio.models.records import LOADED, PARKED, UNLOADED, Eviction, FreeReport, ModelRecord, ModelState, Plan
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
 
@@ -40,14 +40,10 @@ DEFAULT_CUDA_BUDGET = 12 * GIB
 PARK_HOST_MARGIN = 2 * GIB  # parking never takes host RAM below this
 
 
-# States a model can be in.
-LOADED, PARKED, UNLOADED = "loaded", "parked in RAM", "unloaded"
-
-
 @dataclass
 class _Entry:
     spec: ModelSpec
-    state: str = UNLOADED
+    state: ModelState = UNLOADED
     model: Any = None  # the only strong reference the studio holds
     estimate: Estimate | None = None
     measured: int | None = None  # measured weights in bytes (after a load)
@@ -650,7 +646,7 @@ class ModelManager:
             entry = self._entries.get(key)
             return entry is not None and entry.state == LOADED
 
-    def models(self, kind: str, states: Sequence[str] | None = None) -> list[tuple[ModelRecord, ModelSpec]]:
+    def models(self, kind: str, states: Sequence[ModelState] | None = None) -> list[tuple[ModelRecord, ModelSpec]]:
         """The models of one kind the manager knows (in `states`, when given), most recently used first."""
         out = []
         for rec in self.records():

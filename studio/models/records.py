@@ -1,4 +1,5 @@
-"""What the model manager reports: the record of each model, the plan for a load, what freeing one gave back.
+"""What the model manager reports: the state and record of each model, the plan for a load, what freeing one gave
+back.
 
 Plain frozen dataclasses, so the UI and the API can read them without touching the manager's state.
 """
@@ -6,10 +7,26 @@ Plain frozen dataclasses, so the UI and the API can read them without touching t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from studio.models.estimate import Estimate
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
+
+
+class ModelState(str, Enum):
+    """Where a model is: unloaded -> loaded <-> parked -> unloaded. The value is what the page shows, and a state
+    equals its text ("loaded"), so comparisons read the same either way."""
+
+    LOADED = "loaded"  # on its device, accounted against the budget
+    PARKED = "parked in RAM"  # moved to CPU RAM: fast to bring back, holds no device memory
+    UNLOADED = "unloaded"  # freed
+
+    def __str__(self) -> str:  # "parked in RAM", not "ModelState.PARKED", in messages and on the page
+        return self.value
+
+
+LOADED, PARKED, UNLOADED = ModelState.LOADED, ModelState.PARKED, ModelState.UNLOADED
 
 
 @dataclass(frozen=True)
@@ -21,7 +38,7 @@ class ModelRecord:
     kind: str
     precision: str
     device: str
-    state: str
+    state: ModelState
     estimated_bytes: int | None
     measured_bytes: int | None
     accounted_bytes: int
