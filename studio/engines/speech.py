@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.engines.lane import GpuLane
-from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
+from studio.errors import InputError, ModelLoadError, StudioError
 from studio.memory.reclaim import trim_host_heap
 from studio.models.estimate import Workload
 from studio.models.manager import ModelManager
@@ -841,17 +841,23 @@ class SpeechEngine:
     ) -> Iterator[SpeechUpdate]:
         """Transcribe one window, streaming its segments. Out of memory: evict idle models and redo the window,
         then redo it once more with beam size 1; finally a StudioOutOfMemory with tips. Returns (segments, stopped)."""
-        attempts = ("", "evict idle models", "beam size 1")
         prompt, language = window.prompt, window.language
-        for attempt, step in enumerate(attempts):
+
+        def beam_size_1() -> None:
+            window.params = replace(window.params, beam_size=1)
+
+        attempts = self.manager.oom_attempts(
+            spec.name,
+            exclude=spec.key,
+            degrade=[("beam size 1", beam_size_1)],
+            message=f"Out of memory while {spec.name} was transcribing, even after unloading idle models and "
+            "beam size 1.",
+            tip="Unload other models in the Models tab, or pick a smaller Whisper model or int8 precision.",
+        )
+        for attempt in attempts:
             window.prompt, window.language = prompt, language  # a retry starts the window afresh
-            if step == "evict idle models":
-                self.manager.evict_idle(exclude=spec.key)
-            elif step == "beam size 1":
-                window.params = replace(window.params, beam_size=1)
             new: list[Segment] = []
-            failed = ""
-            try:
+            with attempt:
                 for seg in window.run(audio):
                     if not seg.text:
                         continue
@@ -860,21 +866,7 @@ class SpeechEngine:
                     yield SpeechUpdate(new[-1].end, total, before + new, *lang)
                     if should_stop():
                         return new, True
-            except StudioError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
-                if not is_oom(exc):
-                    raise
-                failed = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            if not failed:
-                return new, False
-            self.manager.events.add("oom", spec.name, 0, f"out of memory transcribing with {spec.name} ({failed})")
-            if attempt == len(attempts) - 1:
-                break
-        raise StudioOutOfMemory(
-            f"Out of memory while {spec.name} was transcribing, even after unloading idle models and beam size 1.",
-            "Unload other models in the Models tab, or pick a smaller Whisper model or int8 precision.",
-        )
+        return new, False  # the attempts end after the one that succeeds, or raise
 
     def _final(
         self,

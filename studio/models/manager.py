@@ -19,9 +19,10 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
-from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
+from studio.errors import BudgetError, ModelLoadError, StudioError
 from studio.memory.probes import MemoryProbe, PeakMeter
 from studio.memory.reclaim import empty_device_cache, trim_host_heap
 from studio.memory.timeline import EventLog
@@ -30,6 +31,7 @@ from studio.models.estimate import Estimate, Workload
 from studio.models.estimate import estimate as estimate_from_files
 from studio.models.kinds import KindRegistry, LoadOptions
 from studio.models.records import LOADED, PARKED, UNLOADED, Eviction, FreeReport, ModelRecord, ModelState, Plan
+from studio.models.recovery import OOM_TIP, Attempt, oom_ladder
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
 
@@ -682,6 +684,20 @@ class ModelManager:
 
     # ----- out of memory ----------------------------------------------------------------------------------
 
+    def oom_attempts(
+        self,
+        name: str,
+        *,
+        exclude: str | None = None,
+        degrade: Sequence[tuple[str, Callable[[], None]]] = (),
+        message: str = "",
+        tip: str = OOM_TIP,
+    ) -> Iterator[Attempt]:
+        """Attempts at work that may run out of memory (see studio/models/recovery.py): as it is, after evicting the
+        idle models but `exclude`, then after each degrade step; the last failure raises StudioOutOfMemory."""
+        evict = partial(self.evict_idle, exclude=exclude)
+        return oom_ladder(name, evict=evict, events=self.events, degrade=degrade, message=message, tip=tip)
+
     def run_with_recovery(
         self,
         fn: Callable[[], T],
@@ -690,40 +706,9 @@ class ModelManager:
         exclude: str | None = None,
         degrade: Sequence[tuple[str, Callable[[], None]]] = (),
     ) -> T:
-        """Run `fn`; on out-of-memory evict idle models and retry once, then apply each degrade step and retry.
-
-        Recovery happens outside the `except` block: a live exception pins the tensors of the failed frame.
-        Ends in StudioOutOfMemory with concrete tips; never lets the OOM escape.
-        """
-        steps: list[tuple[str, Callable[[], None] | None]] = [("", None), ("evict idle models", None), *degrade]
-        tried = []
-        last_message = ""
-        for index, (label, action) in enumerate(steps):
-            if index == 1:
-                self.evict_idle(exclude=exclude)
-            elif action is not None:
-                action()
-            if label:
-                tried.append(label)
-            failed = False
-            try:
-                return fn()
-            except BaseException as exc:  # noqa: BLE001 - filtered right here
-                if not is_oom(exc):
-                    raise
-                failed, last_message = True, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            if failed:  # outside the except block: the traceback (and its tensors) is gone
-                gc.collect()
-                empty_device_cache()
-                self.events.add(
-                    "oom",
-                    name,
-                    0,
-                    f"out of memory in {name}"
-                    + (f" after: {', '.join(tried)}" if tried else "")
-                    + f" ({last_message})",
-                )
-        raise StudioOutOfMemory(
-            f"Out of memory in {name}, even after: {', '.join(tried) or 'retrying'}.",
-            "Unload other models in the Models tab, lower the size/batch/context, or use 4-bit precision.",
-        )
+        """`fn()` on the out-of-memory ladder: evict idle models and retry once, then each degrade step and retry;
+        StudioOutOfMemory with concrete tips at the end. Never lets the OOM escape."""
+        for attempt in self.oom_attempts(name, exclude=exclude, degrade=degrade):
+            with attempt:
+                result = fn()
+        return result  # the ladder stops after the attempt that succeeds, or raises
