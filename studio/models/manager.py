@@ -6,6 +6,11 @@ processes, recovers from out-of-memory, and records every step as an event for t
 
 State machine per model: unloaded -> loaded <-> parked -> unloaded. Only `_Entry.model` holds a strong
 reference to a model; leases borrow it and drop it on release.
+
+Why one file of a little over 600 lines: what is left here is that state machine and nothing else (budget,
+plans, acquire, evict, free, the user's actions), all reading and writing the same entries under the same two
+locks; splitting it would spread one lock discipline over several files. What it reports (records.py), lends
+(leases.py), checks for leaks (leaks.py) and runs for out-of-memory recovery (recovery.py) lives beside it.
 """
 
 from __future__ import annotations
@@ -15,10 +20,9 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -30,6 +34,8 @@ from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate, Workload
 from studio.models.estimate import estimate as estimate_from_files
 from studio.models.kinds import KindRegistry, LoadOptions
+from studio.models.leaks import survivor_referrers, weak_parts
+from studio.models.leases import Lease, Reservation
 from studio.models.records import LOADED, PARKED, UNLOADED, Eviction, FreeReport, ModelRecord, ModelState, Plan
 from studio.models.recovery import OOM_TIP, Attempt, oom_ladder
 from studio.models.specs import ModelSpec
@@ -68,81 +74,6 @@ class _Entry:
 
 class _Busy(BudgetError):
     """A model picked for eviction was leased in the meantime; the plan is made again."""
-
-
-class Lease:
-    """A borrowed model. While any lease is open the model is never evicted. Use as a context manager."""
-
-    def __init__(self, manager: ModelManager, key: str, model: Any) -> None:
-        self._manager = manager
-        self.key = key
-        self._model = model
-        self._open = True
-
-    @property
-    def model(self) -> Any:
-        if not self._open:
-            raise RuntimeError("this lease was released; acquire the model again")
-        return self._model
-
-    def release(self) -> None:
-        if self._open:
-            self._open = False
-            self._model = None  # drop the borrowed reference so an unload can really free it
-            self._manager._release(self.key)
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __del__(self) -> None:  # a forgotten lease must not pin a model forever
-        try:
-            self.release()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
-
-
-@dataclass
-class Reservation:
-    """Memory held outside this process (e.g. a fine-tune worker), accounted like a pinned model."""
-
-    owner: str
-    nbytes: int
-    pid: int | None = None
-    created: float = field(default_factory=time.time)
-    _manager: ModelManager | None = field(default=None, repr=False)
-
-    def attach_pid(self, pid: int) -> None:
-        """Attribute real use through the probe's per-process figures (NVML)."""
-        self.pid = pid
-
-    def release(self) -> None:
-        if self._manager is not None:
-            self._manager._release_reservation(self)
-            self._manager = None
-
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _weak_parts(model: Any) -> list[weakref.ref]:
-    """Weak references to a loaded model and to the module or pipeline it wraps (LoadedLM.model, ...): a reference
-    kept to the inner object holds all the memory while the wrapper is long gone."""
-    parts = [model] + [getattr(model, name, None) for name in ("model", "pipeline", "pipe")]
-    refs = []
-    for part in parts:
-        if part is None or isinstance(part, (str, int, float)):
-            continue
-        try:
-            refs.append(weakref.ref(part))
-        except TypeError:
-            pass
-    return refs
 
 
 class ModelManager:
@@ -410,7 +341,7 @@ class ModelManager:
                 return None
             entry.leases += 1
             entry.last_used = time.time()
-            return Lease(self, key, entry.model)
+            return Lease(key, entry.model, self._release)
 
     def _load(self, entry: _Entry, kind, est: Estimate) -> None:
         spec = entry.spec
@@ -503,17 +434,14 @@ class ModelManager:
             entry.state = UNLOADED
             model, entry.model = entry.model, None
         before = self.probe.snapshot().this_process
-        refs = _weak_parts(model)  # the model and the heavy object it wraps (a reference may keep either)
+        refs = weak_parts(model)  # the model and the heavy object it wraps (a reference may keep either)
         del model
         gc.collect()
         empty_device_cache()
         trim_host_heap()
-        referrers: tuple[str, ...] = ()
-        leaked = any(r() is not None for r in refs)
-        if leaked:
-            obj = next(o for o in (r() for r in refs) if o is not None)
-            referrers = tuple(sorted({type(r).__name__ for r in gc.get_referrers(obj)} - {"frame"}))[:8]
-            del obj
+        referrers = survivor_referrers(refs)  # None when the model is really gone
+        leaked = referrers is not None
+        if referrers is not None:
             self.events.add(
                 "leak",
                 entry.spec.name,
@@ -529,7 +457,7 @@ class ModelManager:
         if observed is not None:
             detail += f": {fmt_bytes(observed)} came back"
         self.events.add(kind, entry.spec.name, accounted, detail)
-        report = FreeReport(entry.spec.name, accounted, observed, leaked, referrers)
+        report = FreeReport(entry.spec.name, accounted, observed, leaked, referrers or ())
         self.last_free = report
         return report
 
@@ -668,7 +596,7 @@ class ModelManager:
         """Set memory aside for another process (e.g. a fine-tune worker), evicting idle models to fit it."""
         with self._load_lock:
             self._make_room(nbytes, exclude=None)
-            r = Reservation(owner, int(nbytes), pid, _manager=self)
+            r = Reservation(owner, int(nbytes), pid, _on_release=self._release_reservation)
             with self._state_lock:
                 self._reservations.append(r)
         self.events.add("reserve", owner, nbytes, f"{fmt_bytes(nbytes)} reserved for {owner}")

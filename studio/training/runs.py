@@ -16,7 +16,8 @@ from typing import Any
 
 from studio.errors import BudgetError, InputError, StudioError
 from studio.models.estimate import weights_info
-from studio.models.manager import ModelManager, Reservation
+from studio.models.leases import Reservation
+from studio.models.manager import ModelManager
 from studio.models.records import Plan
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
