@@ -59,3 +59,14 @@ def is_disk_full(exc: BaseException | None) -> bool:
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for out-of-memory errors from torch (CUDA or CPU allocator) and Python, without importing torch."""
+    if isinstance(exc, MemoryError):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    if "OutOfMemoryError" in names:
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)

@@ -1,4 +1,5 @@
-"""Checks on text the user typed or sent, shared by the engines, the API and the UI (no heavy imports).
+"""Text shared by the engines, the API and the UI (no heavy imports): checks on text the user typed or sent, and
+how sizes are written.
 
 Unicode has characters that print nothing (zero-width spaces, direction marks) and code points that are not text
 at all (lone surrogates, which JSON can carry as "\\ud800"). A prompt made only of the first is empty to the user;
@@ -40,3 +41,17 @@ def invalid_text(text: str, what: str) -> str | None:
             f"(U+{ord(text[at]):04X}). Send it as UTF-8 text."
         )
     return None
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    """1.9 GB / 350 MB / 12 KB: the units the UI and messages use (GiB-based, as NVML tools show)."""
+    if n is None:
+        return "?"
+    n = float(n)
+    if n == 0:
+        return "0 B"
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if abs(n) >= size or unit == "KB":
+            value = n / size
+            return f"{value:.1f} {unit}" if abs(value) < 100 or unit == "KB" else f"{value:.0f} {unit}"
+    return f"{n:.0f} B"

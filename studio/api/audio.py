@@ -31,7 +31,7 @@ from studio.engines.audio import FfmpegMissing
 from studio.engines.speech import LANGUAGES, SpeechParams, Transcript
 from studio.engines.subtitles import safe_stem, save_transcript, to_srt, to_vtt
 from studio.errors import ModelLoadError
-from studio.models.manager import LOADED, PARKED
+from studio.models.records import LOADED, PARKED
 from studio.models.specs import ModelSpec
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from studio.api.openai import ApiError, api_error
 from studio.engines.image import TINY_SOURCE, defaults_for, model_name
 from studio.engines.image_params import MAX_BATCH_SIZE, SAMPLER_NAMES, ImageParams
-from studio.models.manager import LOADED, PARKED
+from studio.models.records import LOADED, PARKED
 from studio.models.specs import ModelSpec
 from studio.text import blank
 

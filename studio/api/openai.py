@@ -40,7 +40,7 @@ from studio.errors import (
     StudioError,
     StudioOutOfMemory,
 )
-from studio.models.manager import LOADED, PARKED
+from studio.models.records import LOADED, PARKED
 from studio.models.specs import ModelSpec
 
 if TYPE_CHECKING:

@@ -12,14 +12,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from studio.engines.lane import GpuLane
-from studio.errors import InputError, ModelLoadError, StudioOutOfMemory
+from studio.errors import InputError, ModelLoadError, StudioOutOfMemory, is_oom
 from studio.models.estimate import Workload
-from studio.models.manager import ModelManager, ModelRecord, is_oom
 from studio.models.specs import ModelSpec
 from studio.text import blank, invalid_text
+
+if TYPE_CHECKING:  # the fine-tune worker imports this module for its template: it needs no manager
+    from studio.models.manager import ModelManager
+    from studio.models.records import ModelRecord
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_CONTEXT = 4096
@@ -374,17 +377,15 @@ class ChatEngine:
             self._sync_adapters(spec, lm)
             self._use_adapter(lm, adapter)
             prompt_ids, notice = self.build_prompt(lm, messages, params)
-            for attempt in range(2):
-                result = yield from self._generate(spec, lm, prompt_ids, params, should_stop, t0, notice)
-                if result != "oom":
-                    return
-                self.manager.events.add("oom", spec.name, 0, f"out of memory while {spec.name} was answering")
-                if attempt == 0:
-                    self.manager.evict_idle(exclude=spec.key)
-            raise StudioOutOfMemory(
-                f"Out of memory while {spec.name} was answering, even after unloading idle models.",
-                "Lower max new tokens or the context length, or use 4-bit precision.",
+            attempts = self.manager.oom_attempts(
+                spec.name,
+                exclude=spec.key,
+                message=f"Out of memory while {spec.name} was answering, even after unloading idle models.",
+                tip="Lower max new tokens or the context length, or use 4-bit precision.",
             )
+            for attempt in attempts:  # out of memory before the first token: evict idle models, answer again
+                with attempt:
+                    yield from self._generate(spec, lm, prompt_ids, params, should_stop, t0, notice)
 
     def _generate(
         self,
@@ -396,8 +397,9 @@ class ChatEngine:
         t0: float,
         notice: str,
     ) -> Iterator[ChatChunk]:
-        """One generate call in a worker thread, its tokens streamed back; returns "oom" if it ran out of
-        memory before the first token (so the caller can recover and retry), else "ok"."""
+        """One generate call in a worker thread, its tokens streamed back. Out of memory before the first token is
+        raised as it came (the caller's ladder recovers and retries); after it, a StudioOutOfMemory that keeps the
+        reply so far (a retry would rewrite what the user has read)."""
         import torch
 
         model, tok = lm.model, lm.tokenizer
@@ -488,10 +490,7 @@ class ChatEngine:
             done.wait()
         if failure:
             exc = failure.pop()
-            if is_oom(exc) and not ids:
-                del exc
-                return "oom"
-            if is_oom(exc):
+            if is_oom(exc) and ids:
                 raise StudioOutOfMemory(
                     f"Out of memory while {spec.name} was answering; the reply so far is kept.",
                     "Lower max new tokens or the context length.",
@@ -509,7 +508,6 @@ class ChatEngine:
             finish_reason=reason,
         )
         yield ChatChunk(text=text, delta="", done=True, stats=stats, notice=notice)
-        return "ok"
 
     def complete(
         self,

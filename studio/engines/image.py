@@ -52,8 +52,10 @@ from studio.engines.lane import GpuLane
 from studio.errors import BudgetError, DiskFullError, InputError, ModelLoadError, is_disk_full
 from studio.models import folders
 from studio.models.estimate import Workload
-from studio.models.manager import LOADED, ModelManager, ModelRecord, fmt_bytes
+from studio.models.manager import ModelManager
+from studio.models.records import LOADED, ModelRecord
 from studio.models.specs import ModelSpec, catalog_entry
+from studio.text import fmt_bytes
 
 # ----- models: defaults, sizes, names --------------------------------------------------------------------------
 

@@ -13,9 +13,7 @@ writers (TXT, SRT, VTT, JSON) are plain functions in `studio.engines.subtitles`.
 
 from __future__ import annotations
 
-import ctypes
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -28,9 +26,11 @@ from studio.engines.subtitles import format_clock
 from studio.engines.whisper_backends import PROMPT_WORDS, Segment, backend_of, is_multilingual
 from studio.engines.whisper_backends import Window as _Window  # the names the engine's window loop uses
 from studio.engines.whisper_backends import shift_segment as _shift
-from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory
+from studio.errors import InputError, ModelLoadError
+from studio.memory.reclaim import trim_host_heap
 from studio.models.estimate import Workload
-from studio.models.manager import ModelManager, ModelRecord, is_oom
+from studio.models.manager import ModelManager
+from studio.models.records import ModelRecord
 from studio.models.specs import ModelSpec
 from studio.text import invalid_text
 
@@ -234,15 +234,6 @@ def check_speech_source(spec: ModelSpec) -> None:
         raise ModelLoadError(f"{path.name} is not a Whisper checkpoint (an openai-whisper .pt file).", tip)
 
 
-def _trim_heap() -> None:
-    """glibc keeps freed memory for reuse; give it back, so a long recording's RSS does not creep upwards."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
 # ----- the engine ---------------------------------------------------------------------------------------------
 
 
@@ -362,7 +353,7 @@ class SpeechEngine:
                     done = end
                     yield SpeechUpdate(done, total, list(segments), *detected)
                     del audio
-                    _trim_heap()  # hand the window's buffers back to the OS, so RSS follows what is live
+                    trim_host_heap()  # hand the window's buffers back to the OS, so RSS follows what is live
             duration = done if stopped else max(done, 0.0)
             if not stopped:
                 total = duration
@@ -384,17 +375,23 @@ class SpeechEngine:
     ) -> Iterator[SpeechUpdate]:
         """Transcribe one window, streaming its segments. Out of memory: evict idle models and redo the window,
         then redo it once more with beam size 1; finally a StudioOutOfMemory with tips. Returns (segments, stopped)."""
-        attempts = ("", "evict idle models", "beam size 1")
         prompt, language = window.prompt, window.language
-        for attempt, step in enumerate(attempts):
+
+        def beam_size_1() -> None:
+            window.params = replace(window.params, beam_size=1)
+
+        attempts = self.manager.oom_attempts(
+            spec.name,
+            exclude=spec.key,
+            degrade=[("beam size 1", beam_size_1)],
+            message=f"Out of memory while {spec.name} was transcribing, even after unloading idle models and "
+            "beam size 1.",
+            tip="Unload other models in the Models tab, or pick a smaller Whisper model or int8 precision.",
+        )
+        for attempt in attempts:
             window.prompt, window.language = prompt, language  # a retry starts the window afresh
-            if step == "evict idle models":
-                self.manager.evict_idle(exclude=spec.key)
-            elif step == "beam size 1":
-                window.params = replace(window.params, beam_size=1)
             new: list[Segment] = []
-            failed = ""
-            try:
+            with attempt:
                 for seg in window.run(audio):
                     if not seg.text:
                         continue
@@ -403,21 +400,7 @@ class SpeechEngine:
                     yield SpeechUpdate(new[-1].end, total, before + new, *lang)
                     if should_stop():
                         return new, True
-            except StudioError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
-                if not is_oom(exc):
-                    raise
-                failed = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            if not failed:
-                return new, False
-            self.manager.events.add("oom", spec.name, 0, f"out of memory transcribing with {spec.name} ({failed})")
-            if attempt == len(attempts) - 1:
-                break
-        raise StudioOutOfMemory(
-            f"Out of memory while {spec.name} was transcribing, even after unloading idle models and beam size 1.",
-            "Unload other models in the Models tab, or pick a smaller Whisper model or int8 precision.",
-        )
+        return new, False  # the attempts end after the one that succeeds, or raise
 
     def _final(
         self,

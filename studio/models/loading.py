@@ -79,13 +79,26 @@ def _describe(exc: Exception) -> str:
     return text[:240]
 
 
+def nf4_config():
+    """bitsandbytes 4-bit NormalFloat with double quantization and bf16 compute: the chat engine's nf4 precision
+    and QLoRA's base model."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
 def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path | None = None) -> LoadedLM:
     """A transformers causal LM + tokenizer; NF4 (double quantization, bf16 compute) or int8 through bitsandbytes,
     on CUDA and (slower, but the same code path) on the CPU.
 
     A starter spec is converted into `models_dir` on first use (default: the per-user cache) and loaded from there.
     """
-    import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,12 +118,7 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
         from transformers import BitsAndBytesConfig
 
         if spec.precision == "nf4":
-            model_kwargs["quantization_config"] = BitsAndBytesConfig(
-                load_in_4bit=True,
-                bnb_4bit_quant_type="nf4",
-                bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=torch.bfloat16,
-            )
+            model_kwargs["quantization_config"] = nf4_config()
         else:
             model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         model_kwargs["device_map"] = {"": 0 if spec.device == "cuda" else "cpu"}

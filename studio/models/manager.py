@@ -6,31 +6,40 @@ processes, recovers from out-of-memory, and records every step as an event for t
 
 State machine per model: unloaded -> loaded <-> parked -> unloaded. Only `_Entry.model` holds a strong
 reference to a model; leases borrow it and drop it on release.
+
+Why one file of a little over 600 lines: what is left here is that state machine and nothing else (budget,
+plans, acquire, evict, free, the user's actions), all reading and writing the same entries under the same two
+locks; splitting it would spread one lock discipline over several files. What it reports (records.py), lends
+(leases.py), checks for leaks (leaks.py) and runs for out-of-memory recovery (recovery.py) lives beside it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
-import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
-from studio.errors import BudgetError, ModelLoadError, StudioError, StudioOutOfMemory
+from studio.errors import BudgetError, ModelLoadError, StudioError
 from studio.memory.probes import MemoryProbe, PeakMeter
+from studio.memory.reclaim import empty_device_cache, trim_host_heap
 from studio.memory.timeline import EventLog
 from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate, Workload
 from studio.models.estimate import estimate as estimate_from_files
 from studio.models.kinds import KindRegistry, LoadOptions
+from studio.models.leaks import survivor_referrers, weak_parts
+from studio.models.leases import Lease, Reservation
+from studio.models.records import LOADED, PARKED, UNLOADED, Eviction, FreeReport, ModelRecord, ModelState, Plan
+from studio.models.recovery import OOM_TIP, Attempt, oom_ladder
 from studio.models.specs import ModelSpec
+from studio.text import fmt_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,28 +48,10 @@ DEFAULT_CUDA_BUDGET = 12 * GIB
 PARK_HOST_MARGIN = 2 * GIB  # parking never takes host RAM below this
 
 
-def fmt_bytes(n: int | float | None) -> str:
-    """1.9 GB / 350 MB / 12 KB: the units the UI and messages use (GiB-based, as NVML tools show)."""
-    if n is None:
-        return "?"
-    n = float(n)
-    if n == 0:
-        return "0 B"
-    for unit, size in (("GB", GIB), ("MB", 1024**2), ("KB", 1024)):
-        if abs(n) >= size or unit == "KB":
-            value = n / size
-            return f"{value:.1f} {unit}" if abs(value) < 100 or unit == "KB" else f"{value:.0f} {unit}"
-    return f"{n:.0f} B"
-
-
-# States a model can be in.
-LOADED, PARKED, UNLOADED = "loaded", "parked in RAM", "unloaded"
-
-
 @dataclass
 class _Entry:
     spec: ModelSpec
-    state: str = UNLOADED
+    state: ModelState = UNLOADED
     model: Any = None  # the only strong reference the studio holds
     estimate: Estimate | None = None
     measured: int | None = None  # measured weights in bytes (after a load)
@@ -81,186 +72,8 @@ class _Entry:
         return self.measured if self.measured is not None else (self.estimate.weights_bytes if self.estimate else 0)
 
 
-@dataclass(frozen=True)
-class ModelRecord:
-    """What the Models tab shows for one model."""
-
-    key: str
-    name: str
-    kind: str
-    precision: str
-    device: str
-    state: str
-    estimated_bytes: int | None
-    measured_bytes: int | None
-    accounted_bytes: int
-    leases: int
-    last_used: float
-    load_seconds: float | None
-    estimate_method: str
-
-
-@dataclass(frozen=True)
-class Eviction:
-    """One model the plan would move off the device."""
-
-    key: str
-    name: str
-    nbytes: int
-    action: str  # "park" or "unload"
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What loading `spec` would take: its estimate and what would be evicted to fit it."""
-
-    spec: ModelSpec | None  # None when making room for a reservation or a budget change
-    estimate: Estimate
-    need: int  # bytes that must be free on the device
-    budget: int
-    free: int  # budget minus what is accounted now
-    evictions: tuple[Eviction, ...]
-    fits: bool
-    reason: str = ""  # why it does not fit, when it does not
-    already_loaded: bool = False
-
-    @property
-    def message(self) -> str:
-        """The sentence shown before a load: 'Loading SDXL (6.9 GB) unloads Whisper small (1.9 GB).'"""
-        name = self.spec.name if self.spec else "this"
-        head = f"Loading {name} ({fmt_bytes(self.need)})"
-        if self.already_loaded:
-            return f"{name} is already loaded."
-        if not self.fits:
-            return f"{head} does not fit: {self.reason}"
-        if not self.evictions:
-            return f"{head} fits in the {fmt_bytes(self.free)} free of the budget."
-        parts = []
-        for verb in ("unload", "park"):
-            names = [f"{e.name} ({fmt_bytes(e.nbytes)})" for e in self.evictions if e.action == verb]
-            if names:
-                parts.append(f"{'unloads' if verb == 'unload' else 'parks in RAM'} {', '.join(names)}")
-        return f"{head} {' and '.join(parts)}."
-
-
-@dataclass(frozen=True)
-class FreeReport:
-    """What freeing a model gave back."""
-
-    name: str
-    accounted: int  # bytes the manager stopped accounting
-    observed: int | None  # bytes the probe saw come back (device or RSS), if it could tell
-    leaked: bool  # something outside the manager still holds the model
-    referrers: tuple[str, ...] = ()
-
-
 class _Busy(BudgetError):
     """A model picked for eviction was leased in the meantime; the plan is made again."""
-
-
-class Lease:
-    """A borrowed model. While any lease is open the model is never evicted. Use as a context manager."""
-
-    def __init__(self, manager: ModelManager, key: str, model: Any) -> None:
-        self._manager = manager
-        self.key = key
-        self._model = model
-        self._open = True
-
-    @property
-    def model(self) -> Any:
-        if not self._open:
-            raise RuntimeError("this lease was released; acquire the model again")
-        return self._model
-
-    def release(self) -> None:
-        if self._open:
-            self._open = False
-            self._model = None  # drop the borrowed reference so an unload can really free it
-            self._manager._release(self.key)
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-    def __del__(self) -> None:  # a forgotten lease must not pin a model forever
-        try:
-            self.release()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
-
-
-@dataclass
-class Reservation:
-    """Memory held outside this process (e.g. a fine-tune worker), accounted like a pinned model."""
-
-    owner: str
-    nbytes: int
-    pid: int | None = None
-    created: float = field(default_factory=time.time)
-    _manager: ModelManager | None = field(default=None, repr=False)
-
-    def attach_pid(self, pid: int) -> None:
-        """Attribute real use through the probe's per-process figures (NVML)."""
-        self.pid = pid
-
-    def release(self) -> None:
-        if self._manager is not None:
-            self._manager._release_reservation(self)
-            self._manager = None
-
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for out-of-memory errors from torch (CUDA or CPU allocator) and Python, without importing torch."""
-    if isinstance(exc, MemoryError):
-        return True
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "OutOfMemoryError" in names:
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "failed to allocate" in text)
-
-
-def _weak_parts(model: Any) -> list[weakref.ref]:
-    """Weak references to a loaded model and to the module or pipeline it wraps (LoadedLM.model, ...): a reference
-    kept to the inner object holds all the memory while the wrapper is long gone."""
-    parts = [model] + [getattr(model, name, None) for name in ("model", "pipeline", "pipe")]
-    refs = []
-    for part in parts:
-        if part is None or isinstance(part, (str, int, float)):
-            continue
-        try:
-            refs.append(weakref.ref(part))
-        except TypeError:
-            pass
-    return refs
-
-
-def _empty_device_cache() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        try:
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
-        except Exception:  # noqa: BLE001
-            pass
-
-
-def _trim_host_heap() -> None:
-    """Give freed host memory back to the OS (glibc keeps it otherwise, and RSS would only grow)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
 
 
 class ModelManager:
@@ -528,7 +341,7 @@ class ModelManager:
                 return None
             entry.leases += 1
             entry.last_used = time.time()
-            return Lease(self, key, entry.model)
+            return Lease(key, entry.model, self._release)
 
     def _load(self, entry: _Entry, kind, est: Estimate) -> None:
         spec = entry.spec
@@ -602,7 +415,7 @@ class ModelManager:
                 raise _Busy(f"{entry.spec.name} is in use and cannot be parked now.")
             entry.state = PARKED  # no new leases from here on
         entry.model = kind.move(entry.model, "cpu")
-        _empty_device_cache()
+        empty_device_cache()
         what = "evicted: parked in RAM" if evicted else "parked in RAM"
         self.events.add(
             "evict" if evicted else "park",
@@ -621,17 +434,14 @@ class ModelManager:
             entry.state = UNLOADED
             model, entry.model = entry.model, None
         before = self.probe.snapshot().this_process
-        refs = _weak_parts(model)  # the model and the heavy object it wraps (a reference may keep either)
+        refs = weak_parts(model)  # the model and the heavy object it wraps (a reference may keep either)
         del model
         gc.collect()
-        _empty_device_cache()
-        _trim_host_heap()
-        referrers: tuple[str, ...] = ()
-        leaked = any(r() is not None for r in refs)
-        if leaked:
-            obj = next(o for o in (r() for r in refs) if o is not None)
-            referrers = tuple(sorted({type(r).__name__ for r in gc.get_referrers(obj)} - {"frame"}))[:8]
-            del obj
+        empty_device_cache()
+        trim_host_heap()
+        referrers = survivor_referrers(refs)  # None when the model is really gone
+        leaked = referrers is not None
+        if referrers is not None:
             self.events.add(
                 "leak",
                 entry.spec.name,
@@ -647,7 +457,7 @@ class ModelManager:
         if observed is not None:
             detail += f": {fmt_bytes(observed)} came back"
         self.events.add(kind, entry.spec.name, accounted, detail)
-        report = FreeReport(entry.spec.name, accounted, observed, leaked, referrers)
+        report = FreeReport(entry.spec.name, accounted, observed, leaked, referrers or ())
         self.last_free = report
         return report
 
@@ -766,7 +576,7 @@ class ModelManager:
             entry = self._entries.get(key)
             return entry is not None and entry.state == LOADED
 
-    def models(self, kind: str, states: Sequence[str] | None = None) -> list[tuple[ModelRecord, ModelSpec]]:
+    def models(self, kind: str, states: Sequence[ModelState] | None = None) -> list[tuple[ModelRecord, ModelSpec]]:
         """The models of one kind the manager knows (in `states`, when given), most recently used first."""
         out = []
         for rec in self.records():
@@ -786,7 +596,7 @@ class ModelManager:
         """Set memory aside for another process (e.g. a fine-tune worker), evicting idle models to fit it."""
         with self._load_lock:
             self._make_room(nbytes, exclude=None)
-            r = Reservation(owner, int(nbytes), pid, _manager=self)
+            r = Reservation(owner, int(nbytes), pid, _on_release=self._release_reservation)
             with self._state_lock:
                 self._reservations.append(r)
         self.events.add("reserve", owner, nbytes, f"{fmt_bytes(nbytes)} reserved for {owner}")
@@ -802,6 +612,20 @@ class ModelManager:
 
     # ----- out of memory ----------------------------------------------------------------------------------
 
+    def oom_attempts(
+        self,
+        name: str,
+        *,
+        exclude: str | None = None,
+        degrade: Sequence[tuple[str, Callable[[], None]]] = (),
+        message: str = "",
+        tip: str = OOM_TIP,
+    ) -> Iterator[Attempt]:
+        """Attempts at work that may run out of memory (see studio/models/recovery.py): as it is, after evicting the
+        idle models but `exclude`, then after each degrade step; the last failure raises StudioOutOfMemory."""
+        evict = partial(self.evict_idle, exclude=exclude)
+        return oom_ladder(name, evict=evict, events=self.events, degrade=degrade, message=message, tip=tip)
+
     def run_with_recovery(
         self,
         fn: Callable[[], T],
@@ -810,40 +634,9 @@ class ModelManager:
         exclude: str | None = None,
         degrade: Sequence[tuple[str, Callable[[], None]]] = (),
     ) -> T:
-        """Run `fn`; on out-of-memory evict idle models and retry once, then apply each degrade step and retry.
-
-        Recovery happens outside the `except` block: a live exception pins the tensors of the failed frame.
-        Ends in StudioOutOfMemory with concrete tips; never lets the OOM escape.
-        """
-        steps: list[tuple[str, Callable[[], None] | None]] = [("", None), ("evict idle models", None), *degrade]
-        tried = []
-        last_message = ""
-        for index, (label, action) in enumerate(steps):
-            if index == 1:
-                self.evict_idle(exclude=exclude)
-            elif action is not None:
-                action()
-            if label:
-                tried.append(label)
-            failed = False
-            try:
-                return fn()
-            except BaseException as exc:  # noqa: BLE001 - filtered right here
-                if not is_oom(exc):
-                    raise
-                failed, last_message = True, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            if failed:  # outside the except block: the traceback (and its tensors) is gone
-                gc.collect()
-                _empty_device_cache()
-                self.events.add(
-                    "oom",
-                    name,
-                    0,
-                    f"out of memory in {name}"
-                    + (f" after: {', '.join(tried)}" if tried else "")
-                    + f" ({last_message})",
-                )
-        raise StudioOutOfMemory(
-            f"Out of memory in {name}, even after: {', '.join(tried) or 'retrying'}.",
-            "Unload other models in the Models tab, lower the size/batch/context, or use 4-bit precision.",
-        )
+        """`fn()` on the out-of-memory ladder: evict idle models and retry once, then each degrade step and retry;
+        StudioOutOfMemory with concrete tips at the end. Never lets the OOM escape."""
+        for attempt in self.oom_attempts(name, exclude=exclude, degrade=degrade):
+            with attempt:
+                result = fn()
+        return result  # the ladder stops after the attempt that succeeds, or raises

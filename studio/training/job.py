@@ -27,7 +27,7 @@ from typing import Any
 from studio.errors import BudgetError, InputError
 from studio.models.estimate import weights_bytes
 from studio.models.formats import WeightsInfo
-from studio.models.manager import fmt_bytes
+from studio.text import fmt_bytes
 
 MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")  # a LoRA target: q_proj, layers.0.mlp, all-linear
 

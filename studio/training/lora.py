@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import ModelLoadError, StudioError
-from studio.models.loading import model_location, pretrained_kwargs, torch_dtype
+from studio.models.loading import model_location, nf4_config, pretrained_kwargs, torch_dtype
 from studio.models.specs import ModelSpec
 from studio.training import rows as rowlib
 from studio.training.job import RunDir, TrainJob, check_disk
@@ -21,7 +21,6 @@ from studio.training.job import RunDir, TrainJob, check_disk
 
 def load_base(job: TrainJob, device_index: int = 0):
     """The base model for training: at its precision, or 4-bit NF4 for QLoRA (bitsandbytes), loaded safely."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     spec = ModelSpec(
@@ -35,14 +34,7 @@ def load_base(job: TrainJob, device_index: int = 0):
     where = model_location(spec)
     kwargs: dict[str, Any] = {**pretrained_kwargs(spec, job.offline), "dtype": torch_dtype(spec)}
     if job.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+        kwargs["quantization_config"] = nf4_config()
         kwargs["device_map"] = {"": device_index if job.device == "cuda" else "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(where, **kwargs)

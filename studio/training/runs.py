@@ -16,8 +16,11 @@ from typing import Any
 
 from studio.errors import BudgetError, InputError, StudioError
 from studio.models.estimate import weights_info
-from studio.models.manager import ModelManager, Plan, Reservation, fmt_bytes
+from studio.models.leases import Reservation
+from studio.models.manager import ModelManager
+from studio.models.records import Plan
 from studio.models.specs import ModelSpec
+from studio.text import fmt_bytes
 from studio.training.datasets import Dataset, split, write_jsonl
 from studio.training.job import (
     ACTIVE_STATES,

@@ -31,8 +31,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from studio.errors import BudgetError, DiskFullError, StudioError, is_disk_full
-from studio.models.manager import fmt_bytes
+from studio.errors import BudgetError, DiskFullError, StudioError, is_disk_full, is_oom
+from studio.text import fmt_bytes
 from studio.training import rows as rowlib
 from studio.training.datasets import read_jsonl
 from studio.training.dist import Dist
@@ -512,8 +512,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except Exception as exc:  # noqa: BLE001 - the page gets one line; worker.log gets the traceback
         traceback.print_exc()
-        from studio.models.manager import is_oom
-
         text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
         if is_disk_full(exc):
             text = f"The disk is full ({text}). Free some space on the disk of {run.path}, then press Resume."

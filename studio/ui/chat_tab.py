@@ -17,10 +17,9 @@ from studio.context import AppContext
 from studio.engines.chat import ChatParams
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
-from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec, spec_from_form
 from studio.security import require_loaded_or_owner, require_owner
-from studio.text import blank
+from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.session import StopFlags, session_key

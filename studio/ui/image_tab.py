@@ -18,9 +18,9 @@ from studio.engines.image import TINY_LABEL, TINY_SOURCE, defaults_for, lcm_appl
 from studio.engines.image_params import SAMPLER_NAMES, ImageParams, params_from_infotext, read_png_parameters
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
-from studio.models.manager import fmt_bytes
 from studio.models.specs import CATALOG, ModelSpec, spec_from_form
 from studio.security import require_loaded_or_owner
+from studio.text import fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.session import StopFlags

@@ -9,7 +9,8 @@ import html
 from dataclasses import dataclass
 
 from studio.memory.probes import MemorySnapshot
-from studio.models.manager import LOADED, ModelRecord, fmt_bytes
+from studio.models.records import LOADED, ModelRecord
+from studio.text import fmt_bytes
 
 COLORS = ("#6366f1", "#f59e0b", "#10b981", "#ec4899", "#0ea5e9", "#a855f7", "#84cc16", "#f97316")
 OTHER_COLOR = "#9ca3af"

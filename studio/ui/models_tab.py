@@ -10,9 +10,10 @@ import gradio as gr
 from studio.config import GIB
 from studio.context import AppContext
 from studio.errors import InputError
-from studio.models.manager import ModelRecord, fmt_bytes
+from studio.models.records import ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, spec_from_form
 from studio.security import require_owner
+from studio.text import fmt_bytes
 from studio.ui import messages as msg
 from studio.ui import timeline
 

@@ -18,10 +18,9 @@ from studio.engines.speech import LANGUAGES, SpeechParams, SpeechUpdate
 from studio.engines.subtitles import format_clock, format_timestamp, save_transcript
 from studio.errors import InputError
 from studio.models.estimate import Workload
-from studio.models.manager import fmt_bytes
 from studio.models.specs import ModelSpec, spec_from_form
 from studio.security import require_loaded_or_owner
-from studio.text import blank
+from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind
 from studio.ui.session import StopFlags

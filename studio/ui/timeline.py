@@ -6,7 +6,7 @@ import html
 import time
 
 from studio.memory.timeline import MemoryEvent, Sample
-from studio.models.manager import fmt_bytes
+from studio.text import fmt_bytes
 
 EVENT_COLORS = {
     "load": "#10b981",

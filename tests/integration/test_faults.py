@@ -41,7 +41,7 @@ from studio.engines.chat import ChatParams
 from studio.engines.image_params import ImageParams
 from studio.engines.speech import SpeechParams
 from studio.errors import DiskFullError, StudioOutOfMemory
-from studio.models.manager import LOADED
+from studio.models.records import LOADED
 from studio.models.specs import ModelSpec
 from studio.training.datasets import load_dataset
 from studio.training.job import TrainJob

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from studio.errors import BudgetError, StudioOutOfMemory
-from studio.models.manager import LOADED, PARKED, UNLOADED, ModelManager
+from studio.models.manager import ModelManager
+from studio.models.records import LOADED, PARKED, UNLOADED
 from studio.models.specs import ModelSpec
 from studio.models.tiny import build_tiny_causal_lm
 from tests.managers import cpu_manager

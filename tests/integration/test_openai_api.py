@@ -325,7 +325,7 @@ def scripted():
     import uvicorn
 
     from studio.api.openai import register
-    from studio.models.manager import LOADED
+    from studio.models.records import LOADED
     from studio.models.specs import ModelSpec
     from tests.ui.conftest import free_port
 

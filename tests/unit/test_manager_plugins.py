@@ -13,7 +13,8 @@ from studio.memory.timeline import EventLog
 from studio.models.calibration import Calibration
 from studio.models.estimate import Estimate, Workload
 from studio.models.kinds import KindRegistry, ModelKind
-from studio.models.manager import LOADED, ModelManager
+from studio.models.manager import ModelManager
+from studio.models.records import LOADED
 from studio.models.specs import ModelSpec
 from tests.fakes import FakeGpuProbe
 

@@ -10,7 +10,7 @@ from studio.config import GIB, StudioConfig
 from studio.context import build_context
 from studio.memory.probes import HostProbe, MemorySnapshot, NvmlProbe, ProcessMemory, detect_probe
 from studio.memory.timeline import EventLog, MemoryMonitor
-from studio.models.manager import LOADED, ModelRecord
+from studio.models.records import LOADED, ModelRecord
 from studio.ui import memory_bar, timeline
 from tests.fakes import FakeGpuProbe
 
