@@ -42,6 +42,7 @@ class StudioConfig:
     auth_file: Path | None = None  # file with one "user:password" per line
     api_key: str | None = None  # key for /v1 (Authorization: Bearer KEY); generated when sharing/listening
     allow_remote_admin: bool = False  # let remote visitors load models by path/id, change the budget, fine-tune
+    allowed_origins: str | None = None  # comma-separated web origins besides the studio's own that may call /v1
     max_upload_mb: float = 512.0  # largest file a visitor may upload (datasets, audio, images)
     max_queue: int = 64  # requests that may wait for the GPU (page and API); one more is told "busy, try again"
     budget_gb: float | None = None  # memory the models may use; None = 12 GiB capped by the device
@@ -108,6 +109,14 @@ def validate(cfg: StudioConfig) -> None:
         raise ConfigError(
             "--api-key must be at least 8 characters with no spaces.", "Leave it out to have one generated."
         )
+    from studio.security import origin_parts  # here, not at the top: security imports this module
+
+    for origin in (cfg.allowed_origins or "").split(","):
+        if origin.strip() and origin_parts(origin) is None:
+            raise ConfigError(
+                f"--allowed-origins: {origin.strip()!r} is not a web origin.",
+                "Give scheme://host[:port] with no path, e.g. --allowed-origins https://app.example,http://pc:3000",
+            )
     if not 0 < cfg.max_upload_mb <= 1024 * 1024:
         raise ConfigError(f"--max-upload-mb must be a positive number of MB, not {cfg.max_upload_mb:g}.")
     if not 1 <= cfg.max_queue <= 10_000:
@@ -237,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-remote-admin",
         action="store_true",
         help="let remote visitors load models by path or id, change the budget and start fine-tuning",
+    )
+    p.add_argument(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help="comma-separated web origins (https://app.example) whose pages may call /v1 besides the studio's own",
     )
     p.add_argument("--max-upload-mb", metavar="MB", help="largest upload a visitor may send (default 512)")
     p.add_argument(

@@ -21,7 +21,9 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
 
     from studio.api import audio, guard, images, openai
 
-    app = App()
+    # FastAPI's /openapi.json lists every route to anyone: with a login, there is no such list (Gradio's own
+    # /gradio_api/info stays behind the login)
+    app = App(openapi_url=None) if ctx.security.login else App()
     guard.register(app, ctx)  # the API key and upload limit, before any /v1 route
     openai.register(app, ctx)
     images.register(app, ctx)

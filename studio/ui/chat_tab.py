@@ -18,7 +18,7 @@ from studio.engines.chat import ChatParams
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec, spec_from_form
-from studio.security import require_loaded_or_owner, require_owner
+from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
@@ -237,10 +237,10 @@ class ChatTab:
         return gr.Dropdown(choices=adapter_folders(self.ctx)), answer_with_update(self.ctx, choice, precision, current)
 
     @msg.user_errors
-    def show_plan(self, choice: str | None, precision: str, context: int | None) -> str:
+    def show_plan(self, choice: str | None, precision: str, context: int | None, request: gr.Request = None) -> str:
         if not choice:
             return ""
-        plan = self.ctx.manager.plan(resolve_spec(self.ctx, choice, precision), workload_for(context))
+        plan = self.ctx.manager.plan(self.owned_spec(choice, precision, request), workload_for(context))
         est = plan.estimate
         return (
             f"{plan.message} Estimate: {fmt_bytes(est.total)} = weights {fmt_bytes(est.weights_bytes)} + "
@@ -264,9 +264,12 @@ class ChatTab:
     def owned_spec(self, choice: str | None, precision: str, request: Any) -> ModelSpec:
         """The chosen model, if this visitor may use it: the bundled starter is anyone's (as on /v1), other models
         the owner's to load."""
+        if str(choice).startswith(STARTER_PREFIX):
+            return resolve_spec(self.ctx, choice, precision)
+        # before the path is looked at: one answer for a remote visitor's path, whether it exists or not
+        require_loaded_choice_or_owner(self.ctx.security, self.ctx.manager, "chat", choice, request)
         spec = resolve_spec(self.ctx, choice, precision)
-        if not str(choice).startswith(STARTER_PREFIX):
-            require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
+        require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
         return spec
 
     def stream_reply(self, spec, msgs, params, adapter, stop, history, side, prefix=""):

@@ -275,6 +275,7 @@ class FinetuneTab:
 
     @msg.user_errors
     def estimate(self, form: JobForm, request: Any = None) -> str:
+        owner_only(self.ctx, request, "plan fine-tuning")  # before the base model's path is looked at
         return self.ctx.training.plan(form.job(self.ctx)).message
 
     @msg.user_errors

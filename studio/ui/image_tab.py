@@ -19,7 +19,7 @@ from studio.engines.image_params import SAMPLER_NAMES, ImageParams, params_from_
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.specs import CATALOG, ModelSpec, spec_from_form
-from studio.security import require_loaded_or_owner
+from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner
 from studio.text import fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
@@ -212,12 +212,21 @@ class ImageTab:
     def gallery(self) -> list[tuple[str, str]]:
         return gallery_items(self.ctx)
 
+    def visitor_spec(self, choice: str | None, precision: str, request: Any) -> ModelSpec:
+        """The chosen model. A remote visitor's typed path is refused before it is looked at, with one answer
+        whether it exists or not (the test pipeline is no path)."""
+        if (choice or "").strip() != TINY_SOURCE:
+            require_loaded_choice_or_owner(self.ctx.security, self.ctx.manager, "image", choice, request)
+        return resolve_spec(self.ctx, choice, precision)
+
     @msg.user_errors
-    def apply_defaults(self, choice: str | None, precision: str, restored: str | None = None) -> tuple:
+    def apply_defaults(
+        self, choice: str | None, precision: str, restored: str | None = None, request: gr.Request = None
+    ) -> tuple:
         """A model picked: its steps, CFG, size and sampler, and what loading it would take."""
         if not choice:
             return (*[gr.update()] * 6, None)
-        spec = resolve_spec(self.ctx, choice, precision)
+        spec = self.visitor_spec(choice, precision, request)
         d = defaults_for(spec)
         text = d.note
         if model_name(spec) != TINY_SOURCE:
@@ -239,7 +248,7 @@ class ImageTab:
         request: gr.Request = None,
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model not downloaded yet shows its download
     ) -> str:
-        spec = resolve_spec(self.ctx, choice, precision)
+        spec = self.visitor_spec(choice, precision, request)
         require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
         self.ctx.image.prepare(spec)
         workload = Workload(width=whole(width, "Width"), height=whole(height, "Height"))
@@ -250,7 +259,7 @@ class ImageTab:
     @msg.user_errors
     def check(self, form: DrawForm, request: Any = None) -> None:
         """Quick checks before the run is queued: a bad setting is refused with its message, nothing else moves."""
-        spec = resolve_spec(self.ctx, form.model, form.precision)
+        spec = self.visitor_spec(form.model, form.precision, request)
         form.params().check_inputs(max_side_for(spec), spec.name, lcm_applies(spec))
 
     def not_drawn(self, last: tuple | None, text: str, line: str) -> tuple:
@@ -262,7 +271,7 @@ class ImageTab:
         """Generator: the gallery grows batch by batch; the progress bar moves per step (the engine keeps the
         pipeline's own per-step tqdm bar out of it). A failure mid-run is reported in the status (and a warning) so
         the gallery keeps showing what was drawn."""
-        spec = resolve_spec(self.ctx, form.model, form.precision)
+        spec = self.visitor_spec(form.model, form.precision, request)
         require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
         params = form.params()
         stop = self.flags.start(request)

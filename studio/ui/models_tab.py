@@ -106,7 +106,9 @@ class ModelsTab:
         return text + (msg.LEAK.format(name=report.name) if report.leaked else "")
 
     @msg.user_errors
-    def plan(self, kind: str, source: str, precision: str) -> str:
+    def plan(self, kind: str, source: str, precision: str, request: gr.Request = None) -> str:
+        # before the path is looked at: a remote visitor learns nothing of the server's files from the answer
+        require_owner(self.ctx.security, request, "load models by path or Hub id")
         return self.manager.plan(spec_from_form(self.ctx.device, kind, source, precision)).message
 
     @msg.user_errors

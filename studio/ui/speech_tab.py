@@ -19,7 +19,7 @@ from studio.engines.subtitles import format_clock, format_timestamp, save_transc
 from studio.errors import InputError
 from studio.models.estimate import Workload
 from studio.models.specs import ModelSpec, spec_from_form
-from studio.security import require_loaded_or_owner
+from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner
 from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind
@@ -201,11 +201,21 @@ class SpeechTab:
         self.ctx = ctx
         self.flags = StopFlags()
 
+    def visitor_spec(self, choice: str | None, precision: str, request: Any) -> ModelSpec:
+        """The chosen model, if this visitor may use it: the bundled starter is anyone's, others the owner's. A remote
+        visitor's typed path is refused before it is looked at, with one answer whether it exists or not."""
+        if str(choice).startswith(STARTER_PREFIX):
+            return resolve_spec(self.ctx, choice, precision)
+        require_loaded_choice_or_owner(self.ctx.security, self.ctx.manager, "speech", choice, request)
+        spec = resolve_spec(self.ctx, choice, precision)
+        require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
+        return spec
+
     @msg.user_errors
-    def show_plan(self, choice: str | None, precision: str) -> str:
+    def show_plan(self, choice: str | None, precision: str, request: gr.Request = None) -> str:
         if not choice:
             return ""
-        plan = self.ctx.manager.plan(resolve_spec(self.ctx, choice, precision), Workload(batch=5))
+        plan = self.ctx.manager.plan(self.visitor_spec(choice, precision, request), Workload(batch=5))
         est = plan.estimate
         return (
             f"{plan.message} Estimate: {fmt_bytes(est.total)} = weights {fmt_bytes(est.weights_bytes)} + "
@@ -218,9 +228,7 @@ class SpeechTab:
         audio_path = form.video or form.audio  # only one is set: choosing one clears the other
         if not audio_path:
             raise InputError(msg.NO_RECORDING)
-        spec = resolve_spec(self.ctx, form.model, form.precision)
-        if not str(form.model).startswith(STARTER_PREFIX):  # the bundled starter is anyone's; others the owner's
-            require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
+        spec = self.visitor_spec(form.model, form.precision, request)
         params = form.params()
         stop = self.flags.start(request)
         name = Path(audio_path).name

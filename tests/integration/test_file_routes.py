@@ -285,7 +285,8 @@ def test_gradio_json_over_the_limit_is_refused_and_small_json_still_works(studio
 
 def test_v1_small_chunked_body_reaches_the_route(studio):
     body = b'{"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}'
-    r = httpx.post(studio.url + "v1/chat/completions", content=iter([body]), timeout=30)  # an iterator: chunked
+    json_type = {"content-type": "application/json"}
+    r = httpx.post(studio.url + "v1/chat/completions", content=iter([body]), headers=json_type, timeout=30)  # chunked
     assert "content-length" not in r.request.headers
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
 

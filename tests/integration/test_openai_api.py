@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -430,3 +431,42 @@ def test_request_fields_map_onto_chat_params():
         with pytest.raises(ApiError) as err:
             parse_request({"model": "m", "messages": HELLO, **bad})
         assert err.value.status == 400 and err.value.param == param
+
+
+def test_cross_site_pages_cannot_drive_the_api(studio):
+    """A page on another site can post text/plain, forms and multipart without asking first: refused by its Origin,
+    before anything runs or is saved. The studio's own page and clients that send no Origin go through."""
+    from tests.ui.conftest import ROOT
+
+    def saved() -> list:
+        return sorted(p for p in (studio.data_dir / "outputs").rglob("*") if p.is_file())
+
+    before = saved()
+    body = json.dumps({"model": TINY, "messages": HELLO, **GREEDY})
+    evil = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
+    port = studio.url.rstrip("/").rsplit(":", 1)[1]
+    rebound = {**evil, "Origin": f"http://evil.example:{port}", "Host": f"evil.example:{port}"}  # DNS rebinding
+    for headers in (evil, {**evil, "Content-Type": "application/json"}, rebound):
+        r = httpx.post(studio.url + "v1/chat/completions", content=body, headers=headers, timeout=60)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin", r.text
+    image = json.dumps({"prompt": "a cat", "model": "tiny-sd", "size": "64x64"})
+    r = httpx.post(studio.url + "v1/images/generations", content=image, headers=evil, timeout=60)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin", r.text
+    recording = (ROOT / "assets" / "speech-sample.ogg").read_bytes()
+    r = httpx.post(
+        studio.url + "v1/audio/transcriptions",
+        files={"file": ("a.ogg", recording)},
+        data={"model": "whisper-1"},
+        headers={"Origin": "http://evil.example"},
+        timeout=60,
+    )
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_origin", r.text
+    # JSON only as JSON, whoever sends it
+    r = httpx.post(studio.url + "v1/chat/completions", content=body, headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+    assert saved() == before
+    # the studio's own page, on either loopback name
+    for origin in (studio.url.rstrip("/"), f"http://localhost:{port}"):
+        headers = {"Origin": origin, "Content-Type": "application/json"}
+        r = httpx.post(studio.url + "v1/chat/completions", content=body, headers=headers, timeout=120)
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text

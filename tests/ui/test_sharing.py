@@ -116,3 +116,59 @@ def test_remote_visitors_use_the_owners_models_but_cannot_train_or_load_their_ow
     assert event == "complete" and " loaded: " in data, data
     event, data = gradio_call(local, "chat", chat(model=lm, max_new=4), visitor)
     assert event == "complete" and "tok/s" in data, data
+
+
+def test_the_route_list_is_behind_the_login(shared):
+    r = httpx.get(shared.url + "openapi.json", timeout=10)
+    assert r.status_code in (401, 403, 404) and "/v1/chat/completions" not in r.text, r.text[:300]
+    for page in ("docs", "redoc"):
+        r = httpx.get(shared.url + page, timeout=10)
+        assert "openapi.json" not in r.text and "swagger" not in r.text.lower(), r.text[:300]
+
+
+def test_repeated_wrong_passwords_and_keys_are_locked_out(shared):
+    """Per client: a visitor through a proxy (its own X-Forwarded-For) is locked out, the owner is not."""
+    visitor = {"X-Forwarded-For": "203.0.113.77"}
+    wrong = {"username": "studio", "password": "not-the-password"}
+    for _ in range(10):
+        assert httpx.post(shared.url + "login", data=wrong, headers=visitor, timeout=10).status_code == 400
+    right = {"username": "studio", "password": shared.password}
+    r = httpx.post(shared.url + "login", data=right, headers=visitor, timeout=10)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0, r.text
+    assert httpx.post(shared.url + "login", data=right, timeout=10).status_code == 200
+    guesser = {"X-Forwarded-For": "203.0.113.78", "Authorization": "Bearer sk-guess-000000"}
+    for _ in range(10):
+        assert httpx.get(shared.url + "v1/models", headers=guesser, timeout=10).status_code == 401
+    key = {"Authorization": f"Bearer {shared.api_key}"}
+    r = httpx.get(shared.url + "v1/models", headers={**guesser, **key}, timeout=10)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_failures" and r.headers["retry-after"]
+    assert httpx.get(shared.url + "v1/models", headers=key, timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "proxied",
+    [{"Forwarded": "for=203.0.113.9"}, {"X-Real-IP": "203.0.113.9"}, {"X-Forwarded-Host": "studio.example.com"}],
+)
+def test_a_visitor_through_a_proxy_on_this_machine_is_remote(local, proxied):
+    event, data = gradio_call(local, "models_budget", [1.0, 0.1], proxied)
+    assert event == "error" and "Remote visitors cannot change the memory budget" in data, data
+
+
+def test_remote_visitors_get_one_answer_for_any_server_path(local, tmp_path):
+    visitor = {"Host": "visitor.gradio.live", "X-Forwarded-For": "203.0.113.9"}
+    existing = tmp_path / "secret.txt"
+    existing.write_text("not a model")
+    paths = [str(existing), str(tmp_path / "missing.txt"), str(tmp_path)]
+    calls = {
+        "models_plan": lambda p: ["chat", p, "fp32"],
+        "chat_plan": lambda p: [p, "fp32", 2048],
+        "speech_plan": lambda p: [p, "int8"],
+        "image_model": lambda p: [p, "fp32", None],
+    }
+    for api_name, args in calls.items():
+        answers = set()
+        for path in paths:
+            event, data = gradio_call(local, api_name, args(path), visitor)
+            assert event == "error" and "Remote visitors" in data, (api_name, data)
+            answers.add(data.replace(path, "PATH"))
+        assert len(answers) == 1, (api_name, answers)

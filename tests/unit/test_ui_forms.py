@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gradio as gr
 import pytest
 
@@ -134,7 +136,10 @@ def test_handlers_are_called_directly_with_a_form(ctx, tmp_path):
     values.update(model="/no/such/base", method="lora", rank=16, alpha=32, dropout=0.05, targets="", lr=2e-4)
     values.update(schedule="cosine", warmup=0.03, epochs=1, max_steps=0, batch=1, accum=1, cutoff=256)
     values.update(packing=True, checkpointing=False, on_prompt=False, eval_every=10, seed=1, keep=1)
+    owner = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"), headers={"host": "127.0.0.1:7860"})
     with pytest.raises(gr.Error, match="no such model folder"):
-        FinetuneTab(ctx).estimate(JobForm(**values))
+        FinetuneTab(ctx).estimate(JobForm(**values), request=owner)
+    with pytest.raises(gr.Error, match="Remote visitors cannot plan fine-tuning"):  # before the path is looked at
+        FinetuneTab(ctx).estimate(JobForm(**values), request=SimpleNamespace(client=None, headers={}))
     with pytest.raises(InputError, match="Rank must be a whole number"):
         JobForm(**{**values, "model": str(tmp_path), "rank": None}).job(ctx)
