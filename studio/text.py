@@ -7,6 +7,7 @@ the second breaks tokenizers and file writers deep inside a run. Both are caught
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 
@@ -39,4 +40,14 @@ def invalid_text(text: str, what: str) -> str | None:
             f"{what} is not valid Unicode text: character {at + 1} is a lone surrogate "
             f"(U+{ord(text[at]):04X}). Send it as UTF-8 text."
         )
+    return None
+
+
+def json_limit(exc: BaseException) -> str | None:
+    """Why `json.loads` refused a text that may well be valid JSON, in words: nesting deeper than Python's reader
+    recurses, or an integer longer than Python converts. None for any other failure (a syntax error says its own)."""
+    if isinstance(exc, RecursionError):
+        return "it nests arrays or objects too deeply to read (about 900 levels at most)"
+    if type(exc) is ValueError and "digits" in str(exc):  # not JSONDecodeError: Python's int-length limit
+        return f"it holds a whole number longer than {sys.get_int_max_str_digits()} digits"
     return None
