@@ -19,13 +19,14 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
     """
     from gradio.routes import App
 
-    from studio.api import audio, guard, images, openai
+    from studio.api import audio, gradio_routes, guard, images, openai
 
     app = App()
     guard.register(app, ctx)  # the API key and upload limit, before any /v1 route
     openai.register(app, ctx)
     images.register(app, ctx)
     audio.register(app, ctx)
+    gradio_routes.register(app)  # an unknown api_name or fn_index: a 404 naming it, not Gradio's 500
     share = launch_kwargs.pop("share", False)
     launch_kwargs.setdefault("max_file_size", ctx.security.max_upload_bytes)
     if not share:
