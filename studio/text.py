@@ -8,6 +8,7 @@ the second breaks tokenizers and file writers deep inside a run. Both are caught
 
 from __future__ import annotations
 
+import sys
 import unicodedata
 
 
@@ -55,3 +56,13 @@ def fmt_bytes(n: int | float | None) -> str:
             value = n / size
             return f"{value:.1f} {unit}" if abs(value) < 100 or unit == "KB" else f"{value:.0f} {unit}"
     return f"{n:.0f} B"
+
+
+def json_limit(exc: BaseException) -> str | None:
+    """Why `json.loads` refused a text that may well be valid JSON, in words: nesting deeper than Python's reader
+    recurses, or an integer longer than Python converts. None for any other failure (a syntax error says its own)."""
+    if isinstance(exc, RecursionError):
+        return "it nests arrays or objects too deeply to read (about 900 levels at most)"
+    if type(exc) is ValueError and "digits" in str(exc):  # not JSONDecodeError: Python's int-length limit
+        return f"it holds a whole number longer than {sys.get_int_max_str_digits()} digits"
+    return None

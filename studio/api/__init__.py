@@ -19,7 +19,7 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
     """
     from gradio.routes import App
 
-    from studio.api import audio, guard, images, openai
+    from studio.api import audio, gradio_routes, guard, images, openai
 
     # FastAPI's /openapi.json lists every route to anyone: with a login, there is no such list (Gradio's own
     # /gradio_api/info stays behind the login)
@@ -28,6 +28,7 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
     openai.register(app, ctx)
     images.register(app, ctx)
     audio.register(app, ctx)
+    gradio_routes.register(app)  # an unknown api_name or fn_index: a 404 naming it, not Gradio's 500
     share = launch_kwargs.pop("share", False)
     launch_kwargs.setdefault("max_file_size", ctx.security.max_upload_bytes)
     if not share:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shutil
 import tempfile
 import threading
@@ -182,7 +183,8 @@ def response_body(transcript: Transcript, fmt: str, granularities: set[str]) -> 
 async def _save_upload(upload: Any, folder: Path, limit: int) -> Path:
     """Copy the uploaded file to `folder`, keeping its name's extension; over `limit` bytes is a 413."""
     name = Path(getattr(upload, "filename", "") or "audio").name
-    target = folder / f"{safe_stem(name)}{Path(name).suffix[:10]}"
+    suffix = re.sub(r"[^A-Za-z0-9]", "", Path(name).suffix)[:10]  # a NUL or a slash would break open()
+    target = folder / (f"{safe_stem(name)}.{suffix}" if suffix else safe_stem(name))
     size = 0
     with open(target, "wb") as out:
         while chunk := await upload.read(1 << 20):

@@ -22,7 +22,7 @@ import fastapi
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from studio.api.openai import ApiError, api_error
+from studio.api.openai import ApiError, api_error, bad_json
 from studio.engines.image import TINY_SOURCE, defaults_for, model_name
 from studio.engines.image_params import MAX_BATCH_SIZE, SAMPLER_NAMES, ImageParams
 from studio.models.records import LOADED, PARKED
@@ -154,8 +154,8 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
         try:
             try:
                 body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiError(400, f"The request body is not valid JSON ({exc}).") from None
+            except (ValueError, RecursionError) as exc:
+                raise bad_json(exc) from None
             model_id, given = parse_request(body)
             result = await run_in_threadpool(generate, ctx, model_id, given)
         except Exception as exc:  # noqa: BLE001 - every failure answers in OpenAI's error shape

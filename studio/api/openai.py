@@ -42,6 +42,7 @@ from studio.errors import (
 )
 from studio.models.records import LOADED, PARKED
 from studio.models.specs import ModelSpec
+from studio.text import json_limit
 
 if TYPE_CHECKING:
     from studio.context import AppContext
@@ -107,6 +108,15 @@ class CompletionRequest:
     stream: bool  # answer as Server-Sent Events
     include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
     stops: tuple[str, ...]  # cut the reply before the first of these
+
+
+def bad_json(exc: ValueError | RecursionError) -> ApiError:
+    """The 400 for a body `json.loads` refused: bad JSON, or valid JSON beyond what Python reads (nesting, digits).
+    JSONDecodeError and UnicodeDecodeError are ValueErrors."""
+    limit = json_limit(exc)
+    if limit:
+        return ApiError(400, f"The request body cannot be read: {limit}.")
+    return ApiError(400, f"The request body is not valid JSON ({exc}).")
 
 
 def _field(body: dict, name: str, types: tuple[type, ...], what: str) -> Any:
@@ -407,8 +417,8 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
         try:
             try:
                 body = json.loads(await request.body())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ApiError(400, f"The request body is not valid JSON ({exc}).") from None
+            except (ValueError, RecursionError) as exc:
+                raise bad_json(exc) from None
             req = parse_request(body)
             served = resolve_model(ctx, req.model)
         except ApiError as exc:

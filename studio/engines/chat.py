@@ -115,7 +115,14 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
         if role not in ROLES:
             raise InputError(f"Message {i + 1} has role {role!r}; use system, user or assistant.")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+            texts = []
+            for j, part in enumerate(content):
+                text = part.get("text", "") if isinstance(part, dict) else ""
+                if not isinstance(text, str):
+                    shown = "null" if text is None else repr(text)[:40]
+                    raise InputError(f"Message {i + 1}'s content part {j + 1} has 'text' {shown}; it must be text.")
+                texts.append(text)
+            content = "".join(texts)
         if not isinstance(content, str):
             raise InputError(f"Message {i + 1}'s content must be text.")
         reason = invalid_text(content, f"Message {i + 1}")

@@ -9,7 +9,10 @@ read one back (from this studio, A1111 or Forge), and `read_png_parameters` take
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -151,6 +154,11 @@ class ImageParams:
 _RE_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')  # as A1111's infotext_utils
 _RE_SIZE = re.compile(r"^(\d+)x(\d+)$")
 VERSION = "ML Studio"
+MAX_RESTORED_INT = 10**18  # a step count, seed or side read back beyond this is not one
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+KEYWORD = b"parameters\0"  # a text chunk's data: its keyword, a NUL, then the text
+MAX_PARAMETERS_BYTES = 1 << 20  # a parameters text is a few hundred bytes; 1 MB is far past any real one
 
 
 def _quote(text: Any) -> str:
@@ -229,18 +237,31 @@ class Restored:
     notes: tuple[str, ...]
 
 
-def params_from_infotext(text: str, base: ImageParams | None = None) -> Restored:
-    """ImageParams from a parameters text; fields it lacks keep `base`'s values."""
+def params_from_infotext(text: str, base: ImageParams | None = None, where: str = "The parameters text") -> Restored:
+    """ImageParams from a parameters text; fields it lacks keep `base`'s values. A number no setting can hold
+    (inf, nan, 400 digits) raises InputError starting with `where`."""
     fields = parse_infotext(text)
     p = base or ImageParams()
     notes: list[str] = []
     changes: dict[str, Any] = {"prompt": fields["Prompt"], "negative_prompt": fields["Negative prompt"]}
 
     def number(key: str, kind: type) -> Any:
+        """The field as a number; None when it is missing or not a number (the setting stays as it is)."""
+        raw = fields.get(key)
         try:
-            return kind(float(fields[key])) if kind is int else kind(fields[key])
-        except (KeyError, ValueError):
+            value = float(raw) if raw is not None else None
+        except ValueError:
             return None
+        if value is None:
+            return None
+        whole = math.isfinite(value) and value == int(value) and abs(value) <= MAX_RESTORED_INT
+        if not math.isfinite(value) or (kind is int and not whole):
+            shown = raw if len(raw) <= 40 else f"{raw[:20]}… ({len(raw)} characters)"
+            raise InputError(
+                f"{where} says {key.split('-')[0]}: {shown}, which is not a number the studio can use.",
+                "Type the setting in by hand.",
+            )
+        return int(value) if kind is int else value
 
     for key, name, kind in (
         ("Steps", "steps", int),
@@ -263,18 +284,62 @@ def params_from_infotext(text: str, base: ImageParams | None = None) -> Restored
 
 
 def read_png_parameters(path: str | Path) -> str:
-    """The `parameters` text chunk of a PNG (as A1111 and this studio write it)."""
-    from PIL import Image, UnidentifiedImageError
-
+    """The `parameters` text chunk of a PNG (tEXt, zTXt or iTXt, as A1111 and this studio write it). Only the
+    chunks are read, never the pixels (a header may claim any size), and at most MAX_PARAMETERS_BYTES of text."""
+    name = Path(path).name
     try:
-        with Image.open(path) as img:
-            img.load()
-            text = img.info.get("parameters") or getattr(img, "text", {}).get("parameters")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"{Path(path).name}: not an image file ({type(exc).__name__}).") from None
+        with open(path, "rb") as f:
+            if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise InputError(f"{name}: not an image file (a PNG starts with its signature; this does not).")
+            text = _parameters_chunk(f, name)
+    except OSError as exc:
+        raise InputError(f"{name}: the file cannot be read ({exc.strerror or type(exc).__name__}).") from None
     if not text:
         raise InputError(
-            f"{Path(path).name} holds no generation parameters (no 'parameters' text chunk).",
+            f"{name} holds no generation parameters (no 'parameters' text chunk).",
             "Drop a PNG saved by this studio or by AUTOMATIC1111 / Forge.",
         )
-    return str(text)
+    return text
+
+
+def _parameters_chunk(f: Any, name: str) -> str | None:
+    """Walk the PNG's chunks (length, type, data, CRC) to the first text chunk whose keyword is `parameters`."""
+    too_large = InputError(
+        f"{name}: its parameters text is larger than the {MAX_PARAMETERS_BYTES // 1024**2} MB the studio reads.",
+        "A parameters text is a few hundred bytes: this PNG does not hold one the studio can restore.",
+    )
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            return None  # the file ends before IEND: whatever it held is read
+        length, kind = struct.unpack(">I4s", head)
+        if kind == b"IEND":
+            return None
+        start = f.tell()
+        if kind in TEXT_CHUNKS and length >= len(KEYWORD) and f.read(len(KEYWORD)) == KEYWORD:
+            if length > MAX_PARAMETERS_BYTES:
+                raise too_large
+            data = f.read(length - len(KEYWORD))
+            try:
+                return _chunk_text(kind, data, too_large)
+            except (zlib.error, ValueError, IndexError):
+                raise InputError(f"{name}: its parameters text chunk is damaged and cannot be read.") from None
+        f.seek(start + length + 4)  # past the data and its CRC
+
+
+def _chunk_text(kind: bytes, data: bytes, too_large: InputError) -> str:
+    """The text of a tEXt (Latin-1), zTXt (Latin-1, compressed) or iTXt (UTF-8, maybe compressed) chunk's data
+    after its keyword; decompressing stops at MAX_PARAMETERS_BYTES."""
+    compressed = kind == b"zTXt"
+    encoding = "latin-1"
+    if kind == b"zTXt":
+        data = data[1:]  # the compression method (0: zlib)
+    elif kind == b"iTXt":
+        compressed, encoding = data[0] == 1, "utf-8"
+        data = data[2:].split(b"\0", 2)[2]  # past the method, the language tag and the translated keyword
+    if compressed:
+        inflate = zlib.decompressobj()
+        data = inflate.decompress(data, MAX_PARAMETERS_BYTES + 1)
+        if len(data) > MAX_PARAMETERS_BYTES or inflate.unconsumed_tail:
+            raise too_large
+    return data.decode(encoding)

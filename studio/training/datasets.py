@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import InputError
+from studio.text import json_limit
 
 MIB = 1024**2
 UPLOAD_LIMIT_BYTES = 200 * MIB  # larger datasets are refused before they are read
@@ -253,7 +254,10 @@ def _read_csv(path: Path, text: str, delimiter: str) -> Table:
 def _read_json(path: Path, text: str) -> Table:
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:
+        limit = json_limit(exc)
+        if limit or not isinstance(exc, json.JSONDecodeError):
+            raise DatasetError(f"{path.name} cannot be read: {limit or exc}.") from None
         raise DatasetError(
             f"{path.name} is not valid JSON: {exc.msg} on line {exc.lineno}, column {exc.colno}.",
             "If it has one object per line, name it .jsonl instead.",
@@ -285,9 +289,12 @@ def _read_jsonl(path: Path, text: str, skip_bad: bool) -> Table:
             row = json.loads(line)
             if not isinstance(row, dict):
                 raise ValueError(f"it is a JSON {type(row).__name__}, not an object")
-        except (json.JSONDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:
             why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-            problem = f"line {number} is not a JSON object ({why})"
+            limit = json_limit(exc)
+            problem = (
+                f"line {number} cannot be read: {limit}" if limit else f"line {number} is not a JSON object ({why})"
+            )
             if not skip_bad:
                 raise DatasetError(f"{path.name}: {problem}.", SKIP_TIP, row=number, skippable=True) from None
             skipped.append(problem)
@@ -435,7 +442,7 @@ def shape_row(row: dict[str, Any], mapping: ColumnMap, where: str) -> dict[str, 
     if isinstance(turns, str):  # a CSV cell or a parquet string column holding JSON
         try:
             turns = json.loads(turns)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or JSON beyond what Python reads
             raise DatasetError(
                 f"{where}: '{mapping.messages}' is text, not a list of turns.", SKIP_TIP, skippable=True
             ) from None

@@ -303,7 +303,7 @@ class ImageTab:
 
     def restored(self, text: str, form: RestoreForm | ReuseForm, path: str) -> list:
         """The settings, the model (switched when the PNG names another one in the list) and what was done."""
-        restored = params_from_infotext(text, form.current())
+        restored = params_from_infotext(text, form.current(), where=f"{Path(path).name}'s parameters text")
         notes = list(restored.notes)
         p = restored.params
         values = [p.prompt, p.negative_prompt, p.sampler, p.steps, p.cfg_scale, p.width, p.height, p.seed, p.strength]

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import re
+import typing
 from typing import Any
 
 import gradio as gr
@@ -112,8 +113,31 @@ def unreadable(block_fn: Any, inputs: list[Any], exc: BaseException) -> str:
     return msg.INPUT_UNREADABLE.format(label=label, value=short(value))
 
 
+def event_data_problem(block_fn: Any, event_data: Any) -> str | None:
+    """Why the handler cannot get the event data it takes (gr.SelectData, ...), or None when it can. The page sends
+    it with each click; an API call sends none, and Gradio would fail building it with a TypeError."""
+    try:
+        hints = typing.get_type_hints(block_fn.fn)
+    except Exception:  # noqa: BLE001 - a hint that does not resolve: Gradio does not fill it in either
+        return None
+    for hint in hints.values():
+        if isinstance(hint, type) and issubclass(hint, gr.EventData):
+            try:
+                hint(getattr(event_data, "target", None), getattr(event_data, "_data", None))
+            except Exception:  # noqa: BLE001 - no event data, or not of the event's shape
+                return msg.EVENT_ONLY.format(action=block_fn.api_name or block_fn.name)
+    return None
+
+
 class StudioBlocks(gr.Blocks):
     """gr.Blocks whose events answer a value they cannot read with a message that names the widget."""
+
+    async def process_api(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        problem = event_data_problem(fn, kwargs.get("event_data"))
+        if problem:
+            raise gr.Error(problem)
+        return await super().process_api(block_fn, inputs, *args, **kwargs)
 
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False):
         blocks = list(block_fn.inputs)

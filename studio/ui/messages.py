@@ -57,6 +57,10 @@ FILE_SHAPE = (
 CHATBOT_SHAPE = (
     '{label} takes a list of messages such as {{"role": "user", "content": [{{"type": "text", "text": "Hello"}}]}}.'
 )
+EVENT_ONLY = (
+    "'{action}' answers a click on the page and takes what was clicked from the page itself; an API call cannot "
+    "send that. GET /gradio_api/info lists the actions an API client can call."
+)
 NOT_AN_IMAGE = "{label}: {name} is not an image the studio can read. Upload a PNG, JPEG or WebP file."
 
 # what a form lacks: the page says it before anything runs

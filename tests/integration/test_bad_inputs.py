@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import wave
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,33 @@ def bad_files(tmp_path_factory) -> Path:
     (folder / "good.csv").write_text("instruction,output\nSay hi,hi\n")
     (folder / "no-weights").mkdir()
     (folder / "no-weights" / "config.json").write_text("{}")
+    # a row nested 100,000 deep, and one holding a whole number of 5,000 digits
+    (folder / "deep.jsonl").write_text('{"text": "fine"}\n' + '{"a": ' * 100_000 + "1" + "}" * 100_000 + "\n")
+    (folder / "digits.jsonl").write_text('{"text": "fine", "n": ' + "9" * 5000 + "}\n")
+    # PNGs whose parameters hold numbers no setting can take, a 200 MB zTXt chunk, a 100000x100000 header
+    for name, field in (
+        ("seed-1e999", "Seed: 1e999"),
+        ("steps-400-digits", "Steps: " + "9" * 400),
+        ("cfg-nan", "CFG scale: nan"),
+    ):
+        text = f"parameters\0a lighthouse\n{field}, Sampler: Euler a, Size: 64x64"
+        write_png(folder / f"{name}.png", 8, 8, png_chunk(b"tEXt", text.encode()))
+    squeeze = zlib.compressobj(9)
+    huge = squeeze.compress(b"a" * (200 << 20)) + squeeze.flush()  # 200 MB of text in about 200 kB
+    write_png(folder / "ztxt-200mb.png", 8, 8, png_chunk(b"zTXt", b"parameters\0\0" + huge))
+    write_png(folder / "bomb.png", 100_000, 100_000)
     return folder
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_png(path: Path, width: int, height: int, *chunks: bytes) -> None:
+    """A PNG with this header and these chunks before one tiny IDAT (the pixels do not match a large header)."""
+    header = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    pixels = png_chunk(b"IDAT", zlib.compress(b"\0" * 25))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + header + b"".join(chunks) + pixels + png_chunk(b"IEND", b""))
 
 
 def upload(studio, path: Path) -> dict[str, Any]:
@@ -331,6 +358,23 @@ GRADIO_CASES = [
         ("Invalid file type", ".png"),
         id="image-restore-wrong-type",
     ),
+    *(
+        P(
+            "image_restore",
+            [Up(f"{name}.png"), "tiny-sd", "fp32", "a", "", "Euler a", 4, 7, 64, 64, -1, 0.75],
+            expected,
+            id=f"image-restore-{name}",
+        )
+        for name, expected in (
+            ("seed-1e999", ("seed-1e999.png's parameters text says Seed: 1e999", "not a number the studio can use")),
+            ("steps-400-digits", ("says Steps: 99999", "(400 characters)", "not a number the studio can use")),
+            ("cfg-nan", ("says CFG scale: nan, which is not a number",)),
+            ("ztxt-200mb", ("ztxt-200mb.png: its parameters text is larger than the 1 MB the studio reads",)),
+            ("bomb", ("bomb.png holds no generation parameters",)),
+        )
+    ),
+    P("image_select", [], ("'image_select' answers a click on the page",), id="image-select-through-the-api"),
+    P("image_select", [{"index": 0}], ("an API call cannot send that",), id="image-select-with-a-value"),
     P(
         "image_load",
         ["tiny-sd", "fp32", 64, float("nan")],
@@ -397,6 +441,18 @@ GRADIO_CASES = [
     P("ft_analyse", analyse(Up("junk.jsonl")), ("junk.jsonl looks like binary data",), id="ft-binary-junk"),
     P("ft_analyse", analyse(Up("broken.jsonl")), ("line 2 is not a JSON object",), id="ft-bad-jsonl"),
     P("ft_analyse", analyse(Up("empty.jsonl")), ("empty.jsonl is empty",), id="ft-empty-dataset"),
+    P(
+        "ft_analyse",
+        analyse(Up("deep.jsonl")),
+        ("deep.jsonl: line 2 cannot be read: it nests arrays or objects too deeply",),
+        id="ft-jsonl-nested-100000-deep",
+    ),
+    P(
+        "ft_analyse",
+        analyse(Up("digits.jsonl")),
+        ("digits.jsonl: line 1 cannot be read: it holds a whole number longer than 4300 digits",),
+        id="ft-jsonl-5000-digit-number",
+    ),
     P("ft_analyse", analyse(Up("utf16.csv")), ("UTF-16", "must be UTF-8"), id="ft-utf16-csv"),
     P("ft_analyse", analyse(Up("notes.wav")), ("Invalid file type", ".jsonl"), id="ft-wav-as-dataset"),
     P("ft_analyse", analyse({"path": "/etc/hostname"}), ("was not uploaded to this studio",), id="ft-server-path"),
@@ -477,6 +533,28 @@ V1_CASES = [
     P(CHAT, {"raw": b"{not json"}, 400, ("not valid JSON",), id="v1-chat-invalid-json"),
     P(CHAT, {"raw": b"\xff\xfe\x00\x01binary"}, 400, ("not valid JSON",), id="v1-chat-binary-body"),
     P(CHAT, {"json": [1, 2]}, 400, ("must be a JSON object",), id="v1-chat-array-body"),
+    P(CHAT, {"raw": b"[" * 100_000}, 400, ("nests arrays or objects too deeply",), id="v1-chat-100000-brackets"),
+    P(
+        CHAT,
+        {"raw": b'{"model": "x", "n": ' + b"9" * 5000 + b"}"},
+        400,
+        ("a whole number longer than 4300 digits",),
+        id="v1-chat-5000-digit-number",
+    ),
+    P(
+        CHAT,
+        {"json": completion(messages=[{"role": "user", "content": [{"type": "text", "text": 5}]}])},
+        400,
+        ("Message 1's content part 1 has 'text' 5",),
+        id="v1-chat-part-text-number",
+    ),
+    P(
+        CHAT,
+        {"json": completion(messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"text": None}]}])},
+        400,
+        ("Message 1's content part 2 has 'text' null",),
+        id="v1-chat-part-text-null",
+    ),
     P(CHAT, {"json": {"messages": HELLO}}, 400, ("'model' is required",), id="v1-chat-no-model"),
     P(CHAT, {"json": completion(model="gpt-9")}, 404, ("'gpt-9' is not available",), id="v1-chat-unknown-model"),
     P(CHAT, {"json": completion(messages=[])}, 400, ("'messages' is empty",), id="v1-chat-empty-messages"),
@@ -548,6 +626,7 @@ V1_CASES = [
     P(CHAT, {"json": completion(stop=["a", "b", "c", "d", "e"])}, 400, ("up to 4",), id="v1-chat-five-stops"),
     # --- /v1/images/generations
     P(IMAGES, {"json": {"model": "tiny-sd"}}, 400, ("'prompt' is required",), id="v1-images-no-prompt"),
+    P(IMAGES, {"raw": b"[" * 100_000}, 400, ("nests arrays or objects too deeply",), id="v1-images-100000-brackets"),
     P(
         IMAGES,
         {"json": drawing(prompt="\u200b\u2060")},
@@ -610,6 +689,13 @@ V1_CASES = [
     P(SPEECH, {"file": "empty.wav"}, 400, ("empty.wav is empty (0 bytes)",), id="v1-audio-empty-file"),
     P(
         SPEECH,
+        {"file": "cut.wav", "filename": "cut.w\x00av"},
+        400,
+        ("is a truncated WAV file",),
+        id="v1-audio-nul-in-file-name",
+    ),
+    P(
+        SPEECH,
         {"file": "full.wav", "data": {"response_format": "docx"}},
         400,
         ("'response_format' must be one of",),
@@ -648,10 +734,20 @@ V1_CASES = [
 ]
 
 
+def multipart_raw(filename: str, data: bytes) -> tuple[bytes, str]:
+    """A multipart body with one 'file' field whose file name goes byte for byte, and its content type."""
+    boundary = "bad-inputs-boundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n\r\n'
+    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
 @pytest.mark.parametrize(("route", "request_", "status", "expected"), V1_CASES)
 def test_v1_route_refuses_bad_input(studio, bad_files, route, request_, status, expected):
     with httpx.Client(base_url=studio.url, timeout=120) as client:
-        if "raw" in request_ or "json" in request_:
+        if "filename" in request_:  # sent as written: httpx would percent-encode a NUL in it
+            body, content_type = multipart_raw(request_["filename"], (bad_files / request_["file"]).read_bytes())
+            r = client.post(route, content=body, headers={"content-type": content_type})
+        elif "raw" in request_ or "json" in request_:
             raw = request_.get("raw")
             if raw is None:
                 raw = json.dumps(request_["json"], allow_nan=True).encode()
@@ -668,6 +764,29 @@ def test_v1_route_refuses_bad_input(studio, bad_files, route, request_, status, 
     error = r.json()["error"]
     assert error["type"] in ("invalid_request_error", "server_error") and "code" in error and "param" in error
     assert_specific(error["message"], expected)
+    assert_still_serving(studio)
+
+
+# ----- Gradio's own routes: an event the studio does not have ----------------------------------------------------
+
+UNKNOWN_EVENTS = [
+    P("gradio_api/call/no_such_action", {"data": []}, "no action named 'no_such_action'", id="call-unknown-name"),
+    P("gradio_api/call/v2/no_such_action", {}, "no action named 'no_such_action'", id="call-v2-unknown-name"),
+    P("gradio_api/run/no_such_action", {"data": []}, "no action named 'no_such_action'", id="run-unknown-name"),
+    P(
+        "gradio_api/queue/join",
+        {"data": [], "fn_index": 99_999, "session_hash": "bad-inputs"},
+        "no event with fn_index 99999",
+        id="queue-unknown-fn-index",
+    ),
+]
+
+
+@pytest.mark.parametrize(("route", "body", "expected"), UNKNOWN_EVENTS)
+def test_an_unknown_gradio_event_is_a_404_that_names_it(studio, route, body, expected):
+    r = httpx.post(studio.url + route, json=body, timeout=30)
+    assert r.status_code == 404, r.text[:500]
+    assert_specific(r.json()["detail"], (expected, "GET /gradio_api/info"))
     assert_still_serving(studio)
 
 

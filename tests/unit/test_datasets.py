@@ -182,6 +182,24 @@ def test_jsonl_with_one_broken_line(tmp_path):
     assert ds.samples == EXPECTED and len(ds.skipped) == 1 and "line 3" in ds.skipped[0]
 
 
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        ('{"a": ' * 100_000 + "1" + "}" * 100_000, "it nests arrays or objects too deeply"),
+        ('{"instruction": "x", "output": ' + "9" * 5000 + "}", "it holds a whole number longer than 4300 digits"),
+    ],
+    ids=["nested-100000-deep", "5000-digit-number"],
+)
+def test_json_beyond_what_python_reads_is_named(tmp_path, line, why):
+    (tmp_path / "d.jsonl").write_text(json.dumps(ALPACA[0]) + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=f"d.jsonl: line 2 cannot be read: {why}") as info:
+        load_dataset(tmp_path / "d.jsonl")
+    assert info.value.skippable and len(load_dataset(tmp_path / "d.jsonl", skip_bad=True).skipped) == 1
+    (tmp_path / "d.json").write_text(f"[{line}]", encoding="utf-8")
+    with pytest.raises(DatasetError, match=f"d.json cannot be read: {why}"):
+        load_dataset(tmp_path / "d.json")
+
+
 def test_a_row_missing_its_field_is_named(tmp_path):
     records = [*ALPACA[:1], {"instruction": "no answer here"}, *ALPACA[1:]]
     path = _write(tmp_path / "m.jsonl", ".jsonl", records)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import pytest
 
 from studio.api.images import parse_request
 from studio.api.openai import ApiError
 from studio.engines.image import defaults_for, lcm_applies
 from studio.engines.image_memory import ATTENTION_SLICING, CPU_OFFLOAD, VAE_TILING, measure_stages, need_with
-from studio.engines.image_params import SAMPLER_NAMES, ImageParams, infotext, params_from_infotext, parse_infotext
+from studio.engines.image_params import (
+    SAMPLER_NAMES,
+    ImageParams,
+    infotext,
+    params_from_infotext,
+    parse_infotext,
+    read_png_parameters,
+)
 from studio.errors import InputError
 from studio.models.specs import ModelSpec
 
@@ -77,6 +87,66 @@ def test_old_and_unknown_sampler_names():
     assert params_from_infotext(uniform).params.sampler == "DPM++ 2M"
     unknown = params_from_infotext("x\nSteps: 5, Sampler: DPM++ SDE, CFG scale: 7, Seed: 1, Size: 64x64")
     assert unknown.params.sampler == ImageParams().sampler and "DPM++ SDE is not available" in unknown.notes[0]
+
+
+@pytest.mark.parametrize(
+    "field",
+    ["Seed: 1e999", "Steps: " + "9" * 400, "Seed: nan", "CFG scale: inf", "Size: 64x" + "9" * 30, "Seed: 2.5"],
+    ids=["seed-1e999", "steps-400-digits", "seed-nan", "cfg-inf", "height-30-digits", "seed-2.5"],
+)
+def test_a_number_no_setting_can_hold_is_refused_by_name(field):
+    key = field.split(":")[0]
+    with pytest.raises(InputError, match=f"x.png says {key}: .*not a number the studio can use"):
+        params_from_infotext(f"x\nSteps: 5, Sampler: Euler a, {field}", where="x.png")
+
+
+def test_text_that_is_no_number_keeps_the_setting():
+    assert params_from_infotext("x\nSteps: many, Sampler: Euler a, Seed: 3", ImageParams(steps=9)).params.steps == 9
+
+
+def png(*chunks: bytes, width: int = 8, height: int = 8) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    text = b"".join(chunk(kind, data) for kind, data in chunks)
+    return b"\x89PNG\r\n\x1a\n" + ihdr + text + chunk(b"IDAT", zlib.compress(b"\0" * 25)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        (b"tEXt", b"parameters\0a cat\nSteps: 5"),
+        (b"zTXt", b"parameters\0\0" + zlib.compress(b"a cat\nSteps: 5")),
+        (b"iTXt", b"parameters\0\0\0en\0\0a cat\nSteps: 5"),
+        (b"iTXt", b"parameters\0\1\0\0\0" + zlib.compress(b"a cat\nSteps: 5")),
+    ],
+    ids=["tEXt", "zTXt", "iTXt", "iTXt-compressed"],
+)
+def test_the_parameters_chunk_is_read_in_each_text_form(tmp_path, chunk):
+    path = tmp_path / "x.png"
+    path.write_bytes(png((b"tEXt", b"Software\0other"), chunk))
+    assert read_png_parameters(path) == "a cat\nSteps: 5"
+
+
+def test_pixels_are_never_decoded_so_a_huge_header_still_restores(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png((b"tEXt", b"parameters\0a cat"), width=100_000, height=100_000))
+    assert read_png_parameters(path) == "a cat"
+
+
+def test_a_parameters_text_past_the_limit_is_refused_unread(tmp_path):
+    squeeze = zlib.compressobj(9)
+    path = tmp_path / "ztxt.png"
+    path.write_bytes(png((b"zTXt", b"parameters\0\0" + squeeze.compress(b"a" * (200 << 20)) + squeeze.flush())))
+    with pytest.raises(InputError, match="ztxt.png: its parameters text is larger than the 1 MB"):
+        read_png_parameters(path)
+    path.write_bytes(png((b"zTXt", b"parameters\0\0not zlib")))
+    with pytest.raises(InputError, match="chunk is damaged"):
+        read_png_parameters(path)
+    path.write_bytes(b"GIF89a")
+    with pytest.raises(InputError, match="ztxt.png: not an image file"):
+        read_png_parameters(path)
 
 
 @pytest.mark.parametrize(
