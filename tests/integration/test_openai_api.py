@@ -332,7 +332,11 @@ def scripted():
 
     spec = ModelSpec("chat", "scripted", "hub")
     record = SimpleNamespace(key=spec.key, name=spec.name, kind="chat", state=LOADED, last_used=0.0)
-    manager = SimpleNamespace(records=lambda: [record], spec_for=lambda key: spec)
+    manager = SimpleNamespace(
+        records=lambda: [record],
+        spec_for=lambda key: spec,
+        models=lambda kind, states=None: [(record, spec)] if kind == "chat" else [],
+    )
     chat = ScriptedChat()
     app = fastapi.FastAPI()
     register(app, SimpleNamespace(manager=manager, chat=chat, device="cpu"))
