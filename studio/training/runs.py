@@ -79,12 +79,22 @@ def is_alive(pid: int | None) -> bool:
 
 
 class RunManager:
-    """The studio's fine-tune runs under `runs_root`; at most one trains at a time (one GPU)."""
+    """The studio's fine-tune runs under `runs_root`; at most one trains at a time (one GPU).
+    `orphan_training` is what a worker does when this studio dies: "keep" training or "stop" with its adapter
+    saved."""
 
-    def __init__(self, manager: ModelManager, runs_root: Path, *, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        runs_root: Path,
+        *,
+        python: str = sys.executable,
+        orphan_training: str = "keep",
+    ) -> None:
         self.manager = manager
         self.root = Path(runs_root)
         self.python = python
+        self.orphan_training = orphan_training
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
 
@@ -158,7 +168,8 @@ class RunManager:
             )
             log = open(run.log_file, "a", encoding="utf-8")  # noqa: SIM115 - closed by the watcher thread
             env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath())
-            command = [self.python, "-m", "studio.training.worker", str(run.path)] + (["--fresh"] if fresh else [])
+            command = [self.python, "-m", "studio.training.worker", str(run.path)]
+            command += ["--orphan-training", self.orphan_training] + (["--fresh"] if fresh else [])
             try:
                 proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
             except OSError as exc:

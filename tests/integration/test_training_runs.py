@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +19,8 @@ from studio.training.job import RunDir, TrainJob
 from studio.training.runs import RunManager
 from tests.managers import cpu_manager
 
-ASSET = Path(__file__).resolve().parents[2] / "assets" / "datasets" / "studio-faq.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+ASSET = ROOT / "assets" / "datasets" / "studio-faq.jsonl"
 GIB = 1024**3
 
 
@@ -140,6 +144,58 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(runs, tiny_models
     assert status["state"] == "done" and status["step"] == 24
     assert [m["step"] for m in run.metrics() if m.get("event") == "resume"] == [last]
     assert _steps(run) == list(range(1, 25))  # the step count continues: every step once, in order
+
+
+# A studio in a child process: it starts the run's worker, says its pid, and waits to be killed.
+_STUDIO = """
+import sys, time
+from pathlib import Path
+from studio.training.runs import RunManager
+from tests.managers import cpu_manager
+root, mode, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+runs = RunManager(cpu_manager(root.parent, 4 * 1024**3), root, orphan_training=mode)
+print(runs.start(runs.get(name)), flush=True)
+time.sleep(600)
+"""
+
+
+def _start_then_kill_the_studio(run: RunDir, mode: str) -> int:
+    """Start `run` from a studio process, let it train, kill -9 that studio; the worker's pid."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [sys.executable, "-c", _STUDIO, str(run.path.parent), mode, run.name]
+    studio = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    try:
+        pid = int(studio.stdout.readline())
+        _wait_for(lambda: len(_steps(run)) >= 2, 120, "two steps")
+    finally:
+        studio.kill()
+        studio.wait(30)
+        studio.stdout.close()
+    return pid
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie no init has reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_worker_whose_studio_died_stops_with_its_adapter_saved_in_stop_mode(tmp_path, tiny_models, dataset):
+    runs = _runs(tmp_path)
+    run = runs.create(_job(tiny_models, max_steps=100_000, eval_every=0, save_every=0), dataset)
+    pid = _start_then_kill_the_studio(run, "stop")
+    try:
+        _wait_for(lambda: _gone(pid), 60, "the orphaned worker to stop")
+        status = run.status()
+        assert status["state"] == "stopped" and 2 <= status["step"] < 100_000, status
+        assert "The studio that started it ended" in status["message"] and "Resume" in status["message"]
+        assert (run.adapter / "adapter_config.json").is_file() and run.checkpoint_steps() == [status["step"]]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_job_too_big_for_the_budget_is_refused(tmp_path, tiny_models, dataset):
