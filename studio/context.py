@@ -125,6 +125,7 @@ def build_context(
         monitor.start()
     lane = GpuLane(config.max_queue)  # chat, image and speech take turns on the device, page and API alike
     training = RunManager(manager, paths.runs, orphan_training=config.orphan_training)
+    training.adopt()  # workers a studio that died left training: their memory counts, one fine-tune at a time
     if config.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # libraries read this; the flag is the user's choice
     return AppContext(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from studio.errors import BudgetError
+from studio.config import StudioConfig
+from studio.context import build_context
+from studio.errors import BudgetError, StudioError
 from studio.training.datasets import load_dataset
 from studio.training.job import RunDir, TrainJob
 from studio.training.runs import RunManager
@@ -183,6 +185,40 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def test_a_restarted_studio_re_adopts_a_worker_left_training_and_keeps_one_fine_tune_at_a_time(
+    tmp_path, tiny_models, dataset
+):
+    config = StudioConfig(data_dir=tmp_path / "studio-data", device="cpu", budget_gb=4, open_browser=False)
+    assert config.orphan_training == "keep"  # the default: a crash of the studio loses no training
+    runs = RunManager(cpu_manager(tmp_path), config.data_dir / "runs")
+    run = runs.create(_job(tiny_models, max_steps=100_000, eval_every=0, save_every=0), dataset)
+    other = runs.create(_job(tiny_models, max_steps=2), dataset)
+    pid = _start_then_kill_the_studio(run, "keep")
+    try:
+        done = len(_steps(run))
+        _wait_for(lambda: len(_steps(run)) >= done + 2, 60, "steps after the studio died")  # trains on, orphaned
+        ctx = build_context(config, start_monitor=False)  # the studio started again
+        try:
+            ((reservation, nbytes),) = ctx.manager.reservations()
+            assert reservation.owner == f"fine-tune {run.name}" and reservation.pid == pid
+            assert nbytes == runs.estimate(run.job()).total and ctx.manager.accounted_bytes() >= nbytes
+            assert ctx.training.is_running(run) and ctx.training.pid(run) == pid
+            with pytest.raises(StudioError, match=f"The run {run.name} is still training"):
+                ctx.training.start(other)
+            assert ctx.training.pid(other) is None and other.status()["state"] == "created"
+            assert ctx.training.stop(run)
+            assert ctx.training.wait(run, 120) is None  # not its child: no exit code, but waited for
+            assert ctx.training.state(run)["state"] == "stopped"
+            assert ctx.manager.reservations() == []  # released when the adopted worker ended
+            ctx.training.start(other)  # and the next fine-tune may start
+            assert ctx.training.wait(other, 120) == 0
+        finally:
+            ctx.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_worker_whose_studio_died_stops_with_its_adapter_saved_in_stop_mode(tmp_path, tiny_models, dataset):
     runs = _runs(tmp_path)
     run = runs.create(_job(tiny_models, max_steps=100_000, eval_every=0, save_every=0), dataset)
@@ -193,6 +229,7 @@ def test_a_worker_whose_studio_died_stops_with_its_adapter_saved_in_stop_mode(tm
         assert status["state"] == "stopped" and 2 <= status["step"] < 100_000, status
         assert "The studio that started it ended" in status["message"] and "Resume" in status["message"]
         assert (run.adapter / "adapter_config.json").is_file() and run.checkpoint_steps() == [status["step"]]
+        assert RunManager(runs.manager, runs.root).adopt() == []  # nothing left to adopt
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
