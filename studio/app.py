@@ -17,9 +17,13 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Fail early, naming --port, instead of a traceback from the web server."""
+    """Fail early, naming --port, instead of a traceback from the web server. Binds as uvicorn will (SO_REUSEADDR),
+    so the TIME-WAIT sockets a killed studio leaves behind do not refuse an immediate restart; a listening socket
+    still does. Not on Windows, where SO_REUSEADDR would let the bind take a port another program listens on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        if sys.platform != "win32":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:

@@ -23,6 +23,7 @@ GIB = 1024**3
 DEFAULT_CONFIG_FILE = "studio.toml"
 ENV_PREFIX = "STUDIO_"
 DEVICES = ("auto", "cuda", "cpu")
+ORPHAN_TRAINING = ("keep", "stop")  # what a fine-tune worker does when the studio that started it dies
 
 
 def default_data_dir() -> Path:
@@ -51,6 +52,9 @@ class StudioConfig:
     data_dir: Path = field(default_factory=default_data_dir)  # outputs, run folders, calibration, models
     offline: bool = False  # never contact the Hugging Face Hub
     open_browser: bool = True  # open the page in the browser on start
+    # a fine-tune worker whose studio died (killed, crashed): "keep" trains on and the next studio re-adopts it,
+    # "stop" stops it after its current step with the adapter saved (Resume continues)
+    orphan_training: str = "keep"
     config_file: Path | None = None  # the studio.toml that was read, if any (informational)
 
     def __post_init__(self) -> None:
@@ -99,6 +103,8 @@ def validate(cfg: StudioConfig) -> None:
         raise ConfigError(f"--reserve-gb ({cfg.reserve_gb:g}) must be smaller than --budget-gb ({cfg.budget_gb:g}).")
     if cfg.device not in DEVICES:
         raise ConfigError(f"--device must be auto, cuda or cpu, not {cfg.device!r}.")
+    if cfg.orphan_training not in ORPHAN_TRAINING:
+        raise ConfigError(f"--orphan-training must be keep or stop, not {cfg.orphan_training!r}.")
     if cfg.auth is not None:
         user, sep, password = cfg.auth.partition(":")
         if not sep or not user or not password:
@@ -262,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="outputs, run folders, calibration, converted models")
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--no-browser", dest="open_browser", action="store_false", help="do not open the browser")
+    p.add_argument(
+        "--orphan-training",
+        choices=ORPHAN_TRAINING,
+        help="when the studio dies mid fine-tune: keep training (the next start re-adopts it) or stop with the "
+        "adapter saved (default keep)",
+    )
     p.add_argument("--config", metavar="FILE", help=f"settings file (default ./{DEFAULT_CONFIG_FILE} if present)")
     return p
 

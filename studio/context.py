@@ -124,6 +124,8 @@ def build_context(
     if start_monitor:
         monitor.start()
     lane = GpuLane(config.max_queue)  # chat, image and speech take turns on the device, page and API alike
+    training = RunManager(manager, paths.runs, orphan_training=config.orphan_training)
+    training.adopt()  # workers a studio that died left training: their memory counts, one fine-tune at a time
     if config.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # libraries read this; the flag is the user's choice
     return AppContext(
@@ -137,6 +139,6 @@ def build_context(
         chat=ChatEngine(manager, lane=lane),
         image=ImageEngine(manager, paths.outputs / "images", paths.models, offline=config.offline, lane=lane),
         speech=SpeechEngine(manager, lane=lane),
-        training=RunManager(manager, paths.runs),
+        training=training,
         security=SecurityPolicy.from_config(config)[0],
     )

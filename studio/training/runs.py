@@ -1,9 +1,11 @@
 """Fine-tune runs as the studio process sees them: create a run folder, start the worker as a child process under a
-memory reservation, stop, resume, list, merge. Imports no torch: the worker does the training.
+memory reservation, stop, resume, list, merge, and re-adopt the workers a studio that died left training.
+Imports no torch: the worker does the training.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -33,6 +35,9 @@ from studio.training.job import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+WORKER_MODULE = "studio.training.worker"
+POLL_ADOPTED = 0.5  # seconds between checks that an adopted worker (not our child: no wait()) still runs
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,16 @@ class JobPlan:
 
 @dataclass
 class _Active:
-    proc: subprocess.Popen
+    """A worker this studio accounts for: its own child, or one adopted from a studio that died."""
+
+    run: RunDir
+    pid: int
     reservation: Reservation | None
-    log: Any
+    proc: subprocess.Popen | None = None  # None when adopted: not our child, so it is polled, never waited on
+    log: Any = None  # our child's worker.log handle, closed when it ends
+
+    def running(self) -> bool:
+        return self.proc.poll() is None if self.proc is not None else is_worker(self.pid, self.run)
 
 
 def is_alive(pid: int | None) -> bool:
@@ -81,13 +93,45 @@ def is_alive(pid: int | None) -> bool:
         return True
 
 
-class RunManager:
-    """The studio's fine-tune runs under `runs_root`; at most one trains at a time (one GPU)."""
+def is_worker(pid: int | None, run: RunDir) -> bool:
+    """`pid` is alive and is the training worker of `run`, not a process that took the pid of one that ended."""
+    if not is_alive(pid):
+        return False
+    import psutil
 
-    def __init__(self, manager: ModelManager, runs_root: Path, *, python: str = sys.executable) -> None:
+    try:
+        args = psutil.Process(pid).cmdline()
+    except (psutil.Error, OSError):
+        return False
+    if WORKER_MODULE not in args or "--merge" in args:
+        return False
+    return any(_same_path(arg, run.path) for arg in args[args.index(WORKER_MODULE) + 1 :])
+
+
+def _same_path(arg: str, path: Path) -> bool:
+    try:
+        return not arg.startswith("-") and os.path.samefile(arg, path)
+    except OSError:
+        return False
+
+
+class RunManager:
+    """The studio's fine-tune runs under `runs_root`; at most one trains at a time (one GPU).
+    `orphan_training` is what a worker does when this studio dies: "keep" training (the next studio's `adopt`
+    takes it on) or "stop" with its adapter saved."""
+
+    def __init__(
+        self,
+        manager: ModelManager,
+        runs_root: Path,
+        *,
+        python: str = sys.executable,
+        orphan_training: str = "keep",
+    ) -> None:
         self.manager = manager
         self.root = Path(runs_root)
         self.python = python
+        self.orphan_training = orphan_training
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
 
@@ -140,7 +184,7 @@ class RunManager:
         job = run.job()
         job.check()
         with self._lock:
-            busy = [n for n, a in self._active.items() if a.proc.poll() is None]
+            busy = [n for n, a in self._active.items() if a.running()]
             if busy:
                 raise StudioError(
                     f"The run {busy[0]} is still training.", "Stop it first: one fine-tune runs at a time."
@@ -161,7 +205,8 @@ class RunManager:
             )
             log = open(run.log_file, "a", encoding="utf-8")  # noqa: SIM115 - closed by the watcher thread
             env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=_pythonpath())
-            command = [self.python, "-m", "studio.training.worker", str(run.path)] + (["--fresh"] if fresh else [])
+            command = [self.python, "-m", WORKER_MODULE, str(run.path), "--orphan-training", self.orphan_training]
+            command += ["--fresh"] if fresh else []
             try:
                 proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
             except OSError as exc:
@@ -169,18 +214,55 @@ class RunManager:
                 log.close()
                 raise StudioError(f"Could not start the training worker ({exc}).") from None
             reservation.attach_pid(proc.pid)
-            self._active[run.name] = _Active(proc, reservation, log)
+            self._active[run.name] = _Active(run, proc.pid, reservation, proc, log)
         threading.Thread(target=self._watch, args=(run, proc), daemon=True, name=f"watch-{run.name}").start()
         return proc.pid
 
+    def adopt(self) -> list[str]:
+        """Take on the workers a studio that died (kill -9, a crash) left training: their memory is reserved again
+        and one fine-tune at a time still holds until they end. Returns the names of the runs adopted."""
+        adopted = []
+        for run in self.runs():
+            status = run.status()
+            pid = status.get("pid")
+            if status.get("state") not in ACTIVE_STATES or not is_worker(pid, run):
+                continue
+            with self._lock:
+                if run.name in self._active:
+                    continue
+                active = _Active(run, pid, self._reserve_adopted(run, pid))
+                self._active[run.name] = active
+            threading.Thread(target=self._watch_adopted, args=(active,), daemon=True, name=f"adopt-{run.name}").start()
+            log.info("Re-adopted the training worker %s of %s", pid, run.name)
+            adopted.append(run.name)
+        return adopted
+
+    def _reserve_adopted(self, run: RunDir, pid: int) -> Reservation | None:
+        """The reservation `start` made for this worker, made again; None (logged) if it cannot be."""
+        try:
+            nbytes = self.estimate(run.job()).total
+            return self.manager.reserve(f"fine-tune {run.name}", nbytes, pid)
+        except StudioError as exc:  # the worker runs and is ours to stop, whatever its memory; say why it is uncounted
+            log.warning("The running fine-tune %s is not accounted in the budget: %s", run.name, exc)
+            return None
+
     def _watch(self, run: RunDir, proc: subprocess.Popen) -> None:
-        code = proc.wait()
+        self._ended(run, proc.wait())
+
+    def _watch_adopted(self, active: _Active) -> None:
+        while active.running():
+            time.sleep(POLL_ADOPTED)
+        self._ended(active.run, None)  # not our child: its exit code is not ours to read
+
+    def _ended(self, run: RunDir, code: int | None) -> None:
+        """A worker ended: release its reservation, and mark it interrupted if it died without saying so."""
         with self._lock:
             active = self._active.pop(run.name, None)
         if active is not None:
             if active.reservation is not None:
                 active.reservation.release()
-            active.log.close()
+            if active.log is not None:
+                active.log.close()
         status = run.status()
         if status.get("state") in ACTIVE_STATES or status.get("state") == "starting":
             # the worker died without saying so (killed, crashed hard): the last checkpoint is still there
@@ -203,16 +285,24 @@ class RunManager:
         with self._lock:
             active = self._active.get(run.name)
         if active is not None:
-            return active.proc.poll() is None
+            return active.running()
         return run.status().get("state") in ACTIVE_STATES and is_alive(run.status().get("pid"))
 
     def wait(self, run: RunDir, timeout: float | None = None) -> int | None:
-        """Wait for the worker to end (tests, scripts); its exit code, or None if it is not ours."""
+        """Wait for the worker to end (tests, scripts); its exit code, or None if it is not our child (an adopted
+        worker is waited for all the same)."""
         with self._lock:
             active = self._active.get(run.name)
         if active is None:
             return None
-        code = active.proc.wait(timeout)
+        if active.proc is not None:
+            code = active.proc.wait(timeout)
+        else:
+            code, end = None, None if timeout is None else time.monotonic() + timeout
+            while active.running():
+                if end is not None and time.monotonic() > end:
+                    raise subprocess.TimeoutExpired(f"worker {active.pid}", timeout)
+                time.sleep(0.05)
         deadline = time.monotonic() + 5
         while run.name in self._active and time.monotonic() < deadline:  # let the watcher finish its bookkeeping
             time.sleep(0.02)
@@ -221,7 +311,7 @@ class RunManager:
     def pid(self, run: RunDir) -> int | None:
         with self._lock:
             active = self._active.get(run.name)
-        return active.proc.pid if active else None
+        return active.pid if active else None
 
     def state(self, run: RunDir) -> dict[str, Any]:
         """status.json, with a worker that died unseen (another studio process, a reboot) marked interrupted."""
@@ -245,7 +335,7 @@ class RunManager:
             raise StudioError(f"{run.name} is still training.", "Merge after it has finished or stopped.")
         env = dict(os.environ, PYTHONPATH=_pythonpath())
         done = subprocess.run(
-            [self.python, "-m", "studio.training.worker", str(run.path), "--merge"],
+            [self.python, "-m", WORKER_MODULE, str(run.path), "--merge"],
             capture_output=True,
             text=True,
             env=env,
@@ -263,7 +353,7 @@ class RunManager:
         with self._lock:
             items = list(self._active.items())
         for name, active in items:
-            if active.proc.poll() is None:
+            if active.running():
                 (self.root / name / "STOP").touch()
 
 

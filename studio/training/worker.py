@@ -3,13 +3,15 @@
     python -m studio.training.worker RUN_DIR              # train (resumes from the last checkpoint if there is one)
     python -m studio.training.worker RUN_DIR --fresh      # ignore existing checkpoints
     python -m studio.training.worker RUN_DIR --merge      # merge the adapter into the base -> RUN_DIR/merged
+    python -m studio.training.worker RUN_DIR --orphan-training stop   # stop (adapter saved) if the parent dies
     torchrun --nproc_per_node=2 -m studio.training.worker RUN_DIR
     accelerate launch -m studio.training.worker RUN_DIR   # several GPUs: DDP, rank 0 writes the files
 
 Packs samples into cutoff-length blocks (position ids restart at each sample, so attention never crosses samples
 and no compute goes to padding), trains LoRA/QLoRA with peft, logs every step to metrics.jsonl, evaluates every
 N steps, checkpoints (adapter, optimizer, scheduler, RNG, step) with a cap, stops gracefully on the STOP file or
-SIGTERM (saving a usable adapter, exit 0), and resumes from the last checkpoint after a crash or a kill.
+SIGTERM (saving a usable adapter, exit 0) or, with `--orphan-training stop`, when the process that started it dies
+(the studio, killed or crashed; with `keep` it trains on for the next studio to re-adopt), and resumes from the last checkpoint after a crash or a kill.
 The base model, the loss and `--merge` are in `studio.training.lora`; the launch group is `studio.training.dist`.
 """
 
@@ -31,6 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from studio.config import ORPHAN_TRAINING
 from studio.errors import BudgetError, DiskFullError, StudioError, is_disk_full, is_oom
 from studio.text import fmt_bytes
 from studio.training import rows as rowlib
@@ -58,10 +61,15 @@ def memory_now(device: str) -> dict[str, int]:
 class Trainer:
     """One training run of a job: the loop, evaluation, checkpoints, stop and resume."""
 
-    def __init__(self, run: RunDir, job: TrainJob, dist: Dist, *, fresh: bool = False) -> None:
+    def __init__(
+        self, run: RunDir, job: TrainJob, dist: Dist, *, fresh: bool = False, orphan_training: str = "keep"
+    ) -> None:
         self.run, self.job, self.dist, self.fresh = run, job, dist, fresh
         self.device = f"cuda:{dist.local_rank}" if job.device == "cuda" else "cpu"
         self.stop_requested = False
+        self.orphan_training = orphan_training  # "stop": stop when the process that started us dies
+        self.parent = os.getppid()  # a dead parent shows as a new one: we are re-parented to init or a subreaper
+        self.orphaned = False
         self.step = 0
         self.total = 0
         self.tokens = 0
@@ -325,6 +333,9 @@ class Trainer:
     # ----- the loop -----------------------------------------------------------------------------------------
 
     def should_stop(self) -> bool:
+        if self.orphan_training == "stop" and not self.orphaned and os.getppid() != self.parent:
+            log.warning("The process that started this worker (%s) has ended: stopping", self.parent)
+            self.orphaned = self.stop_requested = True
         asked = self.stop_requested or (self.dist.main and self.run.stop_file.exists())
         return self.dist.any(asked, self.device)
 
@@ -426,9 +437,11 @@ class Trainer:
         if self.dist.main:
             self.run.stop_file.unlink(missing_ok=True)
             self.metric(event="stopped", step=self.step)
+        why = "The studio that started it ended. " if self.orphaned else ""
         self.status(
             "stopped",
-            message=f"Stopped at step {self.step} of {self.total}. The adapter is saved; Resume continues from here.",
+            message=f"{why}Stopped at step {self.step} of {self.total}. The adapter is saved; Resume continues from "
+            "here.",
         )
         return 0
 
@@ -476,6 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="the run folder with job.json and data/")
     parser.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and start from step 0")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the base model -> merged/")
+    parser.add_argument(
+        "--orphan-training",
+        choices=ORPHAN_TRAINING,
+        default="keep",
+        help="when the process that started this worker dies: keep training, or stop with the adapter saved",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     run = RunDir(args.run_dir.expanduser().resolve())
@@ -493,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StudioError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-    trainer = Trainer(run, job, dist, fresh=args.fresh)
+    trainer = Trainer(run, job, dist, fresh=args.fresh, orphan_training=args.orphan_training)
 
     def ask_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
         trainer.stop_requested = True

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from studio.errors import BudgetError
+from studio.config import StudioConfig
+from studio.context import build_context
+from studio.errors import BudgetError, StudioError
 from studio.training.datasets import load_dataset
 from studio.training.job import RunDir, TrainJob
 from studio.training.runs import RunManager
 from tests.managers import cpu_manager
 
-ASSET = Path(__file__).resolve().parents[2] / "assets" / "datasets" / "studio-faq.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+ASSET = ROOT / "assets" / "datasets" / "studio-faq.jsonl"
 GIB = 1024**3
 
 
@@ -140,6 +146,93 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(runs, tiny_models
     assert status["state"] == "done" and status["step"] == 24
     assert [m["step"] for m in run.metrics() if m.get("event") == "resume"] == [last]
     assert _steps(run) == list(range(1, 25))  # the step count continues: every step once, in order
+
+
+# A studio in a child process: it starts the run's worker, says its pid, and waits to be killed.
+_STUDIO = """
+import sys, time
+from pathlib import Path
+from studio.training.runs import RunManager
+from tests.managers import cpu_manager
+root, mode, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+runs = RunManager(cpu_manager(root.parent, 4 * 1024**3), root, orphan_training=mode)
+print(runs.start(runs.get(name)), flush=True)
+time.sleep(600)
+"""
+
+
+def _start_then_kill_the_studio(run: RunDir, mode: str) -> int:
+    """Start `run` from a studio process, let it train, kill -9 that studio; the worker's pid."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [sys.executable, "-c", _STUDIO, str(run.path.parent), mode, run.name]
+    studio = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+    try:
+        pid = int(studio.stdout.readline())
+        _wait_for(lambda: len(_steps(run)) >= 2, 120, "two steps")
+    finally:
+        studio.kill()
+        studio.wait(30)
+        studio.stdout.close()
+    return pid
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie no init has reaped yet counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_restarted_studio_re_adopts_a_worker_left_training_and_keeps_one_fine_tune_at_a_time(
+    tmp_path, tiny_models, dataset
+):
+    config = StudioConfig(data_dir=tmp_path / "studio-data", device="cpu", budget_gb=4, open_browser=False)
+    assert config.orphan_training == "keep"  # the default: a crash of the studio loses no training
+    runs = RunManager(cpu_manager(tmp_path), config.data_dir / "runs")
+    run = runs.create(_job(tiny_models, max_steps=100_000, eval_every=0, save_every=0), dataset)
+    other = runs.create(_job(tiny_models, max_steps=2), dataset)
+    pid = _start_then_kill_the_studio(run, "keep")
+    try:
+        done = len(_steps(run))
+        _wait_for(lambda: len(_steps(run)) >= done + 2, 60, "steps after the studio died")  # trains on, orphaned
+        ctx = build_context(config, start_monitor=False)  # the studio started again
+        try:
+            ((reservation, nbytes),) = ctx.manager.reservations()
+            assert reservation.owner == f"fine-tune {run.name}" and reservation.pid == pid
+            assert nbytes == runs.estimate(run.job()).total and ctx.manager.accounted_bytes() >= nbytes
+            assert ctx.training.is_running(run) and ctx.training.pid(run) == pid
+            with pytest.raises(StudioError, match=f"The run {run.name} is still training"):
+                ctx.training.start(other)
+            assert ctx.training.pid(other) is None and other.status()["state"] == "created"
+            assert ctx.training.stop(run)
+            assert ctx.training.wait(run, 120) is None  # not its child: no exit code, but waited for
+            assert ctx.training.state(run)["state"] == "stopped"
+            assert ctx.manager.reservations() == []  # released when the adopted worker ended
+            ctx.training.start(other)  # and the next fine-tune may start
+            assert ctx.training.wait(other, 120) == 0
+        finally:
+            ctx.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_worker_whose_studio_died_stops_with_its_adapter_saved_in_stop_mode(tmp_path, tiny_models, dataset):
+    runs = _runs(tmp_path)
+    run = runs.create(_job(tiny_models, max_steps=100_000, eval_every=0, save_every=0), dataset)
+    pid = _start_then_kill_the_studio(run, "stop")
+    try:
+        _wait_for(lambda: _gone(pid), 60, "the orphaned worker to stop")
+        status = run.status()
+        assert status["state"] == "stopped" and 2 <= status["step"] < 100_000, status
+        assert "The studio that started it ended" in status["message"] and "Resume" in status["message"]
+        assert (run.adapter / "adapter_config.json").is_file() and run.checkpoint_steps() == [status["step"]]
+        assert RunManager(runs.manager, runs.root).adopt() == []  # nothing left to adopt
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_a_job_too_big_for_the_budget_is_refused(tmp_path, tiny_models, dataset):

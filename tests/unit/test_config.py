@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from studio.app import check_port_free
 from studio.config import StudioConfig, load_config
 from studio.errors import ConfigError
 
@@ -152,3 +153,30 @@ def test_port_in_use_is_one_line(tmp_path):
         out = _run_launch("--no-browser", "--port", str(port), "--data-dir", str(tmp_path))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"--port {port}" in out.stderr
+
+
+def _time_wait_port() -> int:
+    """A port whose only socket is in TIME-WAIT, as a killed studio leaves its port: the server side closes first.
+    The listener binds as uvicorn does (SO_REUSEADDR): Linux lets a new bind share the port only with such sockets."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the side that closes first keeps the port in TIME-WAIT
+        client.recv(1)  # the FIN has arrived
+        client.close()
+    return port
+
+
+def test_port_check_accepts_a_port_left_in_time_wait_and_refuses_one_in_use():
+    port = _time_wait_port()
+    check_port_free("127.0.0.1", port)  # uvicorn binds with SO_REUSEADDR, so an immediate restart can listen here
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))  # the port is really usable as the server binds it, now that it listens
+        s.listen()
+        with pytest.raises(ConfigError, match=f"--port {port}: cannot listen"):
+            check_port_free("127.0.0.1", port)
