@@ -20,13 +20,13 @@ import logging
 import re
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fastapi
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from studio.api.disconnect import run_while_connected
 from studio.api.openai import ApiError, api_error
 from studio.engines.audio import FfmpegMissing
 from studio.engines.speech import LANGUAGES, SpeechParams, Transcript
@@ -43,7 +43,6 @@ DEFAULT_MODEL = "whisper-1"  # what OpenAI's examples send
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 GRANULARITIES = ("segment", "word")
 MAX_UPLOAD_BYTES = 2 * 1024**3  # when the context sets no limit (OpenAI's own is 25 MB)
-DISCONNECT_POLL_S = 0.5
 
 
 def served_speech_models(ctx: AppContext) -> dict[str, ModelSpec]:
@@ -215,16 +214,11 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
             limit = getattr(getattr(ctx, "security", None), "max_upload_bytes", None) or MAX_UPLOAD_BYTES
             path = await _save_upload(upload, tmp, limit)
             name = Path(upload.filename or path.name).name
-            stop = threading.Event()
-            job = asyncio.ensure_future(
-                asyncio.to_thread(ctx.speech.complete, spec, path, params, source_name=name, should_stop=stop.is_set)
+            transcript = await run_while_connected(  # a client that leaves ends it after its current segment
+                request,
+                lambda should_stop: ctx.speech.complete(spec, path, params, source_name=name, should_stop=should_stop),
+                lambda: log.info("audio API: %s: the client left; stopping", name),
             )
-            while not job.done():
-                await asyncio.wait({job}, timeout=DISCONNECT_POLL_S)
-                if not job.done() and not stop.is_set() and await request.is_disconnected():
-                    stop.set()  # the client left: the transcription ends after its current segment
-                    log.info("audio API: %s: the client left; stopping", name)
-            transcript = job.result()
             if not transcript.no_speech:
                 await asyncio.to_thread(save_transcript, transcript, ctx.paths.outputs)
             log.info(

@@ -7,21 +7,26 @@ test pipeline (random weights: it draws noise). Like the chat API it never loads
 no `model`, the most recently used loaded image model draws. Every image is also written to outputs/images with its
 parameters, as from the page. Beyond OpenAI's fields it accepts `negative_prompt`, `steps`, `cfg_scale`, `seed` and
 `sampler` (A1111 names). Errors use OpenAI's shape (see studio/api/openai.py).
+
+A client that leaves (closes the connection, times out) stops the run after its current step: images already
+written are kept, the rest are not drawn, and the GPU lane is free for the next request.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import fastapi
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
+from studio.api.disconnect import run_while_connected
 from studio.api.openai import ApiError, api_error, bad_json
 from studio.engines.image import TINY_SOURCE, defaults_for, model_name
 from studio.engines.image_params import MAX_BATCH_SIZE, SAMPLER_NAMES, ImageParams
@@ -32,6 +37,7 @@ from studio.text import blank
 if TYPE_CHECKING:
     from studio.context import AppContext
 
+log = logging.getLogger(__name__)
 MAX_N = MAX_BATCH_SIZE
 _SIZE = re.compile(r"^(\d{1,9})x(\d{1,9})$")  # digits capped: int() of 5000 digits raises
 
@@ -124,16 +130,21 @@ def resolve_model(ctx: AppContext, model_id: str | None) -> ModelSpec:
     )
 
 
-def generate(ctx: AppContext, model_id: str | None, given: dict[str, Any]) -> dict[str, Any]:
-    """Draw the images (blocking; run in a worker thread) and build OpenAI's response."""
+def generate(
+    ctx: AppContext, model_id: str | None, given: dict[str, Any], should_stop: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
+    """Draw the images (blocking; run in a worker thread) and build OpenAI's response. `should_stop` ends the run
+    after its current step; the response then holds the images finished before."""
     spec = resolve_model(ctx, model_id)
     d = defaults_for(spec)
     base = ImageParams(steps=d.steps, cfg_scale=d.cfg_scale, width=d.width, height=d.height, sampler=d.sampler)
     params = replace(base, **given)
     last = None
-    for update in ctx.image.generate(spec, params):
+    for update in ctx.image.generate(spec, params, should_stop=should_stop):
         last = update
     assert last is not None and last.report is not None
+    if last.report.stopped:
+        log.info("images API: %s: stopped (the client left)", last.report.summary())
     data = []
     for saved in last.images:
         data.append({"b64_json": base64.b64encode(saved.path.read_bytes()).decode("ascii"), "revised_prompt": None})
@@ -157,7 +168,9 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
             except (ValueError, RecursionError) as exc:
                 raise bad_json(exc) from None
             model_id, given = parse_request(body)
-            result = await run_in_threadpool(generate, ctx, model_id, given)
+            result = await run_while_connected(
+                request, lambda should_stop: generate(ctx, model_id, given, should_stop)
+            )
         except Exception as exc:  # noqa: BLE001 - every failure answers in OpenAI's error shape
             return api_error(exc).response()
         return JSONResponse(result)

@@ -6,6 +6,7 @@ Plain functions of a transcript's segments (as whisper's writers are), shared by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from studio.errors import InputError, StudioError
+from studio.errors import DiskFullError, InputError, StudioError, is_disk_full
 
 if TYPE_CHECKING:
     from studio.engines.speech import Transcript
@@ -97,18 +98,20 @@ def save_transcript(transcript: Transcript, outputs: Path, *, when: float | None
     """Write TXT, SRT, VTT and JSON to outputs/transcripts/<date>/<name>.<ext>; returns {format: path}.
 
     Each file is written under a temporary name and renamed, so a file that exists is complete; a name already
-    taken gets -2, -3, ... so earlier transcripts are kept.
+    taken gets -2, -3, ... so earlier transcripts are kept. If one cannot be written, none of the four is left
+    (nor a temporary file); a full disk is a DiskFullError.
     """
     stamp = time.localtime(when or time.time())
     folder = Path(outputs) / "transcripts" / time.strftime("%Y-%m-%d", stamp)
     stem = safe_stem(transcript.source)
+    written: dict[str, Path] = {}
+    tmp: Path | None = None
     try:
         folder.mkdir(parents=True, exist_ok=True)
         n = 1
         while any((folder / f"{stem}{'' if n == 1 else f'-{n}'}.{ext}").exists() for ext in EXPORT_FORMATS):
             n += 1
         base = stem if n == 1 else f"{stem}-{n}"
-        written: dict[str, Path] = {}
         for ext in EXPORT_FORMATS:
             target = folder / f"{base}.{ext}"
             tmp = folder / f".{base}.{ext}.tmp"
@@ -116,6 +119,16 @@ def save_transcript(transcript: Transcript, outputs: Path, *, when: float | None
             os.replace(tmp, target)
             written[ext] = target
     except OSError as exc:
+        for path in (tmp, *written.values()):  # half a transcript is not kept: these four files are one result
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise DiskFullError(
+                f"The disk is full: the transcript could not be saved in {folder}.",
+                "Free some space on that disk (or start the studio with --data-dir on another one), then "
+                "transcribe again; the transcripts saved before are kept.",
+            ) from None
         raise StudioError(
             f"Could not write the transcript to {folder} ({exc.strerror or exc}).", "Check free disk space."
         ) from None

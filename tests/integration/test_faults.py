@@ -266,6 +266,75 @@ def test_a_full_disk_while_saving_an_image_says_where_keeps_earlier_images_and_l
             c.close()
 
 
+@needs_ffmpeg
+def test_a_full_disk_while_saving_a_transcript_answers_507_disk_full_and_leaves_no_file(
+    tmp_path, specs, tone, monkeypatch
+):
+    """As for images: the API says the studio's disk is full (not the request's fault), and no empty or temporary
+    file is left beside the transcripts saved before."""
+    import fastapi
+    from fastapi.testclient import TestClient
+
+    from studio.api import audio
+
+    with small_disk(tmp_path / "disk", "8m") as (disk, why):
+        data_dir = (disk.path if disk else tmp_path) / "studio-data"
+        c = build_context(StudioConfig(device="cpu", data_dir=data_dir, budget_gb=4), start_monitor=False)
+        app = fastapi.FastAPI()
+        audio.register(app, c)
+        c.speech.load(specs["speech"])  # held: the API serves it by name
+        form = {"model": specs["speech"].name, "response_format": "text", "temperature": "0.2"}  # no fallbacks
+        try:
+            with TestClient(app) as http:
+
+                def transcribe():
+                    return http.post(
+                        "/v1/audio/transcriptions", data=form, files={"file": ("tone.wav", tone.read_bytes())}
+                    )
+
+                first = transcribe()
+                assert first.status_code == 200 and first.text.strip(), first.text
+                (folder,) = (data_dir / "outputs" / "transcripts").iterdir()
+                earlier = {p: p.read_bytes() for p in folder.iterdir()}
+                assert sorted(p.name for p in earlier) == ["tone.json", "tone.srt", "tone.txt", "tone.vtt"]
+                if disk is not None:
+                    disk.fill(leave=0)
+                else:  # fallback where tmpfs cannot be mounted: writing a transcript fails as on a full disk
+                    real = Path.write_text
+
+                    def full(self, *args, **kwargs):
+                        if self.parent != folder:
+                            return real(self, *args, **kwargs)
+                        self.write_bytes(b"")  # created, then nothing fits
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+                    monkeypatch.setattr(Path, "write_text", full)
+                    warnings.warn(f"tmpfs could not be mounted ({why}): ENOSPC injected into the writer", stacklevel=1)
+
+                r = transcribe()
+                assert r.status_code == 507, r.text
+                error = r.json()["error"]
+                assert error["code"] == "disk_full" and error["type"] == "server_error", error
+                assert error["message"].startswith(f"The disk is full: the transcript could not be saved in {folder}")
+                assert "transcripts saved before are kept" in error["message"]
+                assert {p: p.read_bytes() for p in folder.iterdir()} == earlier  # no 0-byte, partial or .tmp file
+
+                if disk is not None:
+                    disk.free_up()
+                else:
+                    monkeypatch.undo()
+                again = transcribe()  # and after freeing space, it works
+                assert again.status_code == 200, again.text
+                assert sorted(p.name for p in folder.iterdir() if p not in earlier) == [
+                    "tone-2.json",
+                    "tone-2.srt",
+                    "tone-2.txt",
+                    "tone-2.vtt",
+                ]
+        finally:
+            c.close()
+
+
 def _tiny_job(tiny_models, **overrides) -> TrainJob:
     """The training tests' tiny job, without evaluation, checkpointing every 4 steps."""
     return _job(tiny_models, **{"eval_every": 0, "save_every": 4, **overrides})

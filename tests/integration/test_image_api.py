@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import time
 import uuid
 from pathlib import Path
 
@@ -57,6 +59,36 @@ def test_openai_errors_have_openai_shape(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.images.generate(model="tiny-sd", prompt="x", response_format="url")
     assert err.value.body["param"] == "response_format"
+
+
+def test_a_client_that_leaves_stops_the_run_and_frees_the_gpu_for_the_next_request(studio):
+    """Eight 128x128 images of 150 steps take minutes here; the client gives up after 3 s. The run ends after its
+    current step (the batch is one pipeline call: none of its images is written) and the next request is served
+    at once."""
+    folder = studio.data_dir / "outputs" / "images"
+    quick = {"model": "tiny-sd", "prompt": "right after", "size": "64x64", "steps": 1, "seed": 4100}
+    httpx.post(studio.url + "v1/images/generations", json=quick, timeout=180).raise_for_status()  # built, loaded
+    body = {"model": "tiny-sd", "prompt": "abandoned", "n": 8, "size": "128x128", "steps": 150, "seed": 4000}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(studio.url + "v1/images/generations", json=body, timeout=3)
+    t0 = time.monotonic()
+    r = httpx.post(studio.url + "v1/images/generations", json=quick, timeout=30)
+    assert r.status_code == 200 and len(r.json()["data"]) == 1 and time.monotonic() - t0 < 30
+    # the GPU lane is first come, first served: the abandoned run had ended, and written what it kept
+    abandoned = [p for p in folder.glob("*/*.png") if 4000 <= int(re.match(r"\d+-(\d+)", p.name).group(1)) < 4008]
+    assert len(abandoned) < 8, abandoned
+    stopped = r"images API: .*stopped after \d+ of 8 .*\(the client left\)"
+    assert _log_lines(studio, stopped), studio.log.read_text()[-3000:]
+
+
+def _log_lines(studio, pattern: str, timeout: float = 15.0) -> list[str]:
+    """Lines of the studio's log matching `pattern`, waiting up to `timeout` for at least one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in studio.log.read_text().splitlines() if re.search(pattern, line)]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
 
 
 def _draw_seed_77(studio):
