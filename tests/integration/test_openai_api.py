@@ -368,7 +368,7 @@ def scripted():
 
     spec = ModelSpec("chat", "scripted", "hub")
     record = SimpleNamespace(key=spec.key, name=spec.name, kind="chat", state=LOADED, last_used=0.0)
-    manager = SimpleNamespace(records=lambda: [record], spec_for=lambda key: spec)
+    manager = SimpleNamespace(models=lambda kind, states=None: [(record, spec)])
     chat = ScriptedChat()
     app = fastapi.FastAPI()
     register(app, SimpleNamespace(manager=manager, chat=chat, device="cpu"))
