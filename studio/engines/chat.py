@@ -18,7 +18,7 @@ from studio.engines.lane import GpuLane
 from studio.errors import InputError, ModelLoadError, StudioOutOfMemory, is_oom
 from studio.models.estimate import Workload
 from studio.models.specs import ModelSpec
-from studio.text import blank, invalid_text
+from studio.text import blank, fmt_bytes, invalid_text
 
 if TYPE_CHECKING:  # the fine-tune worker imports this module for its template: it needs no manager
     from studio.models.manager import ModelManager
@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # the fine-tune worker imports this module for its template: 
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_CONTEXT = 4096
+# Per request at most. A 4096-token context keeps a few hundred short messages, so these refuse only conversations
+# that could never be sent whole; they bound what one request costs to check and trim before anyone else's turn.
+MAX_MESSAGES = 2000
+MAX_PROMPT_BYTES = 1024**2  # UTF-8 bytes of message text (1 MB: a quarter of a million tokens or so)
 UPDATE_INTERVAL = 0.04  # seconds between streamed updates at most (25 a second): smooth to read, cheap to produce
 # Used when a model has no chat template of its own (ChatML, which most instruct models understand).
 FALLBACK_TEMPLATE = (
@@ -107,7 +111,12 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
     """Validate an OpenAI-style message list; the last message must be the user's and not empty."""
     if not messages:
         raise InputError("Type a message first.")
-    clean = []
+    if len(messages) > MAX_MESSAGES:
+        raise InputError(
+            f"The conversation has {len(messages)} messages; one request takes at most {MAX_MESSAGES}.",
+            "Start a new chat, or send only the recent messages.",
+        )
+    clean, size = [], 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise InputError(f"Message {i + 1} needs a 'role' and a 'content'.")
@@ -128,12 +137,35 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
         reason = invalid_text(content, f"Message {i + 1}")
         if reason:
             raise InputError(reason)
+        size += len(content.encode("utf-8"))
+        if size > MAX_PROMPT_BYTES:
+            raise InputError(
+                f"The messages' text passes {fmt_bytes(MAX_PROMPT_BYTES)} at message {i + 1}; "
+                f"one request takes at most {fmt_bytes(MAX_PROMPT_BYTES)} of text.",
+                "Start a new chat, or send shorter or fewer messages.",
+            )
         clean.append({"role": role, "content": content})
     if clean[-1]["role"] != "user":
         raise InputError("The last message must be the user's.")
     if blank(clean[-1]["content"]):
         raise InputError("Type a message first: the message is empty.")
     return clean
+
+
+class PromptStopped(Exception):
+    """Stop was asked for while the prompt was being prepared."""
+
+
+def _turn_starts(turns: list[dict[str, str]]) -> list[int]:
+    """Where the conversation starts after dropping 0, 1, 2, ... of its oldest turns: a user message with the
+    assistant's answer to it (or one message alone), and never starting on anything but a user message."""
+    starts, s, n = [0], 0, len(turns)
+    while n - s > 1:
+        s += 2 if n - s > 2 and turns[s + 1]["role"] == "assistant" else 1
+        while s < n - 1 and turns[s]["role"] != "user":
+            s += 1
+        starts.append(s)
+    return starts
 
 
 class _TokenStreamer:
@@ -230,8 +262,15 @@ class ChatEngine:
         ids = out["input_ids"]
         return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
-    def build_prompt(self, lm: Any, messages: list[dict], params: ChatParams) -> tuple[list[int], str]:
-        """Token ids of the templated conversation, dropping the oldest turns if it is longer than the context."""
+    def build_prompt(
+        self, lm: Any, messages: list[dict], params: ChatParams, should_stop: Callable[[], bool] = lambda: False
+    ) -> tuple[list[int], str]:
+        """Token ids of the templated conversation, dropping the oldest turns if it is longer than the context.
+
+        Keeps the longest run of newest turns that fits, as if turns were dropped one at a time from the oldest. It
+        is found from the newest end (1, 2, 4, ... turns, then a bisection), so a conversation far longer than the
+        context costs a few templatings about the size of what is kept, not one per dropped turn. `should_stop` is
+        asked before each templating; a stop raises PromptStopped."""
         limit = self.context_limit(lm, params)
         budget = limit - params.max_new_tokens
         if budget <= 0:
@@ -240,21 +279,30 @@ class ChatEngine:
             )
         system = [m for m in messages[:1] if m["role"] == "system"]
         turns = messages[len(system) :]
-        dropped = 0
-        while True:
-            ids = self._template_ids(lm.tokenizer, system + turns)
-            if len(ids) <= budget:
-                break
-            if len(turns) <= 1:
-                raise InputError(
-                    f"The message is {len(ids)} tokens with the template, but the context holds "
-                    f"{limit} tokens including {params.max_new_tokens} for the reply.",
-                    "Shorten the message, lower max new tokens, or raise the context length.",
-                )
-            turns = turns[2:] if len(turns) > 2 and turns[1]["role"] == "assistant" else turns[1:]
-            while turns and turns[0]["role"] != "user":
-                turns = turns[1:]
-            dropped = len(messages) - len(system) - len(turns)
+        starts = _turn_starts(turns)  # starts[k]: the first turn kept after k drops
+
+        def ids_from(k: int) -> list[int]:
+            if should_stop():
+                raise PromptStopped
+            return self._template_ids(lm.tokenizer, system + turns[starts[k] :])
+
+        fit = len(starts) - 1  # the fewest turns: only the last message
+        ids = ids_from(fit)
+        if len(ids) > budget:
+            raise InputError(
+                f"The message is {len(ids)} tokens with the template, but the context holds "
+                f"{limit} tokens including {params.max_new_tokens} for the reply.",
+                "Shorten the message, lower max new tokens, or raise the context length.",
+            )
+        too_long, step = -1, 1  # starts[too_long] does not fit (-1: none known); starts[fit] does
+        while fit - too_long > 1:
+            k = max(fit - step, 0) if too_long < 0 else (fit + too_long) // 2
+            candidate = ids_from(k)
+            if len(candidate) <= budget:
+                fit, ids, step = k, candidate, step * 2
+            else:
+                too_long = k
+        dropped = starts[fit]
         notice = (
             (f"Dropped the {dropped} oldest message{'s' if dropped != 1 else ''} to fit the {limit}-token context.")
             if dropped
@@ -360,14 +408,40 @@ class ChatEngine:
         params.check_inputs()
         messages = check_messages(messages)
         t0 = time.perf_counter()
-        if not self.lane.wait(should_stop):  # stopped (or the client left) while another reply was running
-            stats = ChatStats(0, 0, time.perf_counter() - t0, time.perf_counter() - t0, params.seed, "stopped")
-            yield ChatChunk(text="", delta="", done=True, stats=stats)
+        try:  # before the lane: another reply may be running, and the tokenizer needs no turn on the device
+            prepared = self._prepare_if_loaded(spec, messages, params, should_stop)
+        except PromptStopped:
+            yield self._stopped(params, t0)
             return
+        if not self.lane.wait(should_stop):  # stopped (or the client left) while another reply was running
+            yield self._stopped(params, t0)
+            return
+        stopped = False
         try:
-            yield from self._stream_locked(spec, messages, params, adapter, should_stop, t0)
+            yield from self._stream_locked(spec, messages, params, adapter, should_stop, t0, prepared)
+        except PromptStopped:  # while preparing the prompt of a model that was loaded only now
+            stopped = True
         finally:
             self.lane.release()
+        if stopped:
+            yield self._stopped(params, t0)
+
+    @staticmethod
+    def _stopped(params: ChatParams, t0: float) -> ChatChunk:
+        """The last chunk of a reply stopped before its first token."""
+        seconds = time.perf_counter() - t0
+        return ChatChunk(text="", delta="", done=True, stats=ChatStats(0, 0, seconds, seconds, params.seed, "stopped"))
+
+    def _prepare_if_loaded(
+        self, spec: ModelSpec, messages: list[dict], params: ChatParams, should_stop: Callable[[], bool]
+    ) -> tuple[list[int], str] | None:
+        """The prompt and its notice, made with the tokenizer of the model if it is loaded now (else None: it is
+        made once the model is, in the lane). The lease is given back before the lane is waited for."""
+        lease = self.manager.lease_if_loaded(spec.key)
+        if lease is None:
+            return None
+        with lease:
+            return self.build_prompt(lease.model, messages, params, should_stop)
 
     def _stream_locked(
         self,
@@ -377,13 +451,14 @@ class ChatEngine:
         adapter: str | None,
         should_stop: Callable[[], bool],
         t0: float,
+        prepared: tuple[list[int], str] | None,
     ) -> Iterator[ChatChunk]:
         workload = Workload(context_len=params.context_len or 0)
         with self.manager.acquire(spec, workload) as lease:
             lm = lease.model
             self._sync_adapters(spec, lm)
             self._use_adapter(lm, adapter)
-            prompt_ids, notice = self.build_prompt(lm, messages, params)
+            prompt_ids, notice = prepared or self.build_prompt(lm, messages, params, should_stop)
             attempts = self.manager.oom_attempts(
                 spec.name,
                 exclude=spec.key,

@@ -296,6 +296,18 @@ GRADIO_CASES = [
         ("tokens with the template", "context holds"),
         id="chat-1mb-message",
     ),
+    P(
+        "chat",
+        chat(history=said("hi") * 2001),
+        ("2001 messages; one request takes at most 2000",),
+        id="chat-2001-messages",
+    ),
+    P(
+        "chat",
+        chat(history=said("x" * 600_000) * 2),
+        ("passes 1.0 MB at message 2; one request takes at most 1.0 MB of text",),
+        id="chat-over-1mb-of-text",
+    ),
     P("chat", chat(history=said("\ud800 hi")), ("lone surrogate (U+D800)",), id="chat-lone-surrogate"),
     P("chat", chat(history=said("\u200d\u200b")), ("the message is empty",), id="chat-zero-width-message"),
     P("chat", chat(model="tiny\x00lm"), ("U+0000", "character 5"), id="chat-nul-in-model-name"),
@@ -531,6 +543,13 @@ SPEECH, TRANSLATE = "v1/audio/transcriptions", "v1/audio/translations"
 V1_CASES = [
     # --- /v1/chat/completions
     P(CHAT, {"raw": b"{not json"}, 400, ("not valid JSON",), id="v1-chat-invalid-json"),
+    P(
+        CHAT,
+        {"json": completion(messages=HELLO * 2001)},
+        400,
+        ("2001 messages; one request takes at most 2000",),
+        id="v1-chat-2001-messages",
+    ),
     P(CHAT, {"raw": b"\xff\xfe\x00\x01binary"}, 400, ("not valid JSON",), id="v1-chat-binary-body"),
     P(CHAT, {"json": [1, 2]}, 400, ("must be a JSON object",), id="v1-chat-array-body"),
     P(CHAT, {"raw": b"[" * 100_000}, 400, ("nests arrays or objects too deeply",), id="v1-chat-100000-brackets"),

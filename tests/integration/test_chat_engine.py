@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import random
+import re
 import threading
+import time
 
 import pytest
 import torch
 
-from studio.engines.chat import ChatEngine, ChatParams
+from studio.engines.chat import MAX_MESSAGES, ChatEngine, ChatParams
 from studio.errors import InputError, ModelLoadError
 from studio.models.specs import ModelSpec
 from tests.managers import cpu_manager
 
 GREEDY = ChatParams(temperature=0, max_new_tokens=24, repetition_penalty=1.0)
 HELLO = [{"role": "user", "content": "hello there, how are you"}]
+LANE_BOUND_S = 20  # a reply issued right after a hostile one finishes within this (its own work is < 2 s)
+
+
+def short_turns(n: int) -> list[dict[str, str]]:
+    """`n` short messages, user and assistant in turn, the last the user's (a conversation that cannot fit)."""
+    return [{"role": ("user", "assistant")[(n - 1 - i) % 2], "content": f"message {i}"} for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +143,106 @@ def test_long_conversation_drops_the_oldest_turns_with_a_notice(engine, lm_spec)
     chunk = engine.complete(lm_spec, messages, ChatParams(temperature=0, max_new_tokens=8, context_len=256))
     assert "Dropped the" in chunk.notice and "256-token context" in chunk.notice
     assert chunk.stats.prompt_tokens <= 256 - 8
+
+
+def dropping_one_turn_at_a_time(engine, lm, messages, params) -> tuple[list[int], int] | str:
+    """What trimming gave before it was linear: re-template after each dropped turn (the reference)."""
+    limit = engine.context_limit(lm, params)
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system) :]
+    while True:
+        ids = engine._template_ids(lm.tokenizer, system + turns)
+        if len(ids) <= limit - params.max_new_tokens:
+            return ids, len(messages) - len(system) - len(turns)
+        if len(turns) <= 1:
+            return f"The message is {len(ids)} tokens"
+        turns = turns[2:] if len(turns) > 2 and turns[1]["role"] == "assistant" else turns[1:]
+        while turns and turns[0]["role"] != "user":
+            turns = turns[1:]
+
+
+def test_trimming_keeps_what_dropping_one_turn_at_a_time_kept(engine, lm_spec):
+    """Random conversations (any order of roles, systems in the middle) and contexts: the same turns kept, the
+    same notice, the same error as re-templating after each dropped turn."""
+    rng = random.Random(12)
+    with engine.manager.acquire(lm_spec) as lease:
+        lm = lease.model
+    for _ in range(150):
+        roles = rng.choices(["user", "assistant", "system"], weights=[3, 3, 1], k=rng.randint(1, 30))
+        messages = [{"role": r, "content": "word " * rng.randint(1, 25)} for r in roles[:-1]]
+        messages.append({"role": "user", "content": "last " * rng.randint(1, 25)})
+        params = ChatParams(max_new_tokens=rng.randint(1, 40), context_len=rng.randint(48, 400))
+        expected = dropping_one_turn_at_a_time(engine, lm, messages, params)
+        try:
+            ids, notice = engine.build_prompt(lm, messages, params)
+        except InputError as exc:
+            assert isinstance(expected, str) and str(exc).startswith(expected), (messages, params)
+            continue
+        dropped = int(re.search(r"Dropped the (\d+) oldest", notice).group(1)) if notice else 0
+        assert (ids, dropped) == expected, (messages, params)
+        if dropped:
+            limit = engine.context_limit(lm, params)
+            s = "s" if dropped != 1 else ""
+            assert notice == f"Dropped the {dropped} oldest message{s} to fit the {limit}-token context."
+
+
+def test_a_stop_while_the_prompt_is_trimmed_ends_the_reply(engine, lm_spec):
+    engine.complete(lm_spec, HELLO, GREEDY)  # loaded: the prompt is made before the lane
+    asked = []
+
+    def stop_on_the_second_question() -> bool:
+        asked.append(1)
+        return len(asked) > 1
+
+    chunks = list(engine.stream(lm_spec, short_turns(1001), GREEDY, should_stop=stop_on_the_second_question))
+    assert len(chunks) == 1 and chunks[0].done and chunks[0].text == ""
+    assert chunks[0].stats.finish_reason == "stopped" and chunks[0].stats.new_tokens == 0
+    assert not engine.lane.busy()
+
+
+def test_a_hostile_conversation_keeps_the_lane_no_longer_than_its_own_work(engine, lm_spec):
+    """Nearly the most messages a request may send, Stop pressed while it runs: a normal reply asked for right
+    after it finishes within a fixed bound (re-templating per dropped turn held the lane for over a minute)."""
+    engine.complete(lm_spec, HELLO, GREEDY)
+    stop = threading.Event()
+    hostile = threading.Thread(
+        target=lambda: list(
+            engine.stream(
+                lm_spec, short_turns(MAX_MESSAGES - 1), ChatParams(max_new_tokens=400), should_stop=stop.is_set
+            )
+        ),
+        daemon=True,
+    )
+    hostile.start()
+    time.sleep(0.5)
+    stop.set()  # the visitor presses Stop
+    t0 = time.monotonic()
+    answered = []
+    normal = threading.Thread(target=lambda: answered.append(engine.complete(lm_spec, HELLO, GREEDY)), daemon=True)
+    normal.start()
+    normal.join(LANE_BOUND_S)
+    assert answered and answered[0].done, f"a normal reply still waits after {time.monotonic() - t0:.0f} s"
+    hostile.join(LANE_BOUND_S)
+    assert not hostile.is_alive() and not engine.lane.busy()
+
+
+def test_the_message_caps_are_checked_before_the_lane(engine, lm_spec):
+    """Too many messages or too much text: refused at once, naming the limit, even while another reply runs."""
+    assert engine.lane.wait()  # someone else's reply holds the lane
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(InputError, match=f"2001 messages; one request takes at most {MAX_MESSAGES}"):
+            engine.complete(lm_spec, short_turns(MAX_MESSAGES + 1), GREEDY)
+        big = [{"role": "user", "content": "x" * 600_000}, {"role": "assistant", "content": "y" * 600_000}, *HELLO]
+        with pytest.raises(
+            InputError, match=r"text passes 1\.0 MB at message 2; one request takes at most 1\.0 MB of text"
+        ):
+            engine.complete(lm_spec, big, GREEDY)
+        with pytest.raises(InputError, match="tokens with the template"):  # loaded: the prompt is made first too
+            engine.complete(lm_spec, [{"role": "user", "content": "word " * 2000}], GREEDY)
+        assert time.monotonic() - t0 < 5
+    finally:
+        engine.lane.release()
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ SLOW = "slow-lm"  # a bigger random LM with a long context: replies that run lon
 HELLO = [{"role": "user", "content": "hello there, how are you"}]
 GREEDY = {"temperature": 0, "max_tokens": 24}
 SEEDED = {"temperature": 1.0, "top_p": 1.0, "seed": 1234, "max_tokens": 32}  # varied text, the same every time
+LANE_BOUND_S = 20  # a 4-token reply asked for right after a hostile request finishes within this
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +195,18 @@ def test_unknown_model_is_not_found(client):
         ([{"role": "assistant", "content": "hi"}], {}, "The last message must be the user's."),
         (HELLO, {"temperature": 9}, "Temperature must be between 0 and 5, not 9."),
         (HELLO, {"n": 2}, "'n' must be 1: the studio writes one reply per request."),
+        (
+            HELLO * 2001,
+            {},
+            "The conversation has 2001 messages; one request takes at most 2000. "
+            "Start a new chat, or send only the recent messages.",
+        ),
+        (
+            [{"role": "user", "content": "x" * 600_000}, {"role": "assistant", "content": "y" * 600_000}, *HELLO],
+            {},
+            "The messages' text passes 1.0 MB at message 2; one request takes at most 1.0 MB of text. "
+            "Start a new chat, or send shorter or fewer messages.",
+        ),
     ],
 )
 def test_bad_requests_say_what_is_wrong(client, messages, extra, message):
@@ -201,6 +214,8 @@ def test_bad_requests_say_what_is_wrong(client, messages, extra, message):
         client.chat.completions.create(model=TINY, messages=messages, **extra)
     assert err.value.status_code == 400 and err.value.body["message"] == message
     assert err.value.body["type"] == "invalid_request_error"
+    if len(messages) > 1:  # the caps name the field
+        assert err.value.body["param"] == "messages"
 
 
 def test_bad_json_and_wrong_types_give_400(studio):
@@ -239,6 +254,28 @@ def test_a_client_that_leaves_stops_its_reply(client, studio):
     assert len(stopped) + len(dropped) == 2, studio.log.read_text()[-3000:]
     for line in stopped:
         assert int(re.search(r": (\d+) tokens", line).group(1)) < 3500
+
+
+def test_a_client_that_leaves_a_huge_conversation_does_not_hold_the_lane(studio):
+    """1,999 short messages (just under the cap) to the slow LM, the client gone after 2 s: a 4-token chat asked for
+    right after it finishes within a fixed bound. Trimming used to re-template the conversation after each dropped
+    turn, inside the lane and deaf to the disconnect: every chat, image and transcription waited for minutes."""
+    turns = [{"role": ("user", "assistant")[i % 2], "content": f"message {i}"} for i in range(1998)]
+    hostile = {"model": SLOW, "messages": [*turns, *HELLO], "max_tokens": 3500}
+    url, left = studio.url + "v1/chat/completions", rf"OpenAI API: {SLOW}: .*stopped \(the client left\)"
+    before = len(_log_lines(studio, left, timeout=0))
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(url, json=hostile, timeout=2)
+    t0 = time.monotonic()
+    try:
+        reply = httpx.post(url, json={"model": TINY, "messages": HELLO, "max_tokens": 4}, timeout=LANE_BOUND_S)
+    except httpx.TimeoutException:
+        pytest.fail(f"a 4-token chat still waits for the lane after {time.monotonic() - t0:.0f} s")
+    assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["role"] == "assistant", reply.text
+    deadline = time.monotonic() + 15
+    while len(_log_lines(studio, left, timeout=0)) == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_log_lines(studio, left, timeout=0)) == before + 1, studio.log.read_text()[-3000:]
 
 
 def _engine_reply(folder: Path, adapter: Path, tmp: Path) -> str:

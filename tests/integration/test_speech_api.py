@@ -137,3 +137,32 @@ def test_the_gradio_endpoint_transcribes_too(studio, recording):
     )
     assert "thank you very much" in _words(text) and "English" in status and "Saved to" in status
     assert len(table["data"]) >= 2 and sorted(Path(f).suffix for f in files) == [".json", ".srt", ".txt", ".vtt"]
+
+
+def test_a_client_that_leaves_a_long_transcription_frees_the_gpu_for_the_next_request(client, recording, studio):
+    """A hostile transcription (the recording 300 times over, about 35 minutes, abandoned after 3 s) must not hold the
+    GPU lane: the next short transcription finishes within a fixed bound, and the long one stopped early."""
+    import time
+
+    long = recording.parent / "three hundred times.mp3"
+    if not long.exists():
+        subprocess.run(
+            ["ffmpeg", "-v", "error", "-stream_loop", "299", "-i", str(recording), "-c", "copy", str(long)],
+            check=True,
+        )
+    with pytest.raises(httpx.TimeoutException):
+        with open(long, "rb") as f:
+            httpx.post(
+                studio.url + "v1/audio/transcriptions",
+                files={"file": (long.name, f, "audio/mpeg")},
+                data={"model": "whisper-1"},
+                timeout=httpx.Timeout(60, read=3),
+            )
+    t0 = time.monotonic()
+    with open(recording, "rb") as f:
+        result = client.audio.transcriptions.create(model="whisper-1", file=f)
+    waited = time.monotonic() - t0
+    assert "thank you very much" in _words(result.text)
+    assert waited < 45, f"the next transcription waited {waited:.0f} s behind the abandoned one"
+    for srt in (studio.data_dir / "outputs" / "transcripts").rglob("three_hundred_times*.srt"):
+        assert srt.stat().st_size < 20_000  # what it heard before it stopped is kept; not the whole 35 minutes
