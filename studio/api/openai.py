@@ -177,9 +177,18 @@ def parse_request(body: Any) -> CompletionRequest:
         )
     if body.get("logprobs"):
         raise ApiError(400, "'logprobs' are not supported; leave it out or set it to false.", param="logprobs")
-    fmt = _field(body, "response_format", (dict,), "an object")
-    if fmt and fmt.get("type", "text") != "text":
-        raise ApiError(400, "Only response_format {'type': 'text'} is supported.", param="response_format")
+    fmt = _field(body, "response_format", (dict,), "an object") or {}
+    kind = fmt.get("type", "text")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ApiError(
+            400, "response_format's type must be text, json_object or json_schema.", param="response_format"
+        )
+    if kind == "json_schema" and not isinstance((fmt.get("json_schema") or {}).get("schema"), dict):
+        raise ApiError(
+            400,
+            "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
+            param="response_format",
+        )
     for name in ("frequency_penalty", "presence_penalty"):
         value = _field(body, name, number, "a number between -2 and 2")
         if value is not None and not -2 <= value <= 2:
@@ -205,6 +214,8 @@ def parse_request(body: Any) -> CompletionRequest:
     if frequency is not None and "repetition_penalty" not in given:
         # OpenAI's additive penalty (-2..2, 0 = none) mapped onto transformers' multiplicative one (0.5..1.5).
         given["repetition_penalty"] = 1.0 + frequency / 4
+    if kind != "text":  # honoured through llama.cpp's grammars; the transformers path answers 400
+        given["response_format"] = fmt
     params = ChatParams(**given)
     try:
         params.check_inputs()
@@ -253,7 +264,9 @@ def served_models(ctx: AppContext) -> list[ServedModel]:
     except ImportError:
         pass
     else:
-        bases.append((starter_spec(ctx.device), 0))
+        from studio.engines.llamacpp import auto_engine
+
+        bases.append((auto_engine(starter_spec(ctx.device)), 0))
     out: dict[str, ServedModel] = {}
     for spec, created in bases:
         name = api_id(spec)
@@ -282,7 +295,10 @@ def resolve_model(ctx: AppContext, model_id: str) -> ServedModel:
 
 
 def model_object(m: ServedModel) -> dict[str, Any]:
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": OWNER}
+    from studio.engines.llamacpp import engine_label
+
+    engine = engine_label(m.spec).split(" · ctx")[0]  # what runs it ("llama.cpp · Q4_1"), not OpenAI's field
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": OWNER, "engine": engine}
 
 
 # ----- generation ------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from studio.engines import llamacpp
 from studio.engines.lane import GpuLane
-from studio.errors import InputError, ModelLoadError, StudioOutOfMemory, is_oom
+from studio.engines.llamacpp import LlamaCppLM, is_llamacpp, llamacpp_spec, transformers_twin
+from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
 from studio.models.estimate import Workload
 from studio.models.specs import ModelSpec
 from studio.text import blank, fmt_bytes, invalid_text
@@ -50,6 +52,9 @@ class ChatParams:
     seed: int = -1  # -1 = a random seed (the one used is reported)
     context_len: int = 0  # tokens of prompt + reply kept (0 = the model's own limit, at most 4096)
     ignore_eos: bool = False  # keep generating past the end-of-sequence token (benchmarks)
+    kv_cache_type: str = "f16"  # llama.cpp: f16, q8_0 or q4_0 (quantized types need flash attention)
+    flash_attn: bool = False  # llama.cpp: flash attention
+    response_format: dict | None = None  # OpenAI's: {"type": "json_object"} or a json_schema (llama.cpp grammars)
 
     def check_inputs(self) -> None:
         """Raise InputError naming the first setting that cannot work."""
@@ -67,6 +72,10 @@ class ChatParams:
             raise InputError(f"Seed must be -1 (random) or a whole number from 0, not {self.seed}.")
         if self.context_len < 0:
             raise InputError(f"Context length must be 0 (the model's) or more, not {self.context_len}.")
+        if self.kv_cache_type not in llamacpp.KV_TYPES:
+            raise InputError(
+                f"KV cache type must be one of {', '.join(llamacpp.KV_TYPES)}, not {self.kv_cache_type!r}."
+            )
 
     @property
     def greedy(self) -> bool:
@@ -250,11 +259,16 @@ class ChatEngine:
 
     @staticmethod
     def context_limit(lm: Any, params: ChatParams) -> int:
+        if isinstance(lm, LlamaCppLM):  # llama.cpp fixed the context when it loaded (from these params)
+            return lm.context
         model_max = int(getattr(lm.model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
         return min(params.context_len or min(model_max, DEFAULT_CONTEXT), model_max)
 
     @staticmethod
-    def _template_ids(tokenizer: Any, messages: list[dict]) -> list[int]:
+    def _template_ids(lm: Any, messages: list[dict]) -> list[int]:
+        if isinstance(lm, LlamaCppLM):
+            return lm.template_ids(messages)
+        tokenizer = lm.tokenizer
         template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
         out = tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, chat_template=template, return_dict=True
@@ -284,7 +298,7 @@ class ChatEngine:
         def ids_from(k: int) -> list[int]:
             if should_stop():
                 raise PromptStopped
-            return self._template_ids(lm.tokenizer, system + turns[starts[k] :])
+            return self._template_ids(lm, system + turns[starts[k] :])
 
         fit = len(starts) - 1  # the fewest turns: only the last message
         ids = ids_from(fit)
@@ -314,6 +328,8 @@ class ChatEngine:
 
     def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
         """Load the model (with the adapters attached to it) and leave it loaded; its record afterwards."""
+        spec, _ = self.runtime_spec(spec, ChatParams(context_len=workload.context_len if workload else 0))
+        self._unload_other_variants(spec)
         with self.manager.acquire(spec, workload) as lease:
             self._sync_adapters(spec, lease.model)
         record = self.manager.record(spec.key)
@@ -321,7 +337,49 @@ class ChatEngine:
         return record
 
     def is_loaded(self, spec: ModelSpec) -> bool:
-        return self.manager.is_loaded(spec.key)
+        """Whether the model is loaded; for llama.cpp, with any context (each is its own spec)."""
+        if not is_llamacpp(spec):
+            return self.manager.is_loaded(spec.key)
+        if self.attached(spec):
+            return self.manager.is_loaded(transformers_twin(spec).key)
+        return bool(self._variants(spec, loaded_only=True))
+
+    def runtime_spec(self, spec: ModelSpec, params: ChatParams) -> tuple[ModelSpec, str]:
+        """The spec that answers with `params`, and a notice when it is not the one picked. A llama.cpp model gets
+        its load-time options (context, KV cache type, flash attention); with LoRA adapters attached it runs on the
+        transformers path (llama.cpp does not run PEFT adapters)."""
+        if not is_llamacpp(spec):
+            return spec, ""
+        if self.attached(spec):
+            return transformers_twin(spec), (
+                f"{spec.name} answers through transformers while LoRA adapters are attached (llama.cpp runs the "
+                "base alone; detach them to use llama.cpp again)."
+            )
+        return llamacpp_spec(spec, params.context_len, params.kv_cache_type, params.flash_attn), ""
+
+    def _variants(self, spec: ModelSpec, *, loaded_only: bool = False) -> list[ModelSpec]:
+        """The llama.cpp specs of the same file the manager holds (another context or KV type each)."""
+        from studio.models.records import LOADED, PARKED
+
+        states = (LOADED,) if loaded_only else (LOADED, PARKED)
+        return [
+            s
+            for _rec, s in self.manager.models("chat", states)
+            if is_llamacpp(s) and (s.source, s.source_type, s.device) == (spec.source, spec.source_type, spec.device)
+        ]
+
+    def _unload_other_variants(self, spec: ModelSpec) -> None:
+        """Before a llama.cpp model loads with new options, the same file loaded with others goes (when idle)."""
+        if not is_llamacpp(spec):
+            return
+        for other in self._variants(spec):
+            if other.key != spec.key:
+                record = self.manager.record(other.key)
+                if record is not None and not record.leases:
+                    try:
+                        self.manager.unload(other.key)
+                    except StudioError:  # leased meanwhile: it stays, the manager evicts it if room is needed
+                        pass
 
     # ----- adapters ----------------------------------------------------------------------------------------
 
@@ -334,6 +392,7 @@ class ChatEngine:
                 "Pick a folder written by the Fine-tune tab or by peft's save_pretrained.",
             )
         name = name or folder.name
+        spec = transformers_twin(spec)  # adapters run on the transformers path
         with self._lock:
             self.adapters.setdefault(spec.key, {})[name] = str(folder)
         try:
@@ -347,6 +406,7 @@ class ChatEngine:
 
     def detach_adapter(self, spec: ModelSpec, name: str) -> None:
         """Remove an adapter from the base model; the base weights are untouched."""
+        spec = transformers_twin(spec)
         with self._lock:
             self.adapters.get(spec.key, {}).pop(name, None)
         lease = self.manager.lease_if_loaded(spec.key)
@@ -358,10 +418,12 @@ class ChatEngine:
 
     def attached(self, spec: ModelSpec) -> list[str]:
         with self._lock:
-            return sorted(self.adapters.get(spec.key, {}))
+            return sorted(self.adapters.get(transformers_twin(spec).key, {}))
 
     def _sync_adapters(self, spec: ModelSpec, lm: Any) -> None:
         """Load wanted adapters that the (possibly reloaded) model lacks."""
+        if isinstance(lm, LlamaCppLM):
+            return
         with self._lock:
             wanted = dict(self.adapters.get(spec.key, {}))
         model = lm.model
@@ -378,6 +440,10 @@ class ChatEngine:
 
     @staticmethod
     def _use_adapter(lm: Any, name: str | None) -> None:
+        if isinstance(lm, LlamaCppLM):
+            if name:
+                raise ModelLoadError(f"Adapter {name} is not attached to this model.")
+            return
         model = lm.model
         if not getattr(model, "peft_config", None):
             if name:
@@ -408,6 +474,28 @@ class ChatEngine:
         params.check_inputs()
         messages = check_messages(messages)
         t0 = time.perf_counter()
+        spec, switched = self.runtime_spec(spec, params)
+        if params.response_format and not is_llamacpp(spec):
+            raise InputError(
+                f"{spec.name} runs through transformers, which does not constrain replies to JSON here.",
+                "Use a GGUF model (it runs through llama.cpp) for response_format json_object or json_schema.",
+            )
+        if switched:
+            for chunk in self._stream_spec(spec, messages, params, adapter, should_stop, t0):
+                chunk.notice = f"{switched} {chunk.notice}".strip()
+                yield chunk
+            return
+        yield from self._stream_spec(spec, messages, params, adapter, should_stop, t0)
+
+    def _stream_spec(
+        self,
+        spec: ModelSpec,
+        messages: list[dict],
+        params: ChatParams,
+        adapter: str | None,
+        should_stop: Callable[[], bool],
+        t0: float,
+    ) -> Iterator[ChatChunk]:
         try:  # before the lane: another reply may be running, and the tokenizer needs no turn on the device
             prepared = self._prepare_if_loaded(spec, messages, params, should_stop)
         except PromptStopped:
@@ -454,6 +542,7 @@ class ChatEngine:
         prepared: tuple[list[int], str] | None,
     ) -> Iterator[ChatChunk]:
         workload = Workload(context_len=params.context_len or 0)
+        self._unload_other_variants(spec)
         with self.manager.acquire(spec, workload) as lease:
             lm = lease.model
             self._sync_adapters(spec, lm)
@@ -482,6 +571,9 @@ class ChatEngine:
         """One generate call in a worker thread, its tokens streamed back. Out of memory before the first token is
         raised as it came (the caller's ladder recovers and retries); after it, a StudioOutOfMemory that keeps the
         reply so far (a retry would rewrite what the user has read)."""
+        if isinstance(lm, LlamaCppLM):
+            yield from self._generate_llamacpp(spec, lm, prompt_ids, params, should_stop, t0, notice)
+            return
         import torch
 
         model, tok = lm.model, lm.tokenizer
@@ -584,6 +676,74 @@ class ChatEngine:
         stats = ChatStats(
             prompt_tokens=len(prompt_ids),
             new_tokens=len(ids) + int(ended_by_eos),
+            seconds=now - t0,
+            ttft=ttft or now - t0,
+            seed=seed,
+            finish_reason=reason,
+        )
+        yield ChatChunk(text=text, delta="", done=True, stats=stats, notice=notice)
+
+    def _generate_llamacpp(
+        self,
+        spec: ModelSpec,
+        lm: LlamaCppLM,
+        prompt_ids: list[int],
+        params: ChatParams,
+        should_stop: Callable[[], bool],
+        t0: float,
+        notice: str,
+    ) -> Iterator[ChatChunk]:
+        """Tokens from llama.cpp, in this thread (its C calls release the GIL). Stop is asked after every token;
+        updates go out at most every UPDATE_INTERVAL (the first at once), as on the transformers path."""
+        seed = params.seed if params.seed >= 0 else random.randrange(2**31)
+        grammar = llamacpp.grammar_for(params.response_format)
+        decode = llamacpp.utf8_decoder()
+        text, pending, ttft, count, last_out = "", "", 0.0, 0, 0.0
+        ended = stopped = False
+        tokens = lm.tokens(
+            prompt_ids,
+            max_new_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            repetition_penalty=params.repetition_penalty,
+            seed=seed,
+            ignore_eos=params.ignore_eos,
+            grammar=grammar,
+            reuse_prefix=params.seed < 0,  # a chosen seed gives the same reply every time: no cached prefix
+        )
+        try:
+            for _token, piece, end in tokens:
+                count += 1
+                now = time.perf_counter()
+                ttft = ttft or now - t0
+                ended = ended or (end and not params.ignore_eos)
+                delta = decode(piece, False) if piece else ""
+                text, pending = text + delta, pending + delta
+                if pending and (last_out == 0.0 or now - last_out >= UPDATE_INTERVAL):
+                    yield ChatChunk(text=text, delta=pending, notice=notice)
+                    pending, last_out = "", time.perf_counter()
+                if should_stop():
+                    stopped = not ended
+                    break
+        except Exception as exc:
+            if is_oom(exc) and count:
+                raise StudioOutOfMemory(
+                    f"Out of memory while {spec.name} was answering; the reply so far is kept.",
+                    "Lower max new tokens or the context length.",
+                ) from None
+            raise
+        finally:
+            tokens.close()
+        now = time.perf_counter()
+        rest = decode(b"", True)
+        text, pending = text + rest, pending + rest
+        if pending:
+            yield ChatChunk(text=text, delta=pending, notice=notice)
+        reason = "stop" if ended else ("stopped" if stopped else "length")
+        stats = ChatStats(
+            prompt_tokens=len(prompt_ids),
+            new_tokens=count,
             seconds=now - t0,
             ttft=ttft or now - t0,
             seed=seed,

@@ -226,11 +226,13 @@ def gguf_info(path: Path) -> WeightsInfo:
 
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            meta, tensors = _GGUFCursor(buf).parse()
+            cursor = _GGUFCursor(buf)
+            meta, tensors = cursor.parse()
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path}: not a readable GGUF file ({exc}).", BAD_FILE_TIP) from None
     tally = _Tally()
-    for name, shape, type_id in tensors:
+    sizes: dict[str, int] = {}
+    for name, shape, type_id, _offset in tensors:
         try:
             qtype = GGMLQuantizationType(type_id)
             block, type_size = GGML_QUANT_SIZES[qtype]
@@ -240,11 +242,11 @@ def gguf_info(path: Path) -> WeightsInfo:
                 "Update the gguf package, or use a more common quantization.",
             ) from None
         numel = math.prod(shape)
-        tally.add(
-            name, qtype.name, shape, numel // block * type_size, quantizable=False if name == "output.weight" else None
-        )
+        sizes[name] = numel // block * type_size
+        tally.add(name, qtype.name, shape, sizes[name], quantizable=False if name == "output.weight" else None)
     arch = str(meta.get("general.architecture", ""))
     get = lambda key: meta.get(f"{arch}.{key}")  # noqa: E731 - a local shorthand
+    block_bytes = sum(n for name, n in sizes.items() if name.startswith("blk."))
     config = {
         "architecture": arch,
         "num_hidden_layers": get("block_count"),
@@ -258,8 +260,40 @@ def gguf_info(path: Path) -> WeightsInfo:
     }
     if not config["head_dim"] and config["hidden_size"] and config["num_attention_heads"]:
         config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+    # what llama.cpp needs to place layers and size its KV cache (studio.engines.llamacpp)
+    config["value_head_dim"] = get("attention.value_length") or config["head_dim"]
+    config["block_bytes"] = block_bytes  # the repeating layers ("blk.N.*"): what partial offload moves
+    config["file_type"] = _gguf_file_type(meta.get("general.file_type"))
+    config["has_chat_template"] = isinstance(meta.get("tokenizer.chat_template"), str)
+    config["model_name"] = meta.get("general.name") if isinstance(meta.get("general.name"), str) else ""
+    alignment = meta.get("general.alignment") if isinstance(meta.get("general.alignment"), int) else 32
+    data_start = -(-cursor.pos // alignment) * alignment
+    ends = [offset + sizes[name] for name, _shape, _type, offset in tensors]
+    config["data_end"] = data_start + max(ends, default=0)  # a file shorter than this is truncated
     config = {k: v for k, v in config.items() if isinstance(v, (int, str)) and v != ""}  # per-layer lists dropped
     return tally.info("gguf metadata", config)
+
+
+def _gguf_file_type(value: object) -> str:
+    """The quantization a GGUF file names for itself ("Q4_1", "Q4_K_M", "F16"), from general.file_type."""
+    if not isinstance(value, int):
+        return ""
+    from gguf.constants import LlamaFileType
+
+    try:
+        name = LlamaFileType(value).name
+    except ValueError:
+        return ""
+    return name.removeprefix("MOSTLY_").replace("ALL_", "")
+
+
+def is_gguf(path: Path | str) -> bool:
+    """Whether `path` is a GGUF file, by its magic bytes (an Ollama blob has no extension)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 class _GGUFCursor:
@@ -299,7 +333,7 @@ class _GGUFCursor:
             return count
         raise ValueError(f"unknown metadata value type {type_id}")
 
-    def parse(self) -> tuple[dict, list[tuple[str, tuple[int, ...], int]]]:
+    def parse(self) -> tuple[dict, list[tuple[str, tuple[int, ...], int, int]]]:
         if bytes(self.buf[:4]) != b"GGUF":
             raise ValueError("no GGUF magic")
         self.pos = 4
@@ -315,8 +349,8 @@ class _GGUFCursor:
         for _ in range(n_tensors):
             name = self.string()
             shape = tuple(self.take("<Q") for _ in range(self.take("<I")))
-            tensors.append((name, shape, self.take("<I")))
-            self.take("<Q")  # offset of the data: not needed
+            type_id = self.take("<I")
+            tensors.append((name, shape, type_id, self.take("<Q")))  # the offset within the data section
         return meta, tensors
 
 

@@ -22,6 +22,7 @@ class LoadOptions:
 
     offline: bool = False  # never contact the Hub
     cache_dir: Path | None = None  # data_dir/models: converted and downloaded models
+    gpu_layers: int | None = None  # llama.cpp: layers to put on the GPU (None = all), set by a partial offload plan
 
 
 def move_module(model: Any, device: str) -> Any:
@@ -48,6 +49,10 @@ class ModelKind:
     measure: Callable[[Any, ModelSpec], int] = lambda model, spec: tensor_bytes(model)  # measured bytes, loaded
     move: Callable[[Any, str], Any] = move_module  # park to "cpu" / back to the device
     parkable: Callable[[ModelSpec], bool] = _parkable_default
+    # the most of the model that fits `room` device bytes when all of it does not (llama.cpp's partial offload):
+    # an object with .estimate (what the device holds), .gpu_layers and .note, or None when nothing useful fits
+    offload: Callable[[ModelSpec, Workload, int], Any] | None = None
+    describe: Callable[[ModelSpec], str] | None = None  # what runs it ("llama.cpp · Q4_1"); None = its precision
     description: str = ""
 
 
@@ -72,9 +77,47 @@ class KindRegistry:
 
 
 def _load_lm(spec: ModelSpec, opts: LoadOptions) -> Any:
+    if spec.backend == "llama.cpp":
+        from studio.engines import llamacpp
+
+        return llamacpp.load(spec, opts.cache_dir, gpu_layers=opts.gpu_layers)
     from studio.models.loading import load_causal_lm
 
     return load_causal_lm(spec, offline=opts.offline, models_dir=opts.cache_dir)
+
+
+def _estimate_chat(spec: ModelSpec, workload: Workload) -> Estimate:
+    from studio.models.estimate import estimate
+
+    if spec.backend == "llama.cpp":
+        from studio.engines import llamacpp
+
+        return llamacpp.estimate(spec, workload)
+    return estimate(spec, workload)
+
+
+def _measure_chat(model: Any, spec: ModelSpec) -> int:
+    if spec.backend == "llama.cpp":  # llama.cpp's buffers are not torch tensors: what it put on the device
+        return int(model.device_weight_bytes)
+    return tensor_bytes(model)
+
+
+def _offload_chat(spec: ModelSpec, workload: Workload, room: int) -> Any:
+    if spec.backend != "llama.cpp":
+        return None
+    from studio.engines import llamacpp
+
+    return llamacpp.offload(spec, workload, room)
+
+
+def _describe_chat(spec: ModelSpec) -> str:
+    from studio.engines.llamacpp import engine_label
+
+    return engine_label(spec)
+
+
+def _parkable_chat(spec: ModelSpec) -> bool:
+    return spec.backend != "llama.cpp" and _parkable_default(spec)  # a llama.cpp model has no .to(); it reloads fast
 
 
 def _load_image(spec: ModelSpec, opts: LoadOptions) -> Any:
@@ -101,7 +144,18 @@ def _measure_speech(model: Any, spec: ModelSpec) -> int:
 def default_registry() -> KindRegistry:
     """The kinds the studio ships with: chat and training bases (transformers), image (diffusers), speech."""
     reg = KindRegistry()
-    reg.register(ModelKind("chat", _load_lm, description="causal language model (transformers)"))
+    reg.register(
+        ModelKind(
+            "chat",
+            _load_lm,
+            estimate=_estimate_chat,
+            measure=_measure_chat,
+            parkable=_parkable_chat,
+            offload=_offload_chat,
+            describe=_describe_chat,
+            description="causal language model (transformers, or llama.cpp for GGUF files)",
+        )
+    )
     reg.register(ModelKind("base-for-training", _load_lm, description="base model for fine-tuning"))
     reg.register(ModelKind("image", _load_image, description="diffusion pipeline (diffusers)"))
     reg.register(

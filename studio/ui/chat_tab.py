@@ -14,10 +14,12 @@ from typing import Any
 import gradio as gr
 
 from studio.context import AppContext
+from studio.engines import llamacpp
 from studio.engines.chat import ChatParams
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
-from studio.models.specs import CATALOG, PRECISIONS, ModelSpec, spec_from_form
+from studio.models.formats import is_gguf
+from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
@@ -34,7 +36,19 @@ def _starter_choice(ctx: AppContext) -> tuple[str, str] | None:
     except ImportError:
         return None
     spec = starter_spec(ctx.device)
-    return (spec.label or spec.name, STARTER_PREFIX + spec.source)
+    return (f"{spec.label or spec.name} · {_gguf_engine(ctx)}", STARTER_PREFIX + spec.source)
+
+
+def _gguf_engine(ctx: AppContext, path: Path | None = None) -> str:
+    """What runs a GGUF model picked with precision auto: "llama.cpp · Q4_1", or transformers without llama.cpp."""
+    if not llamacpp.available():
+        return "transformers (llama.cpp is not installed)"
+    if path is None:
+        from studio.models.starter import starter_llamacpp_spec
+
+        return llamacpp.engine_label(starter_llamacpp_spec(ctx.device), ctx.paths.models)
+    spec = ModelSpec("chat", str(path), "file", device=ctx.device, backend=llamacpp.ENGINE)
+    return llamacpp.engine_label(spec)
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
@@ -45,8 +59,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
         choices.append(starter)
     for rec, spec in ctx.manager.models("chat"):
         if spec.source_type != "starter":
-            choices.append((f"{rec.name} ({rec.state})", spec.source))
-    choices.extend(local_chat_models(ctx.paths.models))
+            choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}", spec.source))
+    choices.extend((_with_engine(ctx, label, value), value) for label, value in local_chat_models(ctx.paths.models))
     for entry in CATALOG:
         if entry.kind == "chat":
             choices.append((f"{entry.label} — {entry.hub_id}", entry.hub_id))
@@ -78,6 +92,15 @@ def local_chat_models(models: Path) -> list[tuple[str, str]]:
     return found
 
 
+def _with_engine(ctx: AppContext, label: str, value: str) -> str:
+    """A picker label that says which engine runs the model with precision auto."""
+    path = Path(value)
+    if value.endswith(".gguf") or (path.is_absolute() and path.is_file() and is_gguf(path)):
+        return f"{label} · {_gguf_engine(ctx, path)}"
+    return f"{label} · transformers"
+
+
+
 def adapter_folders(ctx: AppContext) -> list[str]:
     """PEFT adapters in the data dir (the Fine-tune tab writes them under runs/)."""
     found = sorted(
@@ -101,8 +124,9 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
     if choice.startswith(STARTER_PREFIX):
         from studio.models.starter import starter_spec
 
-        return starter_spec(ctx.device)
-    return spec_from_form(ctx.device, "chat", choice, precision)
+        spec = starter_spec(ctx.device)
+        return llamacpp.auto_engine(spec) if precision == llamacpp.AUTO else spec
+    return llamacpp.chat_spec(ctx.device, choice, precision)
 
 
 def answer_with_choices(ctx: AppContext, choice: str | None, precision: str) -> list[str]:
@@ -197,6 +221,8 @@ class ReplyForm:
     use_adapter: str | None  # 'Answer with': an attached adapter, or NO_ADAPTER
     side_by_side: bool
     asked_after: int | None  # how many Clears the session had when the question was asked
+    kv_type: str = "f16"  # llama.cpp's KV cache type
+    flash_attn: bool = False  # llama.cpp's flash attention
 
     def params(self) -> ChatParams:
         params = ChatParams(
@@ -207,6 +233,8 @@ class ReplyForm:
             repetition_penalty=float(self.rep),
             seed=whole(self.seed, "Seed"),
             context_len=whole(self.context, "Context length"),
+            kv_cache_type=self.kv_type or "f16",
+            flash_attn=bool(self.flash_attn),
         )
         params.check_inputs()
         return params
@@ -240,11 +268,14 @@ class ChatTab:
     def show_plan(self, choice: str | None, precision: str, context: int | None, request: gr.Request = None) -> str:
         if not choice:
             return ""
-        plan = self.ctx.manager.plan(self.owned_spec(choice, precision, request), workload_for(context))
+        spec = self.owned_spec(choice, precision, request)
+        plan = self.ctx.manager.plan(spec, workload_for(context))
         est = plan.estimate
+        fallback = llamacpp.fallback_notice(spec)
         return (
-            f"{plan.message} Estimate: {fmt_bytes(est.total)} = weights {fmt_bytes(est.weights_bytes)} + "
-            f"KV cache and activations {fmt_bytes(est.runtime_bytes)} ({est.method})."
+            f"Engine: {llamacpp.engine_label(spec, self.ctx.paths.models)}. {plan.message} "
+            f"Estimate: {fmt_bytes(est.total)} = weights {fmt_bytes(est.weights_bytes)} + "
+            f"KV cache and activations {fmt_bytes(est.runtime_bytes)} ({est.method}).{' ' + fallback if fallback else ''}"
         )
 
     @msg.user_errors
@@ -388,9 +419,12 @@ def layout(ctx: AppContext) -> dict[str, gr.components.Component]:
             elem_id="chat-model",
             scale=4,
         )
-        precision = "nf4" if ctx.device == "cuda" else "fp32"
         w["precision"] = gr.Dropdown(
-            list(PRECISIONS), value=precision, label="Precision", elem_id="chat-precision", scale=1
+            [llamacpp.AUTO, *PRECISIONS],
+            value=llamacpp.AUTO,
+            label="Precision (auto: llama.cpp for GGUF files; a precision: transformers)",
+            elem_id="chat-precision",
+            scale=1,
         )
         w["load"] = gr.Button("Load", elem_id="chat-load", scale=1)
     w["plan"] = gr.Markdown(elem_id="chat-plan")
@@ -439,6 +473,12 @@ def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
         w["context"] = gr.Number(
             value=0, precision=0, label="Context length (0 = the model's)", elem_id="chat-context"
         )
+    with gr.Accordion("llama.cpp", open=False):
+        w["kv_type"] = gr.Dropdown(
+            list(llamacpp.KV_TYPES), value="f16", label="KV cache type (q8_0, q4_0 need flash attention)",
+            elem_id="chat-kv-type",
+        )
+        w["flash_attn"] = gr.Checkbox(label="Flash attention", value=False, elem_id="chat-flash-attn")
     with gr.Accordion("LoRA adapters", open=True):
         w["adapter_path"] = gr.Dropdown(
             choices=adapter_folders(ctx), allow_custom_value=True, label="Adapter folder", elem_id="chat-adapter-path"

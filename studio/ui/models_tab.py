@@ -9,9 +9,10 @@ import gradio as gr
 
 from studio.config import GIB
 from studio.context import AppContext
+from studio.engines import llamacpp
 from studio.errors import InputError
 from studio.models.records import ModelRecord
-from studio.models.specs import CATALOG, KINDS, PRECISIONS, spec_from_form
+from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec, spec_from_form
 from studio.security import require_owner
 from studio.text import fmt_bytes
 from studio.ui import messages as msg
@@ -47,7 +48,7 @@ def model_rows(records: list[ModelRecord]) -> list[list[str]]:
         [
             r.name,
             r.kind,
-            r.precision,
+            r.engine or r.precision,
             r.device,
             r.state,
             fmt_bytes(r.estimated_bytes),
@@ -109,7 +110,19 @@ class ModelsTab:
     def plan(self, kind: str, source: str, precision: str, request: gr.Request = None) -> str:
         # before the path is looked at: a remote visitor learns nothing of the server's files from the answer
         require_owner(self.ctx.security, request, "load models by path or Hub id")
-        return self.manager.plan(spec_from_form(self.ctx.device, kind, source, precision)).message
+        spec = self.form_spec(kind, source, precision)
+        fallback = llamacpp.fallback_notice(spec)
+        engine = f"Engine: {llamacpp.engine_label(spec)}. " if spec.kind == "chat" else ""
+        return engine + self.manager.plan(spec).message + (f" {fallback}" if fallback else "")
+
+    def form_spec(self, kind: str, source: str, precision: str) -> ModelSpec:
+        """The load form's model. Precision auto: llama.cpp for a GGUF chat model, else the device's default
+        (nf4 on CUDA, fp32 on the CPU, which each kind's loader adapts)."""
+        if kind == "chat":
+            return llamacpp.chat_spec(self.ctx.device, source, precision)
+        if precision == llamacpp.AUTO:
+            precision = "nf4" if self.ctx.device == "cuda" else "fp32"
+        return spec_from_form(self.ctx.device, kind, source, precision)
 
     @msg.user_errors
     def load(
@@ -121,7 +134,7 @@ class ModelsTab:
         progress=gr.Progress(track_tqdm=True),  # noqa: B008 - a model not downloaded yet shows its download
     ) -> str:
         require_owner(self.ctx.security, request, "load models by path or Hub id")
-        spec = spec_from_form(self.ctx.device, kind, source, precision)
+        spec = self.form_spec(kind, source, precision)
         engine = {"chat": self.ctx.chat, "image": self.ctx.image, "speech": self.ctx.speech}.get(spec.kind)
         if engine is self.ctx.image:
             self.ctx.image.prepare(spec)
@@ -192,9 +205,12 @@ def layout(ctx: AppContext) -> dict[str, Any]:
                 value=None,
                 scale=4,
             )
-            default_precision = "nf4" if ctx.device == "cuda" else "fp32"
             precision = gr.Dropdown(
-                list(PRECISIONS), value=default_precision, label="Precision", elem_id="load-precision", scale=1
+                [llamacpp.AUTO, *PRECISIONS],
+                value=llamacpp.AUTO,
+                label="Precision (auto: llama.cpp for GGUF chat models)",
+                elem_id="load-precision",
+                scale=1,
             )
         with gr.Row():
             plan_btn = gr.Button("Show plan", elem_id="load-plan")

@@ -320,7 +320,8 @@ def test_starter_knows_the_capital_of_france(client):
     from studio.models import starter
 
     model = starter.STARTER_NAME
-    assert model in [m.id for m in client.models.list().data]
+    listed = {m.id: m for m in client.models.list().data}
+    assert listed[model].engine == "llama.cpp · Q4_1"  # the starter's own GGUF runs through llama.cpp
     ask = {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
     whole = client.chat.completions.create(temperature=0, max_tokens=48, **ask)
     assert "Paris" in whole.choices[0].message.content

@@ -36,8 +36,8 @@ def test_each_endpoint_sends_its_form_in_the_order_api_clients_use(ctx):
     tabs = app.studio_components
     widgets = {"chat": tabs["chat"], "finetune": tabs["finetune"], "image": tabs["image"], "speech": tabs["speech"]}
     cases = [
-        ("chat", "chat", ReplyForm, 15),
-        ("chat_regenerate", "chat", ReplyForm, 15),
+        ("chat", "chat", ReplyForm, 17),
+        ("chat_regenerate", "chat", ReplyForm, 17),
         ("ft_analyse", "finetune", AnalyseForm, 12),
         ("ft_estimate", "finetune", JobForm, 20),
         ("ft_start", "finetune", StartForm, 30),
