@@ -31,8 +31,9 @@ pip_install "${use_pins[@]}" -e ".[test]"
 # Sorted by name, as pip freeze lists them. Frozen on Linux x86_64, Python 3.11 (another Python may add a
 # few conditional packages, e.g. tomli on 3.10, which then install unpinned).
 EOF
-  "$tmp/venv/bin/python" -m pip freeze --exclude-editable \
-    | grep -viE "^(torch|nvidia-|triton|pip|setuptools|wheel)=="
+  # llama-cpp-python (built by scripts/setup.sh, not a dependency in pyproject.toml) and what it adds
+  { "$tmp/venv/bin/python" -m pip freeze --exclude-editable; grep -E "^(diskcache|llama_cpp_python)==" constraints.txt; } \
+    | grep -viE "^(torch|nvidia-|triton|pip|setuptools|wheel)==" | sort -f -u
 } >"$tmp/constraints.txt"
 mv "$tmp/constraints.txt" constraints.txt
 echo "constraints.txt: $(grep -vc '^#' constraints.txt) pins" >&2

@@ -568,4 +568,11 @@ def connect_page_load(ctx: AppContext, app: gr.Blocks, chat: dict[str, Any]) -> 
         api_name="chat_refresh",
         queue=False,
         show_progress="hidden",
+    ).then(  # the picked model's engine and plan, before anything is sent
+        chat["tab"].show_plan,
+        [chat["model"], chat["precision"], chat["context"]],
+        [chat["plan"]],
+        api_visibility="private",
+        queue=False,
+        show_progress="hidden",
     )

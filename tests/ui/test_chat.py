@@ -251,6 +251,9 @@ def test_the_starter_model_answers_in_the_page(page, starter_studio):
     page.goto(starter_studio.url)
     page.locator("#chat-model input").click()
     page.locator("ul[role=listbox] li", has_text="SmolLM2 135M Instruct (starter)").first.click()
+    if llamacpp_available():  # the starter's own GGUF runs through llama.cpp, and the page says so
+        expect(page.locator("#chat-model input")).to_have_value("SmolLM2 135M Instruct (starter) · llama.cpp · Q4_1")
+        expect(page.locator("#chat-plan")).to_contain_text("Engine: llama.cpp · Q4_1", timeout=30_000)
     _open_sampling(page)
     _set_value(page, "chat-temperature", "0")
     _set_value(page, "chat-max-new", "24")
@@ -258,3 +261,12 @@ def test_the_starter_model_answers_in_the_page(page, starter_studio):
     page.locator("#chat-input textarea").press("Enter")
     expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=120_000)
     expect(page.locator("#chat-history")).to_contain_text("Paris")
+    if llamacpp_available():
+        page.get_by_role("tab", name="Models").click()
+        expect(page.locator("#models-table")).to_contain_text("llama.cpp · Q4_1 · ctx 4096", timeout=30_000)
+
+
+def llamacpp_available() -> bool:
+    from studio.engines import llamacpp
+
+    return llamacpp.available()
