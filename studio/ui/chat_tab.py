@@ -38,7 +38,8 @@ def _starter_choice(ctx: AppContext) -> tuple[str, str] | None:
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    """The starter model, chat models already known to the manager, local folders in models/, the catalog."""
+    """The starter model, chat models already known to the manager, local folders in models/, the GGUF models of
+    Ollama, LM Studio and the Hugging Face cache and the --models-dir folders (by their own names), the catalog."""
     choices: list[tuple[str, str]] = []
     starter = _starter_choice(ctx)
     if starter:
@@ -47,6 +48,7 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
         if spec.source_type != "starter":
             choices.append((f"{rec.name} ({rec.state})", spec.source))
     choices.extend(local_chat_models(ctx.paths.models))
+    choices.extend(ctx.discovery.chat_models(ctx.config.models_dir))
     for entry in CATALOG:
         if entry.kind == "chat":
             choices.append((f"{entry.label} — {entry.hub_id}", entry.hub_id))
