@@ -50,6 +50,8 @@ class StudioConfig:
     reserve_gb: float = 0.8  # kept free for the CUDA context, fragmentation and other programs
     device: str = "auto"  # auto | cuda | cpu
     data_dir: Path = field(default_factory=default_data_dir)  # outputs, run folders, calibration, models
+    # more folders whose .gguf files and causal-LM folders the chat picker offers (--models-dir, repeatable)
+    models_dir: tuple[Path, ...] = ()
     offline: bool = False  # never contact the Hugging Face Hub
     open_browser: bool = True  # open the page in the browser on start
     # a fine-tune worker whose studio died (killed, crashed): "keep" trains on and the next studio re-adopts it,
@@ -73,6 +75,7 @@ class StudioConfig:
 
 # Settings that are paths, floats, ints and booleans, for parsing strings from the environment and the file.
 _PATHS = {"auth_file", "data_dir", "config_file"}
+_PATH_LISTS = {"models_dir"}  # a list in the file, os.pathsep-separated in the environment, repeated on the CLI
 _FLOATS = {"budget_gb", "reserve_gb", "max_upload_mb"}
 _INTS = {"port", "max_queue"}
 _BOOLS = {"share", "listen", "offline", "open_browser", "allow_remote_admin"}
@@ -122,6 +125,12 @@ def validate(cfg: StudioConfig) -> None:
             raise ConfigError(
                 f"--allowed-origins: {origin.strip()!r} is not a web origin.",
                 "Give scheme://host[:port] with no path, e.g. --allowed-origins https://app.example,http://pc:3000",
+            )
+    for folder in cfg.models_dir:
+        if not Path(folder).is_dir():
+            raise ConfigError(
+                f"--models-dir {folder}: {'not a folder' if Path(folder).exists() else 'no such folder'}.",
+                "Give a folder that holds .gguf files or model folders; repeat --models-dir for more than one.",
             )
     if not 0 < cfg.max_upload_mb <= 1024 * 1024:
         raise ConfigError(f"--max-upload-mb must be a positive number of MB, not {cfg.max_upload_mb:g}.")
@@ -177,6 +186,11 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return None if text in ("", "auto") and name == "budget_gb" else float(value)
         if name in _PATHS:
             return Path(str(value)).expanduser()
+        if name in _PATH_LISTS:
+            items = value.split(os.pathsep) if isinstance(value, str) else value
+            if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+                raise ValueError
+            return tuple(Path(item.strip()).expanduser() for item in items if item.strip())
         if not isinstance(value, str):
             raise ValueError
         return value
@@ -188,6 +202,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             if name in _INTS
             else "a number"
             if name in _FLOATS
+            else "a folder or a list of folders"
+            if name in _PATH_LISTS
             else "text"
         )
         raise ConfigError(f"{where} must be {kind}, not {value!r}.") from None
@@ -266,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reserve-gb", metavar="GB", help="memory kept free for the CUDA context and others (0.8)")
     p.add_argument("--device", choices=DEVICES, help="where models run (default auto: CUDA if an NVIDIA GPU is found)")
     p.add_argument("--data-dir", metavar="DIR", help="outputs, run folders, calibration, converted models")
+    p.add_argument(
+        "--models-dir",
+        metavar="DIR",
+        action="append",
+        help="another folder of .gguf files or model folders for the chat picker (repeat for more)",
+    )
     p.add_argument("--offline", action="store_true", help="never contact the Hugging Face Hub")
     p.add_argument("--no-browser", dest="open_browser", action="store_false", help="do not open the browser")
     p.add_argument(

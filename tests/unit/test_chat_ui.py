@@ -114,3 +114,15 @@ def test_causal_lm_folders_and_gguf_files_in_models_are_offered(tmp_path):
     ]
     values = [v for _label, v in model_choices(ctx)]
     assert str(models / "my-llama") in values and str(models / "a-vae") not in values
+
+
+def test_gguf_files_in_models_dir_folders_are_offered(tmp_path):
+    """The picker also offers what studio.models.discover finds (here in a --models-dir folder), by its name."""
+    from studio.ui.chat_tab import model_choices
+
+    llms = tmp_path / "llms"
+    (llms / "phi").mkdir(parents=True)
+    (llms / "phi" / "phi.Q4_K_M.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
+    config = StudioConfig(data_dir=tmp_path / "data", models_dir=(llms,))
+    ctx = build_context(config, probe=FakeGpuProbe(), start_monitor=False)
+    assert (f"phi/phi.Q4_K_M.gguf (in {llms})", str(llms / "phi" / "phi.Q4_K_M.gguf")) in model_choices(ctx)
