@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,11 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
 
         spec = starter_spec(ctx.device)
         return llamacpp.auto_engine(spec) if precision == llamacpp.AUTO else spec
-    return llamacpp.chat_spec(ctx.device, choice, precision)
+    spec = llamacpp.chat_spec(ctx.device, choice, precision)
+    found = dict((value, label) for label, value in ctx.discovery.chat_models(ctx.config.models_dir))
+    if choice in found:  # an Ollama blob is named by its hash: call it what Ollama calls it
+        spec = replace(spec, label=found[choice].rsplit(" (", 1)[0])
+    return spec
 
 
 def answer_with_choices(ctx: AppContext, choice: str | None, precision: str) -> list[str]:
