@@ -297,3 +297,28 @@ def test_unloading_gives_the_memory_back(tmp_path, starter_gguf):
     after = probe.snapshot().this_process
     assert loaded - after > 0.6 * (loaded - before), (before, loaded, after)
     assert report.observed is not None and report.observed > 0.6 * (loaded - before)
+
+
+def test_lora_adapters_move_the_model_to_transformers_and_say_so(tmp_path, spec, starter_folder):
+    """llama.cpp does not run PEFT adapters: with one attached, the starter answers through transformers (the
+    reply says so), and detached it runs through llama.cpp again."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(starter_folder)
+    adapter = tmp_path / "probe-adapter"
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
+    engine = ChatEngine(cpu_manager(tmp_path, budget=3 * 1024**3))
+    assert engine.complete(spec, FRANCE, GREEDY).notice == ""
+    name = engine.attach_adapter(spec, adapter)
+    assert engine.attached(spec) == [name]
+    last = engine.complete(spec, FRANCE, GREEDY, adapter=name)
+    assert "answers through transformers while LoRA adapters are attached" in last.notice
+    assert "Paris" in engine.complete(spec, FRANCE, GREEDY).text  # the base, on the transformers path
+    engines = {r.engine for r in engine.manager.records() if r.state == LOADED}
+    assert "transformers · FP32" in engines
+    engine.detach_adapter(spec, name)
+    last = engine.complete(spec, FRANCE, GREEDY)
+    assert last.notice == "" and "Paris" in last.text
+    loaded = [r for r in engine.manager.records() if r.state == LOADED and r.engine.startswith("llama.cpp")]
+    assert loaded

@@ -512,3 +512,24 @@ def test_cross_site_pages_cannot_drive_the_api(studio):
         headers = {"Origin": origin, "Content-Type": "application/json"}
         r = httpx.post(studio.url + "v1/chat/completions", content=body, headers=headers, timeout=120)
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"], r.text
+
+
+def test_a_client_that_leaves_stops_a_llama_cpp_reply(client, studio):
+    """The starter runs through llama.cpp: a dropped stream stops its generation too, after the current token."""
+    from studio.engines import llamacpp
+    from studio.models import starter
+
+    if not llamacpp.available():
+        pytest.skip("llama-cpp-python is not installed")
+    count = [{"role": "user", "content": "Count from 1 to 5000, separated by commas: 1, 2, 3,"}]
+    long = {"model": starter.STARTER_NAME, "messages": count, "max_tokens": 3500, "temperature": 0}
+    stream = client.chat.completions.create(stream=True, **long)
+    contents = 0
+    for chunk in stream:
+        contents += bool(chunk.choices and chunk.choices[0].delta.content)
+        if contents >= 3:
+            break
+    stream.close()
+    stopped = _log_lines(studio, rf"OpenAI API: {starter.STARTER_NAME}: .*stopped \(the client left\)", timeout=30)
+    assert stopped, studio.log.read_text()[-3000:]
+    assert int(re.search(r": (\d+) tokens", stopped[-1]).group(1)) < 3500
