@@ -440,6 +440,13 @@ class LlamaCppLM:
                 yield token, piece, end
                 if (end and not ignore_eos) or n >= max_new_tokens:
                     break
+        except RuntimeError as exc:
+            # llama_decode: 1 = no room in the KV cache, -2/-3 = a buffer could not be allocated or computed.
+            # As MemoryError, the out-of-memory ladder evicts idle models and answers again (before the first
+            # token), or the page says what to lower.
+            if any(f"llama_decode returned {code}" in str(exc) for code in (1, -2, -3)):
+                raise MemoryError(f"llama.cpp ran out of memory ({exc})") from None
+            raise
         finally:
             gen.close()
 
@@ -466,10 +473,7 @@ def load(spec: ModelSpec, models_dir: Path | None = None, gpu_layers: int | None
         spec = llamacpp_spec(spec)
     opts = _options(spec)
     context, kv_type, flash = int(opts["ctx"]), opts["kv"], opts["fa"] == "1"
-    if spec.device == "cuda":
-        layers = -1 if gpu_layers is None else gpu_layers
-    else:
-        layers = 0
+    layers = (-1 if gpu_layers is None else gpu_layers) if spec.device == "cuda" else 0  # -1: every layer
     kv_id = KV_TYPES[kv_type][0]
     if kv_type != "f16" and not flash:
         raise InputError(

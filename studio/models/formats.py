@@ -299,7 +299,6 @@ def _gguf_file_type(value: object) -> str:
     return name.removeprefix("MOSTLY_").replace("ALL_", "")
 
 
-
 class _GGUFCursor:
     """A minimal GGUF (v2/v3) reader: metadata scalars, array lengths, and tensor infos."""
 

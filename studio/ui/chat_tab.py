@@ -24,6 +24,7 @@ from studio.security import require_loaded_choice_or_owner, require_loaded_or_ow
 from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
+from studio.ui.inputs import optional
 from studio.ui.session import StopFlags, session_key
 
 STARTER_PREFIX = "starter:"
@@ -100,7 +101,6 @@ def _with_engine(ctx: AppContext, label: str, value: str) -> str:
     if value.endswith(".gguf") or (path.is_absolute() and path.is_file() and is_gguf(path)):
         return f"{label} · {_gguf_engine(ctx, path)}"
     return f"{label} · transformers"
-
 
 
 def adapter_folders(ctx: AppContext) -> list[str]:
@@ -480,11 +480,15 @@ def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
             value=0, precision=0, label="Context length (0 = the model's)", elem_id="chat-context"
         )
     with gr.Accordion("llama.cpp", open=False):
-        w["kv_type"] = gr.Dropdown(
-            list(llamacpp.KV_TYPES), value="f16", label="KV cache type (q8_0, q4_0 need flash attention)",
-            elem_id="chat-kv-type",
+        w["kv_type"] = optional(
+            gr.Dropdown(
+                list(llamacpp.KV_TYPES),
+                value="f16",
+                label="KV cache type (q8_0, q4_0 need flash attention)",
+                elem_id="chat-kv-type",
+            )
         )
-        w["flash_attn"] = gr.Checkbox(label="Flash attention", value=False, elem_id="chat-flash-attn")
+        w["flash_attn"] = optional(gr.Checkbox(label="Flash attention", value=False, elem_id="chat-flash-attn"))
     with gr.Accordion("LoRA adapters", open=True):
         w["adapter_path"] = gr.Dropdown(
             choices=adapter_folders(ctx), allow_custom_value=True, label="Adapter folder", elem_id="chat-adapter-path"

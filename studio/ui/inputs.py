@@ -129,6 +129,15 @@ def event_data_problem(block_fn: Any, event_data: Any) -> str | None:
     return None
 
 
+OPTIONAL = "studio_optional"  # set on a widget added at the end of a form: an API call may leave it out
+
+
+def optional(component: Any) -> Any:
+    """Mark a widget that API callers written before it existed may leave out: it then takes its default."""
+    setattr(component, OPTIONAL, True)
+    return component
+
+
 class StudioBlocks(gr.Blocks):
     """gr.Blocks whose events answer a value they cannot read with a message that names the widget."""
 
@@ -142,6 +151,13 @@ class StudioBlocks(gr.Blocks):
     async def preprocess_data(self, block_fn: Any, inputs: list[Any], state: Any, explicit_call: bool = False):
         blocks = list(block_fn.inputs)
         name = block_fn.api_name or block_fn.name
+        if len(inputs) < len(blocks) and all(
+            b.get_block_name() == "state" or getattr(b, OPTIONAL, False) for b in blocks[len(inputs) :]
+        ):
+            # settings added at the end of a form since a script was written (llama.cpp's KV cache type on 'chat')
+            # take the widget's default, as gradio_client fills them in: existing API callers keep working (a
+            # session state among them is Gradio's to fill, from the session)
+            inputs = [*inputs, *(None if b.get_block_name() == "state" else b.value for b in blocks[len(inputs) :])]
         if len(inputs) < len(blocks):
             # session state (gr.State) is not the caller's to send: Gradio's API fills it in
             sent = [(i, b) for i, b in enumerate(blocks) if b.get_block_name() != "state"]

@@ -318,7 +318,7 @@ GRADIO_CASES = [
         ("not-an-adapter", "not in the list of choices"),
         id="chat-unknown-adapter",
     ),
-    P("chat", chat()[:2], ("'chat' takes 14 values but 2 were sent",), id="chat-too-few-values"),
+    P("chat", chat()[:2], ("'chat' takes 16 values but 2 were sent",), id="chat-too-few-values"),
     P("chat_attach", [LM, "fp32", "/no/such/adapter"], ("not a PEFT adapter",), id="chat-attach-missing-adapter"),
     P("chat_export", [[], "", LM, "fp32"], ("Nothing to export yet",), id="chat-export-empty"),
     P("drop_last_reply", [[]], ("Nothing to regenerate yet",), id="chat-regenerate-empty"),
