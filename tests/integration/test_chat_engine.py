@@ -151,7 +151,7 @@ def dropping_one_turn_at_a_time(engine, lm, messages, params) -> tuple[list[int]
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system) :]
     while True:
-        ids = engine._template_ids(lm.tokenizer, system + turns)
+        ids = engine._template_ids(lm, system + turns)
         if len(ids) <= limit - params.max_new_tokens:
             return ids, len(messages) - len(system) - len(turns)
         if len(turns) <= 1:

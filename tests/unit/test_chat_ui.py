@@ -125,4 +125,6 @@ def test_gguf_files_in_models_dir_folders_are_offered(tmp_path):
     (llms / "phi" / "phi.Q4_K_M.gguf").write_bytes(b"GGUF\x03\x00\x00\x00")
     config = StudioConfig(data_dir=tmp_path / "data", models_dir=(llms,))
     ctx = build_context(config, probe=FakeGpuProbe(), start_monitor=False)
-    assert (f"phi/phi.Q4_K_M.gguf (in {llms})", str(llms / "phi" / "phi.Q4_K_M.gguf")) in model_choices(ctx)
+    labels = dict((value, label) for label, value in model_choices(ctx))
+    label = labels[str(llms / "phi" / "phi.Q4_K_M.gguf")]
+    assert label.startswith(f"phi/phi.Q4_K_M.gguf (in {llms}) · ")  # then the engine that runs it
