@@ -161,6 +161,11 @@ def _diffusers_info(folder: Path) -> WeightsInfo:
     return _merge(parts, " + ".join(methods), config)
 
 
+def safetensors_files(folder: Path) -> list[Path]:
+    """The .safetensors files a loader reads from a model folder (one variant, every shard); [] when none."""
+    return _safetensors_set(Path(folder))
+
+
 def _safetensors_set(folder: Path) -> list[Path]:
     """The one set of .safetensors files a loader would read from `folder` (never both fp16 and full files)."""
     for base in ("model", "diffusion_pytorch_model"):

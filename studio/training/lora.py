@@ -66,20 +66,29 @@ def token_loss(model, batch: dict[str, Any], n_items: int):
     return loss / n_items
 
 
-def merge(run: RunDir, out: Path | None = None) -> Path:
-    """Merge the run's adapter into a 16/32-bit copy of its base; save a full safetensors model folder."""
-    import torch
+def merged_model(run: RunDir, *, device: str | None = None, precision: str | None = None):
+    """The run's base (on `device`, default the job's; at `precision`, default bf16 on CUDA and fp32 on the CPU)
+    with its adapter merged in: a plain transformers model, nothing written."""
     from peft import PeftModel
 
     job = run.job()
     if not (run.adapter / "adapter_config.json").is_file():
         raise StudioError(f"{run.name} has no adapter yet.", "Train (or stop) the run first.")
-    out = Path(out) if out else run.merged
-    precision = "bf16" if job.device == "cuda" else "fp32"
-    base_job = TrainJob(**{**job.__dict__, "method": "lora", "precision": precision})
+    device = device or job.device
+    precision = precision or ("bf16" if device == "cuda" else "fp32")
+    base_job = TrainJob(**{**job.__dict__, "method": "lora", "precision": precision, "device": device})
     base = load_base(base_job)
-    check_disk(out.parent, sum(p.numel() * p.element_size() for p in base.parameters()))
-    merged = PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+    return PeftModel.from_pretrained(base, str(run.adapter)).merge_and_unload()
+
+
+def merge(run: RunDir, out: Path | None = None) -> Path:
+    """Merge the run's adapter into a 16/32-bit copy of its base; save a full safetensors model folder."""
+    import torch
+
+    job = run.job()
+    out = Path(out) if out else run.merged
+    merged = merged_model(run)
+    check_disk(out.parent, sum(p.numel() * p.element_size() for p in merged.parameters()))
     tokenizer = rowlib.load_tokenizer(job.base_model, offline=job.offline)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
