@@ -40,6 +40,13 @@ def test_ui_imports_without_torch():
     assert out.returncode == 0 and "OK []" in out.stdout, out.stderr[-2000:]
 
 
+def test_export_imports_without_torch_or_gradio():
+    """The export's CLI answers --help and bad input fast, and the page can import its API (torch loads inside)."""
+    blocked = "torch,transformers,peft,gguf,llama_cpp,numpy,safetensors,gradio,gradio_client"
+    out = _import_with_blocked("studio.export", blocked)
+    assert out.returncode == 0 and "OK []" in out.stdout, out.stderr[-2000:]
+
+
 def test_the_blocker_really_blocks():
     out = _import_with_blocked("studio.ui", "gradio")
     assert out.returncode != 0 and "blocked import: gradio" in out.stderr
