@@ -13,6 +13,7 @@ from studio.errors import DiskFullError, is_disk_full
 from studio.text import fmt_bytes
 
 MARGIN = 64 * 1024**2  # bytes left free on top of the estimate
+FULL = 1024**2  # a write that fails with less than this left on the disk failed for lack of space
 PARTIAL = ".partial"  # suffix of the temporary files (hidden, in the target folder)
 
 
@@ -42,7 +43,7 @@ def disk_full_is_clear(target: Path) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        if is_disk_full(exc):
+        if _is_full(exc, target.parent):
             raise DiskFullError(
                 f"The disk filled up while writing {target.name} in {target.parent} "
                 f"({fmt_bytes(free_bytes(target.parent))} free); nothing was left half-written.",
@@ -62,6 +63,22 @@ def staged(target: Path) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _is_full(exc: BaseException, folder: Path) -> bool:
+    """ENOSPC however wrapped, or a short write (numpy's tofile says only "N requested and M written") on a disk
+    with almost nothing left."""
+    if is_disk_full(exc):
+        return True
+    seen, cause = 0, exc
+    while cause is not None and seen < 10:
+        if isinstance(cause, OSError):
+            try:
+                return free_bytes(folder) < FULL
+            except OSError:
+                return False
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return False
 
 
 def write_text(target: Path, text: str) -> Path:
