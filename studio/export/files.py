@@ -66,19 +66,14 @@ def staged(target: Path) -> Iterator[Path]:
 
 
 def _is_full(exc: BaseException, folder: Path) -> bool:
-    """ENOSPC however wrapped, or a short write (numpy's tofile says only "N requested and M written") on a disk
-    with almost nothing left."""
+    """ENOSPC however wrapped, or any failure (numpy's short write says only "N requested and M written", llama.cpp's
+    quantizer only that it failed) with almost nothing left on the disk, the partial file still there."""
     if is_disk_full(exc):
         return True
-    seen, cause = 0, exc
-    while cause is not None and seen < 10:
-        if isinstance(cause, OSError):
-            try:
-                return free_bytes(folder) < FULL
-            except OSError:
-                return False
-        cause, seen = cause.__cause__ or cause.__context__, seen + 1
-    return False
+    try:
+        return free_bytes(folder) < FULL
+    except OSError:
+        return False
 
 
 def write_text(target: Path, text: str) -> Path:

@@ -78,7 +78,7 @@ def quantize(
     if not result or result[0] != 0:
         errors = [line for level, line in log if level == LOG_ERROR] or [line for _, line in log]
         why = errors[-1].strip().rstrip(".")[:200] if errors else f"code {result[0] if result else '?'}"
-        raise StudioError(f"llama.cpp could not quantize {source.name} to {fmt.upper()}: {why}.")
+        raise StudioError(f"llama.cpp could not quantize the F16 file to {fmt.upper()}: {why}.")
     if progress is not None:
         progress("quantize", 1.0)
     fallback = [line for _, line in log if "required fallback quantization" in line]

@@ -6,14 +6,15 @@ with the regex that name stands for before it applies the merges, and refuses na
 decided as convert_hf_to_gguf.py decides it, by hashing the token ids of a check text (the hashes of the covered
 families below are its data); a tokenizer whose hash is not known is recognised by the shape of its
 `pre_tokenizer`; failing both, "default" with a warning. Byte-fallback BPE tokenizers (Llama 2, Mistral;
-`tokenizer.ggml.model = llama`) come from `gguf.LlamaHfVocab`. `gguf.SpecialVocab` adds the merges, the special
-token ids and the chat template.
+`tokenizer.ggml.model = llama`, llama.cpp's SentencePiece-style tokenizer) get scores from the merge order.
+`gguf.SpecialVocab` adds the merges, the special token ids, whether BOS/EOS are added, and the chat template.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ CHECK_TEXT = (
     "Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll "
     "make it, 'D you like some tea? We'Ve a'lL"
 )
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # byte-fallback tokens
 # sha256 of str(token ids of CHECK_TEXT) -> pre-tokenizer name, for the families the export covers (the values
 # llama.cpp's convert_hf_to_gguf.py lists for these reference tokenizers).
 KNOWN_PRE = {
@@ -57,15 +59,15 @@ def add_vocab(writer: Any, folder: Path, n_vocab: int, *, pre: str | None = None
 
     from studio.training.rows import FALLBACK_TEMPLATE, load_tokenizer
 
-    spec = _tokenizer_json(folder)
-    model = spec.get("model") or {}
     tokenizer = load_tokenizer(folder, offline=True)
+    spec = tokenizer_spec(tokenizer, folder)
+    model = spec.get("model") or {}
     warnings: list[str] = []
     if model.get("type") == "BPE" and not model.get("byte_fallback", False):
         kind = "gpt2"
         tokens, types = _bpe_tokens(tokenizer, n_vocab)
         if pre is None:
-            pre, warning = detect_pre(folder, tokenizer, spec)
+            pre, warning = detect_pre(tokenizer, spec)
             warnings += [warning] if warning else []
         writer.add_tokenizer_model("gpt2")
         writer.add_tokenizer_pre(pre)
@@ -73,22 +75,13 @@ def add_vocab(writer: Any, folder: Path, n_vocab: int, *, pre: str | None = None
         writer.add_token_types(types)
     elif model.get("type") == "BPE":
         kind, pre = "llama", "default"
-        vocab = gguf.LlamaHfVocab(Path(folder))
-        texts, scores, types = [], [], []
-        for text, score, token_type in vocab.all_tokens():
-            texts.append(text)
-            scores.append(score)
-            types.append(token_type)
-        for i in range(len(texts), n_vocab):
-            texts.append(f"[PAD{i}]".encode())
-            scores.append(-1000.0)
-            types.append(gguf.TokenType.UNUSED)
+        tokens, scores, types = _spm_tokens(tokenizer, model, n_vocab)
         writer.add_tokenizer_model("llama")
         writer.add_tokenizer_pre("default")
-        writer.add_token_list(texts)
+        writer.add_token_list(tokens)
         writer.add_token_scores(scores)
         writer.add_token_types(types)
-        tokens = [t.decode("utf-8", errors="replace") for t in texts]
+        writer.add_add_space_prefix(_adds_space_prefix(spec))
     else:
         found = model.get("type") or (
             "tokenizer.model only" if (Path(folder) / "tokenizer.model").is_file() else "none"
@@ -110,19 +103,31 @@ def add_vocab(writer: Any, folder: Path, n_vocab: int, *, pre: str | None = None
     return VocabFacts(kind, pre, template, texts, tuple(warnings))
 
 
-def detect_pre(folder: Path, tokenizer: Any, spec: dict | None = None) -> tuple[str, str]:
+def detect_pre(tokenizer: Any, spec: dict) -> tuple[str, str]:
     """(pre-tokenizer name, warning or ""): by the check-text hash, else by the pre_tokenizer's shape."""
     ids = tokenizer.encode(CHECK_TEXT)
     digest = hashlib.sha256(str(ids).encode()).hexdigest()
     if digest in KNOWN_PRE:
         return KNOWN_PRE[digest], ""
-    shaped = pre_by_shape(spec if spec is not None else _tokenizer_json(folder))
+    shaped = pre_by_shape(spec)
     if shaped:
         return shaped, ""
     return "default", (
         f"The tokenizer's pre-tokenizer was not recognised (check hash {digest[:12]}…); wrote 'default', so "
         "llama.cpp may split some text (digits, spaces) differently from transformers."
     )
+
+
+def tokenizer_spec(tokenizer: Any, folder: Path) -> dict:
+    """The tokenizer as transformers runs it, in tokenizer.json's form. Not the file: transformers 5 rebuilds some
+    families' pre-tokenizer from their tokenizer class (a Qwen2 folder splits digits whatever its file says)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise InputError(
+            f"{folder}: its tokenizer has no fast (tokenizer.json) form.",
+            "The GGUF export reads tokenizers that transformers runs through the tokenizers library.",
+        )
+    return json.loads(backend.to_str())
 
 
 def pre_by_shape(spec: dict) -> str | None:
@@ -143,29 +148,12 @@ def pre_by_shape(spec: dict) -> str | None:
     return None
 
 
-def _tokenizer_json(folder: Path) -> dict:
-    path = Path(folder) / "tokenizer.json"
-    if not path.is_file():
-        raise InputError(
-            f"{folder}: no tokenizer.json.", "The GGUF export reads tokenizers saved by transformers (tokenizer.json)."
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read it ({exc}).") from None
-
-
 def _bpe_tokens(tokenizer: Any, n_vocab: int) -> tuple[list[str], list[int]]:
     """Token texts and types for a byte-level BPE vocabulary, padded to the model's rows as llama.cpp expects."""
     import gguf
 
-    vocab = tokenizer.get_vocab()
-    if vocab and max(vocab.values()) >= n_vocab:
-        raise InputError(
-            f"The tokenizer has ids up to {max(vocab.values())} but the model only {n_vocab} embedding rows.",
-            "The tokenizer and the weights do not belong together.",
-        )
-    reverse = {i: text for text, i in vocab.items()}
+    _check_ids(tokenizer, n_vocab)
+    reverse = {i: text for text, i in tokenizer.get_vocab().items()}
     added = tokenizer.get_added_vocab()
     decoder = tokenizer.added_tokens_decoder
     tokens, types = [], []
@@ -183,6 +171,65 @@ def _bpe_tokens(tokenizer: Any, n_vocab: int) -> tuple[list[str], list[int]]:
             tokens.append(text)
             types.append(gguf.TokenType.NORMAL)
     return tokens, types
+
+
+def _spm_tokens(tokenizer: Any, model: dict, n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and types for a byte-fallback BPE (Llama 2, Mistral) as llama.cpp's SentencePiece-style
+    tokenizer needs them. It merges the adjacent pair with the highest score first, so a merged token's score is
+    minus the rank of the merge that makes it: the tokenizer.json merge order, which is the order transformers uses
+    (gguf.LlamaHfVocab gives every token the same placeholder score, and llama.cpp then splits text otherwise)."""
+    import gguf
+
+    rank: dict[str, int] = {}
+    for i, merge in enumerate(model.get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        rank.setdefault(left + right, i)
+    _check_ids(tokenizer, n_vocab)
+    reverse = {i: text for text, i in tokenizer.get_vocab().items()}
+    decoder = tokenizer.added_tokens_decoder
+    unk = tokenizer.unk_token
+    tokens, scores, types = [], [], []
+    for i in range(n_vocab):
+        text = reverse.get(i)
+        score, kind = 0.0, gguf.TokenType.NORMAL
+        if text is None:
+            text, score, kind = f"[PAD{i}]", -1000.0, gguf.TokenType.UNUSED
+        elif BYTE_TOKEN.fullmatch(text):
+            kind = gguf.TokenType.BYTE
+        elif text == unk:
+            kind = gguf.TokenType.UNKNOWN
+        elif i in decoder:
+            special = decoder[i].special or _looks_special(text)
+            kind = gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED
+        elif text in rank:
+            score = -float(rank[text] + 1)
+        tokens.append(text)
+        scores.append(score)
+        types.append(kind)
+    return tokens, scores, types
+
+
+def _adds_space_prefix(spec: dict) -> bool:
+    """Whether the tokenizer puts "▁" before the text (a Prepend normalizer, or Metaspace's prepend scheme)."""
+    steps = []
+    for part in (spec.get("normalizer"), spec.get("pre_tokenizer")):
+        if isinstance(part, dict):
+            steps += part.get("normalizers") or part.get("pretokenizers") or [part]
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == "\u2581":
+            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never" and step.get("add_prefix_space", True)
+    return False
+
+
+def _check_ids(tokenizer: Any, n_vocab: int) -> None:
+    vocab = tokenizer.get_vocab()
+    if vocab and max(vocab.values()) >= n_vocab:
+        raise InputError(
+            f"The tokenizer has ids up to {max(vocab.values())} but the model only {n_vocab} embedding rows.",
+            "The tokenizer and the weights do not belong together.",
+        )
 
 
 def _looks_special(text: str) -> bool:

@@ -265,63 +265,88 @@ def test_the_cli_exports_a_run_and_prints_the_path_last(fact_run):
 
 
 def _tiny(kind: str, folder: Path) -> Path:
-    """A tiny random model (the studio's tiny Llama, or a Qwen2 with the same tokenizer and q/k/v biases), with
-    Q and K scaled up so attention is sharp and a wrong rotary layout changes the logits."""
+    """A tiny random model: the studio's tiny Llama (byte-level BPE), a Qwen2 with the same tokenizer and q/k/v
+    biases, or a Mistral with a Llama 2-style byte-fallback BPE tokenizer. Q and K are scaled up so attention is
+    sharp and a wrong rotary layout changes the logits."""
     import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from studio.models.tiny import build_tiny_causal_lm
 
-    llama_folder = build_tiny_causal_lm(folder / "llama")
-    if kind == "llama":
-        model = AutoModelForCausalLM.from_pretrained(llama_folder, dtype=torch.float32)
+    sizes = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    sizes |= {"num_key_value_heads": 2, "max_position_embeddings": 512, "tie_word_embeddings": False}
+    out = folder / kind
+    torch.manual_seed(1)
+    if kind == "mistral":
+        tokenizer = _byte_fallback_tokenizer()
+        tokenizer.save_pretrained(out)
+        ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+        model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), sliding_window=None, **sizes, **ids))
     else:
-        base = json.loads((llama_folder / "config.json").read_text())
-        config = Qwen2Config(
-            vocab_size=base["vocab_size"],
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-            bos_token_id=base["bos_token_id"],
-            eos_token_id=base["eos_token_id"],
-        )
-        torch.manual_seed(1)
-        model = Qwen2ForCausalLM(config)
+        llama_folder = build_tiny_causal_lm(folder / "llama")
+        if kind == "llama":
+            model = AutoModelForCausalLM.from_pretrained(llama_folder, dtype=torch.float32)
+        else:
+            base = json.loads((llama_folder / "config.json").read_text())
+            ids = {"bos_token_id": base["bos_token_id"], "eos_token_id": base["eos_token_id"]}
+            model = Qwen2ForCausalLM(Qwen2Config(vocab_size=base["vocab_size"], **sizes, **ids))
+            out.mkdir()
+            for item in llama_folder.iterdir():
+                if item.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+                    shutil.copy(item, out / item.name)
     with torch.no_grad():
         for name, weight in model.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 weight.mul_(6.0)
             elif name.endswith("bias"):
                 weight.normal_(0.0, 0.5)
-    out = folder / kind
-    if kind != "llama":
-        for item in llama_folder.iterdir():
-            if item.name.startswith(("tokenizer", "chat_template", "special_tokens")):
-                out.mkdir(exist_ok=True)
-                shutil.copy(item, out / item.name)
     model.save_pretrained(out)
     return out
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_a_tiny_model_of_each_architecture_gives_transformers_logits_in_llama_cpp(kind, tmp_path):
+def _byte_fallback_tokenizer():
+    """A BPE tokenizer as Llama 2 and Mistral have them: ▁ for spaces, byte tokens for what is not in the vocab."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from studio.models.tiny import CORPUS
+
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    backend.train_from_iterator(list(CORPUS), trainers.BpeTrainer(vocab_size=700, special_tokens=specials))
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+    )
+    return tokenizer
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+def test_a_tiny_model_of_each_architecture_gives_transformers_tokens_and_logits_in_llama_cpp(kind, tmp_path):
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from studio.models.tiny import CORPUS
+
     folder = _tiny(kind, tmp_path)
     result = export(ExportRequest(str(folder), "f16", out_dir=tmp_path / "out", data_dir=tmp_path))
+    assert result.warnings == ()
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    llm = llama(result.path, logits_all=True)
+    assert llm.metadata["general.architecture"] == ("qwen2" if kind == "qwen2" else "llama")
+    assert llm.metadata["tokenizer.ggml.model"] == ("llama" if kind == "mistral" else "gpt2")
+    for text in (*CORPUS, "  two  spaces\nand a newline", "Zorblatt's qüenvale ☃ 12345"):
+        assert llm.tokenize(text.encode(), add_bos=True, special=False) == tokenizer(text).input_ids, text
     ids = tokenizer("The quick brown fox jumps over the lazy dog. What is the capital of France?").input_ids
     with torch.no_grad():
         expected = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)(torch.tensor([ids])).logits[0]
-    llm = llama(result.path, logits_all=True)
-    assert llm.metadata["general.architecture"] == kind
-    assert llm.tokenize(tokenizer.decode(ids).encode(), add_bos=False, special=True) == ids
     llm.eval(ids)
     got = np.array(llm.scores[: len(ids)])
     llm.close()
@@ -401,3 +426,18 @@ def test_a_full_disk_is_refused_first_and_mid_write_leaves_earlier_exports_intac
     assert "earlier exports are intact" in str(info.value)
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["earlier-Q8_0.gguf"]  # no partial file, no Modelfile
     assert earlier.stat().st_size == 4 + 900 * 1024
+
+
+def test_a_disk_that_fills_up_while_quantizing_leaves_no_file_behind(tiny_disk, tmp_path, monkeypatch):
+    from studio.export import files
+    from studio.models.tiny import build_tiny_causal_lm
+
+    folder = build_tiny_causal_lm(tmp_path / "tiny")
+    f16 = export(ExportRequest(str(folder), "f16", out_dir=tmp_path / "sizes", data_dir=tmp_path)).bytes
+    free = files.free_bytes(tiny_disk)
+    earlier = tiny_disk / "earlier.gguf"
+    earlier.write_bytes(bytes(free - f16 - 48 * 1024))  # room for the F16 step, not for the Q8_0 file beside it
+    monkeypatch.setattr(files, "check_space", lambda folder, need, what: 0)
+    with pytest.raises(DiskFullError, match="disk filled up while writing tiny-Q8_0.gguf"):
+        export(ExportRequest(str(folder), "q8_0", out_dir=tiny_disk, data_dir=tmp_path))
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["earlier.gguf"]
