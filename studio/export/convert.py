@@ -24,8 +24,14 @@ ARCHITECTURES: dict[str, tuple[str, bool]] = {
     "LlamaForCausalLM": ("llama", True),  # Llama 2/3, SmolLM2, TinyLlama
     "MistralForCausalLM": ("llama", True),  # llama.cpp runs Mistral 7B as llama
     "Qwen2ForCausalLM": ("qwen2", False),  # Qwen2, Qwen2.5
+    "GemmaForCausalLM": ("gemma", False),  # Gemma (1)
+    "Gemma2ForCausalLM": ("gemma2", False),  # Gemma 2
 }
-COVERED = "Llama, Mistral and SmolLM2 (LlamaForCausalLM, MistralForCausalLM) and Qwen2/2.5 (Qwen2ForCausalLM)"
+NORM_PLUS_ONE = ("gemma", "gemma2")  # Gemma's RMSNorm scales by (1 + weight); llama.cpp's by the weight
+COVERED = (
+    "Llama, Mistral and SmolLM2 (LlamaForCausalLM, MistralForCausalLM), Qwen2/2.5 (Qwen2ForCausalLM) and "
+    "Gemma 1/2 (GemmaForCausalLM, Gemma2ForCausalLM)"
+)
 SKIPPED_SUFFIXES = (".rotary_emb.inv_freq",)  # recomputed by llama.cpp; old checkpoints still carry them
 
 Progress = Callable[[str, float], None]
@@ -150,7 +156,9 @@ def gguf_tensor_name(arch: Architecture, hf_name: str) -> str | None:
 
 
 def hf_tensor(arch: Architecture, hf_name: str, tensor: Any) -> Any:
-    """An HF tensor as llama.cpp reads it (Q/K permuted for the Llama family)."""
+    """An HF tensor as llama.cpp reads it (Q/K permuted for the Llama family, Gemma's norms plus one)."""
+    if arch.gguf_name in NORM_PLUS_ONE and hf_name.endswith("norm.weight"):
+        return tensor.float() + 1
     if arch.permute_qk:
         if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
             return permute_rows(tensor, arch.heads)
@@ -332,6 +340,10 @@ def _add_hparams(writer: Any, arch: Architecture) -> None:
         writer.add_value_length(arch.head_dim)
     if arch.gguf_name == "llama":
         writer.add_rope_dimension_count(arch.head_dim)
+    if arch.gguf_name == "gemma2":
+        writer.add_attn_logit_softcapping(float(c.get("attn_logit_softcapping") or 50.0))
+        writer.add_final_logit_softcapping(float(c.get("final_logit_softcapping") or 30.0))
+        writer.add_sliding_window(int(c.get("sliding_window") or 4096))
     rope = _rope(c)
     if rope.get("rope_theta") is not None:
         writer.add_rope_freq_base(float(rope["rope_theta"]))

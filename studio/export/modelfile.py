@@ -65,6 +65,8 @@ def chat_format(chat_template: str | None, special: dict[str, str]) -> ChatForma
         return ChatFormat(CHATML, found.group(1).strip() if found else None, tuple(stops))
     if "<|start_header_id|>" in jinja and "<|eot_id|>" in jinja:
         return ChatFormat(LLAMA3, None, tuple(dict.fromkeys(["<|eot_id|>", *([eos] if eos else [])])))
+    if "<end_of_turn>" in jinja:  # Gemma: Ollama knows the template; the turn's end must stop a reply
+        return ChatFormat(None, None, tuple(dict.fromkeys(["<end_of_turn>", *([eos] if eos else [])])))
     return ChatFormat(None, None, tuple(s for s in [special.get("eot"), eos] if s))
 
 

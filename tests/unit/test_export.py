@@ -45,6 +45,8 @@ def test_a_chatml_model_gets_ollamas_chatml_template_its_system_prompt_and_stop_
 def test_a_llama3_model_stops_at_eot_and_other_templates_are_left_to_ollama():
     llama3 = modelfile.chat_format(LLAMA3_TEMPLATE, {"eos": "<|end_of_text|>"})
     assert llama3.template == modelfile.LLAMA3 and llama3.stops == ("<|eot_id|>", "<|end_of_text|>")
+    gemma = modelfile.chat_format("{{ '<start_of_turn>user\n' + m['content'] + '<end_of_turn>\n' }}", {"eos": "<eos>"})
+    assert gemma.template is None and gemma.stops == ("<end_of_turn>", "<eos>")
     other = modelfile.chat_format("{{ '[INST] ' + messages[0]['content'] + ' [/INST]' }}", {"eos": "</s>"})
     parsed = parse_modelfile(modelfile.render("m.gguf", other))
     assert parsed.template is None and parsed.stops == ["</s>"]
