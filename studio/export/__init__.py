@@ -16,6 +16,7 @@ package imports no torch.
 
 from __future__ import annotations
 
+from studio.export.convert import COVERED, ExportCancelled
 from studio.export.modelfile import Modelfile
 from studio.export.modelfile import parse as parse_modelfile
 from studio.export.pipeline import default_out_dir, export
@@ -23,8 +24,10 @@ from studio.export.quantize import offered
 from studio.export.request import FORMAT_LABELS, FORMATS, ExportRequest, ExportResult, Progress
 
 __all__ = [
+    "COVERED",
     "FORMATS",
     "FORMAT_LABELS",
+    "ExportCancelled",
     "ExportRequest",
     "ExportResult",
     "Modelfile",

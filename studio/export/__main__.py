@@ -1,4 +1,4 @@
-"""python -m studio.export SOURCE --to FORMAT [--out DIR] [--name NAME] [--data-dir DIR] [--quiet]
+"""python -m studio.export SOURCE --to FORMAT [--out DIR] [--name NAME] [--data-dir DIR] [--quiet] [--progress-lines]
 
 SOURCE is a fine-tune run folder (its adapter is merged into its base), a transformers model folder (or a Hub id
 already downloaded), or the word `starter`. FORMAT is f16, q8_0, q4_k_m, q5_k_m, or lora (the run's adapter alone,
@@ -42,16 +42,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="", help="file name stem (default: the run's or model's name and the format)")
     p.add_argument("--data-dir", metavar="DIR", help="the studio's data folder (default as the studio's settings)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--progress-lines",
+        action="store_true",
+        help="progress as 'progress STAGE FRACTION' lines on stderr, for a program that runs this one",
+    )
     return p
 
 
 class _Bar:
-    """Progress on stderr: a line per stage, updated in place on a terminal, every 10 % otherwise."""
+    """Progress on stderr: a line per stage, updated in place on a terminal, every 10 % otherwise; or with
+    `lines`, 'progress STAGE FRACTION' at every whole percent."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.stage, self.shown, self.tty = quiet, "", -1, sys.stderr.isatty()
+    def __init__(self, quiet: bool, lines: bool = False) -> None:
+        self.quiet, self.lines, self.stage, self.shown, self.tty = quiet, lines, "", -1, sys.stderr.isatty()
 
     def __call__(self, stage: str, fraction: float) -> None:
+        if self.lines:
+            if (stage, int(fraction * 100)) != (self.stage, self.shown):
+                self.stage, self.shown = stage, int(fraction * 100)
+                print(f"progress {stage} {fraction:.3f}", file=sys.stderr, flush=True)
+            return
         if self.quiet:
             return
         if stage != self.stage:
@@ -80,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(["--data-dir", args.data_dir] if args.data_dir else [])
         request = ExportRequest(args.source, args.format, args.out, config.data_dir, args.name)
-        result = export(request, progress=_Bar(args.quiet))
+        result = export(request, progress=_Bar(args.quiet, args.progress_lines))
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

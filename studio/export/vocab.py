@@ -98,7 +98,7 @@ def add_vocab(writer: Any, folder: Path, n_vocab: int, *, pre: str | None = None
         special.chat_template = FALLBACK_TEMPLATE  # what the studio chats and fine-tunes such a model with
         warnings.append("The tokenizer has no chat template; the studio's ChatML template was written.")
     special.add_to_gguf(writer, quiet=True)
-    texts = {kind: tokens[i] for kind, i in special.special_token_ids.items() if 0 <= i < len(tokens)}
+    texts = {role: tokens[i] for role, i in special.special_token_ids.items() if 0 <= i < len(tokens)}
     template = special.chat_template if isinstance(special.chat_template, str) else None
     return VocabFacts(kind, pre, template, texts, tuple(warnings))
 

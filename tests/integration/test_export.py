@@ -250,7 +250,17 @@ def test_the_gguf_lora_on_the_base_gguf_answers_like_the_merged_export(fact_run,
 
 def test_the_cli_exports_a_run_and_prints_the_path_last(fact_run):
     done = subprocess.run(
-        [sys.executable, "-m", "studio.export", str(fact_run.path), "--to", "lora", "--name", "cli", "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "studio.export",
+            str(fact_run.path),
+            "--to",
+            "lora",
+            "--name",
+            "cli",
+            "--progress-lines",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -259,6 +269,8 @@ def test_the_cli_exports_a_run_and_prints_the_path_last(fact_run):
     assert done.returncode == 0, done.stderr[-2000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last == str(fact_run.path / "export" / "cli.gguf") and Path(last).is_file()
+    progress = [line.split() for line in done.stderr.splitlines() if line.startswith("progress ")]
+    assert progress[-1] == ["progress", "convert", "1.000"] and len(progress) > 2
 
 
 # ----- each architecture's tensor layout ------------------------------------------------------------------------
