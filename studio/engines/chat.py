@@ -245,6 +245,14 @@ def _stopping_criteria(should_stop: Callable[[], bool]):
     return StoppingCriteriaList([_Stop()])
 
 
+def _oom_mid_reply(spec: ModelSpec) -> StudioOutOfMemory:
+    """Out of memory after the first token: not retried (a retry would rewrite what the user has read)."""
+    return StudioOutOfMemory(
+        f"Out of memory while {spec.name} was answering; the reply so far is kept.",
+        "Lower max new tokens or the context length.",
+    )
+
+
 @dataclass
 class ChatEngine:
     """Runs chat on models leased from the manager; keeps which LoRA adapters belong on which base model."""
@@ -665,10 +673,7 @@ class ChatEngine:
         if failure:
             exc = failure.pop()
             if is_oom(exc) and ids:
-                raise StudioOutOfMemory(
-                    f"Out of memory while {spec.name} was answering; the reply so far is kept.",
-                    "Lower max new tokens or the context length.",
-                ) from None
+                raise _oom_mid_reply(spec) from None
             raise exc
         now = time.perf_counter()  # the reply is complete; the tidy decode below is not generation time
         text = tok.decode(ids, skip_special_tokens=True)
@@ -728,10 +733,7 @@ class ChatEngine:
                     break
         except Exception as exc:
             if is_oom(exc) and count:
-                raise StudioOutOfMemory(
-                    f"Out of memory while {spec.name} was answering; the reply so far is kept.",
-                    "Lower max new tokens or the context length.",
-                ) from None
+                raise _oom_mid_reply(spec) from None
             raise
         finally:
             tokens.close()
