@@ -208,6 +208,9 @@ def reply_failed(tab: Any, last: tuple | None, text: str, line: str) -> tuple:
     return drop_empty_reply(history, True), drop_empty_reply(side, True), msg.CHAT_NO_REPLY.format(error=line)
 
 
+NOT_ASKED = -1  # `asked_after` of a question that a Clear overtook: no count of Clears matches it
+
+
 @dataclass(frozen=True)
 class ReplyForm:
     """What a reply reads from the tab, by widget (the order is the API's: `chat` and `chat_regenerate`)."""
@@ -358,15 +361,22 @@ class ChatTab:
 
     @msg.user_errors
     def add_user(self, text: str | None, history: list | None, request: gr.Request = None) -> tuple:
+        session = session_key(request)
+        if self.flags.clearing(session):
+            # sent just before a Clear that is still ending the reply: the Clear wins, the text stays in the box and
+            # the question is not answered (its history is the one being cleared)
+            return gr.skip(), gr.skip(), NOT_ASKED
         if blank(text):
             raise InputError(msg.TYPE_FIRST)
-        return "", [*(history or []), {"role": "user", "content": text}], self.flags.clears(session_key(request))
+        return "", [*(history or []), {"role": "user", "content": text}], self.flags.clears(session)
 
     def request_stop(self, request: gr.Request = None) -> None:
         self.flags.stop(request)  # the reply ends after its current token
 
     @msg.user_errors
     def drop_last_reply(self, history: list | None, request: gr.Request = None) -> tuple:
+        if self.flags.clearing(session_key(request)):  # pressed just before a Clear: the Clear wins (see add_user)
+            return gr.skip(), NOT_ASKED
         history = list(history or [])
         while history and history[-1].get("role") == "assistant":
             history.pop()

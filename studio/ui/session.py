@@ -22,6 +22,7 @@ class StopFlags:
         self._flags: dict[str, threading.Event] = {}
         self._running: Counter[str] = Counter()
         self._clears: Counter[str] = Counter()  # how many times each session's conversation was cleared
+        self._clearing: Counter[str] = Counter()  # Clears still waiting for their session's reply to end
         self._lock = threading.Condition()
 
     def event(self, session: str) -> threading.Event:
@@ -61,8 +62,20 @@ class StopFlags:
         and still waiting in the queue will not answer (see `clears`)."""
         with self._lock:
             self._clears[session] += 1
-        self.event(session).set()
-        self.wait_idle(session, timeout)
+            self._clearing[session] += 1
+        try:
+            self.event(session).set()
+            self.wait_idle(session, timeout)
+        finally:
+            with self._lock:
+                self._clearing[session] -= 1
+                if self._clearing[session] <= 0:
+                    del self._clearing[session]
+
+    def clearing(self, session: str) -> bool:
+        """True while a Clear of this session waits for its reply to end (a message sent now was sent before it)."""
+        with self._lock:
+            return self._clearing[session] > 0
 
     def wait_idle(self, session: str, timeout: float) -> bool:
         """True once no reply of this session runs (at most `timeout` seconds)."""

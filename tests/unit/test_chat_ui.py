@@ -128,3 +128,35 @@ def test_gguf_files_in_models_dir_folders_are_offered(tmp_path):
     labels = dict((value, label) for label, value in model_choices(ctx))
     label = labels[str(llms / "phi" / "phi.Q4_K_M.gguf")]
     assert label.startswith(f"phi/phi.Q4_K_M.gguf (in {llms}) · ")  # then the engine that runs it
+
+
+def test_a_message_sent_just_before_a_clear_is_not_answered_and_its_text_stays(tmp_path):
+    """The race of the page test's Clear-while-streaming: Enter is pressed, then Clear, and the message's handler runs
+    only once Clear is already waiting for the running reply to end. The Clear wins."""
+    import threading
+
+    from studio.ui.chat_tab import NOT_ASKED, ChatTab
+
+    tab = ChatTab(_ctx(tmp_path))
+    history = [{"role": "user", "content": "tell me a story"}, {"role": "assistant", "content": "Once"}]
+    assert tab.add_user("next", history)[2] == 0  # no Clear yet: asked after 0 Clears
+    reply_ends, clear_done = threading.Event(), threading.Event()
+
+    def reply():  # the streaming reply: Clear waits for it
+        with tab.flags.running("local"):
+            reply_ends.wait(10)
+
+    threading.Thread(target=reply).start()
+    while tab.flags.wait_idle("local", 0):  # until the reply runs
+        pass
+    threading.Thread(target=lambda: (tab.clear_chat(), clear_done.set())).start()
+    while not tab.flags.clearing("local"):
+        pass
+    text, shown, asked = tab.add_user("asked meanwhile", history)
+    kept, _ = tab.drop_last_reply(history)
+    assert (
+        asked == NOT_ASKED and not isinstance(text, str) and not isinstance(shown, list) and not isinstance(kept, list)
+    )
+    reply_ends.set()
+    assert clear_done.wait(10) and not tab.flags.clearing("local")
+    assert tab.add_user("after the clear", [])[1:] == ([{"role": "user", "content": "after the clear"}], 1)
