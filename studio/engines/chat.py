@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -272,6 +272,25 @@ class ChatEngine:
         model_max = int(getattr(lm.model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
         return min(params.context_len or min(model_max, DEFAULT_CONTEXT), model_max)
 
+    @classmethod
+    def reply_room(cls, lm: Any, params: ChatParams) -> tuple[ChatParams, str]:
+        """Max new tokens as the model's context allows: asked for the whole context or more (512 new tokens of a
+        512-token model), the reply gets half of it, and a notice says so."""
+        limit = cls.context_limit(lm, params)
+        if params.max_new_tokens < limit:
+            return params, ""
+        room = max(1, limit // 2)
+        notice = f"Max new tokens lowered from {params.max_new_tokens} to {room}: the context holds {limit} tokens."
+        return replace(params, max_new_tokens=room), notice
+
+    def fitted_prompt(
+        self, lm: Any, messages: list[dict], params: ChatParams, should_stop: Callable[[], bool] = lambda: False
+    ) -> tuple[list[int], str, ChatParams]:
+        """`build_prompt` after `reply_room`: the prompt ids, the notices, and the params the reply runs with."""
+        params, room = self.reply_room(lm, params)
+        ids, notice = self.build_prompt(lm, messages, params, should_stop)
+        return ids, " ".join(n for n in (room, notice) if n), params
+
     @staticmethod
     def _template_ids(lm: Any, messages: list[dict]) -> list[int]:
         if isinstance(lm, LlamaCppLM):
@@ -530,14 +549,14 @@ class ChatEngine:
 
     def _prepare_if_loaded(
         self, spec: ModelSpec, messages: list[dict], params: ChatParams, should_stop: Callable[[], bool]
-    ) -> tuple[list[int], str] | None:
-        """The prompt and its notice, made with the tokenizer of the model if it is loaded now (else None: it is
-        made once the model is, in the lane). The lease is given back before the lane is waited for."""
+    ) -> tuple[list[int], str, ChatParams] | None:
+        """The prompt, its notice and the reply's params, made with the tokenizer of the model if it is loaded now
+        (else None: made once the model is, in the lane). The lease is given back before the lane is waited for."""
         lease = self.manager.lease_if_loaded(spec.key)
         if lease is None:
             return None
         with lease:
-            return self.build_prompt(lease.model, messages, params, should_stop)
+            return self.fitted_prompt(lease.model, messages, params, should_stop)
 
     def _stream_locked(
         self,
@@ -547,7 +566,7 @@ class ChatEngine:
         adapter: str | None,
         should_stop: Callable[[], bool],
         t0: float,
-        prepared: tuple[list[int], str] | None,
+        prepared: tuple[list[int], str, ChatParams] | None,
     ) -> Iterator[ChatChunk]:
         workload = Workload(context_len=params.context_len or 0)
         self._unload_other_variants(spec)
@@ -555,7 +574,7 @@ class ChatEngine:
             lm = lease.model
             self._sync_adapters(spec, lm)
             self._use_adapter(lm, adapter)
-            prompt_ids, notice = prepared or self.build_prompt(lm, messages, params, should_stop)
+            prompt_ids, notice, params = prepared or self.fitted_prompt(lm, messages, params, should_stop)
             attempts = self.manager.oom_attempts(
                 spec.name,
                 exclude=spec.key,

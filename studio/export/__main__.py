@@ -1,9 +1,10 @@
 """python -m studio.export SOURCE --to FORMAT [--out DIR] [--name NAME] [--data-dir DIR] [--quiet] [--progress-lines]
+                         [--json]
 
 SOURCE is a fine-tune run folder (its adapter is merged into its base), a transformers model folder (or a Hub id
 already downloaded), or the word `starter`. FORMAT is f16, q8_0, q4_k_m, q5_k_m, or lora (the run's adapter alone,
 as a llama.cpp GGUF LoRA file). Progress goes to stderr; the last line on stdout is the path of the file written.
-A bad input exits 1 with one `error: ...` line.
+A bad input exits 1 with one `error: ...` line. With --json, what was written is one JSON line before the path.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress-lines",
         action="store_true",
         help="progress as 'progress STAGE FRACTION' lines on stderr, for a program that runs this one",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="what was written (path, sizes, Modelfile, ollama command) as one JSON line, before the path",
     )
     return p
 
@@ -100,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        import json
+
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+        print(result.path)
+        return 0
     print(
         f"Wrote {result.path.name}: {fmt_bytes(result.bytes)} from {fmt_bytes(result.source_bytes)} "
         f"in {time.strftime('%M:%S', time.gmtime(result.seconds))}."

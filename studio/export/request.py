@@ -68,6 +68,32 @@ class ExportResult:
     seconds: float  # wall time of the whole export
     warnings: tuple[str, ...] = ()  # what the user should know (an unrecognised pre-tokenizer, ...)
 
+    def to_json(self) -> dict:
+        """The result as JSON values (`python -m studio.export --json` prints it; the page reads it back)."""
+        return {
+            "path": str(self.path),
+            "format": self.format,
+            "bytes": self.bytes,
+            "source_bytes": self.source_bytes,
+            "modelfile": str(self.modelfile) if self.modelfile else None,
+            "ollama_command": self.ollama_command,
+            "seconds": round(self.seconds, 3),
+            "warnings": list(self.warnings),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ExportResult:
+        return cls(
+            path=Path(data["path"]),
+            format=str(data["format"]),
+            bytes=int(data["bytes"]),
+            source_bytes=int(data["source_bytes"]),
+            modelfile=Path(data["modelfile"]) if data.get("modelfile") else None,
+            ollama_command=data.get("ollama_command"),
+            seconds=float(data.get("seconds") or 0.0),
+            warnings=tuple(data.get("warnings") or ()),
+        )
+
     @property
     def ratio(self) -> float:
         """Size after / size before."""

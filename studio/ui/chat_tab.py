@@ -53,8 +53,9 @@ def _gguf_engine(ctx: AppContext, path: Path | None = None) -> str:
 
 
 def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
-    """The starter model, chat models already known to the manager, local folders in models/, the GGUF models of
-    Ollama, LM Studio and the Hugging Face cache and the --models-dir folders (by their own names), the catalog."""
+    """The starter model, chat models already known to the manager, GGUF exports (newest first), local folders in
+    models/, the GGUF models of Ollama, LM Studio and the Hugging Face cache and the --models-dir folders (by their
+    own names), the catalog."""
     choices: list[tuple[str, str]] = []
     starter = _starter_choice(ctx)
     if starter:
@@ -62,7 +63,10 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     for rec, spec in ctx.manager.models("chat"):
         if spec.source_type != "starter":
             choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}", spec.source))
-    found = [*local_chat_models(ctx.paths.models), *ctx.discovery.chat_models(ctx.config.models_dir)]
+    from studio.ui.export_panel import exported_models
+
+    found = [*exported_models(ctx), *local_chat_models(ctx.paths.models)]
+    found += ctx.discovery.chat_models(ctx.config.models_dir)
     choices.extend((_with_engine(ctx, label, value), value) for label, value in found)
     for entry in CATALOG:
         if entry.kind == "chat":
@@ -534,6 +538,9 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     w["input"].submit(tab.add_user, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK).success(
         respond, reply_inputs, reply_outputs, api_visibility="private", **replying
     )
+    # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
+    w["ask"] = {"fn": tab.add_user, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
+    w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
     w["regenerate"].click(tab.drop_last_reply, [w["chatbot"]], [w["chatbot"], w["asked_after"]], **QUICK).success(
         respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying
     )

@@ -7,7 +7,6 @@ Thin handlers: widgets -> Dataset / TrainJob -> ctx.training (a RunManager; the 
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from studio.training.datasets import (
     load_dataset,
 )
 from studio.training.job import MAX_CUTOFF, SCHEDULERS, RunDir, TrainJob, cutoff_message
+from studio.ui import export_panel
 from studio.ui import messages as msg
 from studio.ui.finetune_views import (
     AUTO,
@@ -343,14 +343,15 @@ class FinetuneTab:
     def runs(self) -> gr.Dropdown:
         return gr.Dropdown(choices=run_choices(self.ctx))
 
-    @msg.user_errors
-    def merge(self, name: str | None, request: gr.Request = None, progress=gr.Progress()) -> tuple:  # noqa: B008
-        owner_only(self.ctx, request, "merge models")
+    def export_source(self, name: str | None) -> str:
+        """The run folder an export starts from, checked here first (no adapter yet, still training: one line)."""
+        from studio.export.sources import resolve
+
+        if not (name or "").strip():
+            raise InputError(msg.PICK_RUN)
         run = self.ctx.training.get(name)
-        progress(0, desc="Merging the adapter into the base model")
-        t0 = time.perf_counter()
-        out = self.ctx.training.merge(run)
-        return f"Merged in {time.perf_counter() - t0:.0f} s: `{out}` (a full safetensors model).", report_text(run)
+        resolve(str(run.path), self.ctx.config.data_dir)
+        return str(run.path)
 
     @msg.user_errors
     def try_in_chat(self, name: str | None, precision: str, request: gr.Request = None) -> tuple:
@@ -473,13 +474,16 @@ def runs_section(ctx: AppContext, w: dict[str, Any]) -> None:
         metrics_frame([]), x="step", y="loss", color="series", title="Loss", height=280, elem_id="ft-loss-plot"
     )
     with gr.Row():
-        w["runs"] = gr.Dropdown(choices=run_choices(ctx), label="Runs", elem_id="ft-runs", scale=4)
+        # a script may name any run, also one made after the page was built (the name is checked when used)
+        w["runs"] = gr.Dropdown(
+            choices=run_choices(ctx), label="Runs", allow_custom_value=True, elem_id="ft-runs", scale=4
+        )
         w["refresh"] = gr.Button("Refresh", elem_id="ft-refresh", scale=1)
     w["report"] = gr.Markdown(elem_id="ft-report")
-    with gr.Row():
-        w["try_chat"] = gr.Button("Try in Chat", elem_id="ft-try-chat")
-        w["merge"] = gr.Button("Merge and export", elem_id="ft-merge")
+    w["try_chat"] = gr.Button("Try in Chat", elem_id="ft-try-chat")
     w["result"] = gr.Markdown(elem_id="ft-result")
+    with gr.Accordion("Export (merged safetensors, GGUF for llama.cpp / Ollama / LM Studio, GGUF LoRA)", open=True):
+        export_panel.layout(w, "ft", for_run=True)
     w["run_name"] = gr.State("")
     w["seen"] = gr.State("")
     w["timer"] = gr.Timer(1.0)
@@ -513,13 +517,15 @@ def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
     w["timer"].tick(tab.poll, poll_inputs, shown, queue=False, show_progress="hidden", api_name="ft_poll")
     w["runs"].input(tab.select, [w["runs"]], [w["run_name"], *shown], api_name="ft_select", **QUICK)
     w["refresh"].click(tab.runs, None, [w["runs"]], api_name="ft_runs", **QUICK)
-    w["merge"].click(tab.merge, [w["run_name"]], [w["result"], w["report"]], api_name="ft_merge", **GPU)
+    # the run is named by the Runs picker (which Start and Resume set), so a script names it too: /ft_export
+    export_panel.wire(w["export_panel"], w, w["runs"], "ft")
 
 
 def build(ctx: AppContext) -> dict[str, Any]:
     """Lay out the tab inside the current Blocks context and wire its events."""
     tab = FinetuneTab(ctx)
     w = layout(ctx)
+    w["export_panel"] = export_panel.ExportPanel(ctx, export_panel.ExportRunner(ctx), tab.export_source, for_run=True)
     wire(tab, w)
     w["tab"] = tab
     return w
@@ -535,3 +541,4 @@ def connect_chat(ctx: AppContext, ft: dict[str, Any], chat: dict[str, Any], tabs
         concurrency_id="gpu",
         concurrency_limit=1,
     )
+    export_panel.connect_chat(ft["export_panel"], ft, ft["runs"], chat, tabs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.context import AppContext
-from studio.ui import chat_tab, finetune_tab, image_tab, memory_bar, models_tab, share_panel, speech_tab
+from studio.ui import chat_tab, export_panel, finetune_tab, image_tab, memory_bar, models_tab, share_panel, speech_tab
 from studio.ui import messages as msg
 from studio.ui.inputs import StudioBlocks
 
@@ -60,6 +60,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             with gr.Tab("Models", id="models", elem_id="tab-models"):
                 models = models_tab.build(ctx)
         finetune_tab.connect_chat(ctx, finetune, chat, tabs)  # "Try in Chat" attaches the adapter there
+        export_panel.connect_chat(models["export_panel"], models, models["export_source"], chat, tabs)
         chat_tab.connect_page_load(ctx, app, chat)  # lists built with the page are refreshed on every (re)load
         speech_tab.wire_send_to_chat(speech, chat["input"], tabs)  # "Send to Chat" opens the transcript there
         image_tab.connect_page_load(ctx, app, image)  # a reload shows images drawn and models added since start

@@ -80,6 +80,21 @@ NOTHING_TO_REGENERATE = "Nothing to regenerate yet."
 CHAT_NO_REPLY = "No reply: {error}"  # the stats line when a reply failed; the conversation is kept as it was
 CHAT_SIDE_STATS = "With adapter {adapter}: {with_stats} · without: {without_stats}"
 CHAT_SIDE_WAITING = "answering…"
+PICK_RUN = "Pick a run in the Runs list first (or start one)."
+EXPORT_HELP = (
+    "Convert a chat model into one GGUF file that llama.cpp, Ollama and LM Studio run, with an Ollama `Modelfile` "
+    "beside it, in the data dir's `outputs/exports/`. A fine-tune run is exported from the Fine-tune tab."
+)
+EXPORT_PICK_FORMAT = "Pick a format to export to first."
+EXPORT_RUNNING = "An export is already running in this page; wait for it, or press Stop export."
+EXPORT_STARTED = "Exporting as {format}… (the progress bar shows merge, convert and quantize)"
+EXPORT_STOPPED = "The export was stopped; nothing was left half-written, and earlier exports are intact."
+EXPORT_STOPPING = "Stopping the export; it removes its half-written file."
+EXPORT_NOTHING_TO_STOP = "No export is running in this page."
+EXPORT_MERGED = "Merged in {seconds:.0f} s: `{path}` (a full safetensors model)."
+EXPORT_FAILED = "**No export:** {error}"
+EXPORT_NOTHING_TO_TRY = "Export the model to GGUF first (F16, Q8_0, Q4_K_M or Q5_K_M); then try it in Chat."
+EXPORT_TRYING = "Trying {name} in the Chat tab: it loads through llama.cpp and answers the question asked there."
 FT_INTRO = (
     "Drop a dataset, check how the model will see it, pick a base model and LoRA settings, then Start. Training runs "
     "in its own process; Stop saves a usable adapter, Resume continues from the last checkpoint, and *Try in Chat* "

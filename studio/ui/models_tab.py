@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -15,8 +16,8 @@ from studio.models.records import ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec, spec_from_form
 from studio.security import require_owner
 from studio.text import fmt_bytes
+from studio.ui import export_panel, timeline
 from studio.ui import messages as msg
-from studio.ui import timeline
 
 MAX_GB = 100_000  # a budget or reserve above this is a typo, not a device
 
@@ -172,6 +173,29 @@ class ModelsTab:
         return gr.Dropdown(choices=[e.hub_id for e in CATALOG if e.kind == kind])
 
 
+def export_sources(ctx: AppContext) -> list[tuple[str, str]]:
+    """What the Models tab offers to export: the chat models that are transformers folders or Hub ids (a GGUF file
+    is an export already)."""
+    from studio.ui.chat_tab import model_choices
+
+    return [(label, value) for label, value in model_choices(ctx) if not value.lower().endswith(".gguf")]
+
+
+def export_source(value: str | None) -> str:
+    """The picker's value as `python -m studio.export` takes it (the starter is the word `starter`)."""
+    from studio.ui.chat_tab import STARTER_PREFIX
+
+    value = (value or "").strip()
+    if not value:
+        raise InputError(msg.PICK_MODEL.format(what="a model to export"))
+    if value.startswith(STARTER_PREFIX):
+        return "starter"
+    from studio.export.sources import resolve
+
+    resolve(value, Path("."))  # checked here first: no such folder, a file, an architecture not covered
+    return value
+
+
 def layout(ctx: AppContext) -> dict[str, Any]:
     """The tab's widgets, by name."""
     manager = ctx.manager
@@ -216,6 +240,18 @@ def layout(ctx: AppContext) -> dict[str, Any]:
             plan_btn = gr.Button("Show plan", elem_id="load-plan")
             load_btn = gr.Button("Load", variant="primary", elem_id="load-go")
         plan_out = gr.Markdown(elem_id="load-result")
+
+    export_w: dict[str, Any] = {}
+    with gr.Accordion("Export a chat model to GGUF / Ollama", open=False, elem_id="export-accordion"):
+        gr.Markdown(msg.EXPORT_HELP)
+        export_w["export_source"] = gr.Dropdown(
+            choices=export_sources(ctx),
+            value=None,
+            allow_custom_value=True,
+            label="Model (the starter, a model folder, or a Hub id already downloaded)",
+            elem_id="models-export-source",
+        )
+        export_panel.layout(export_w, "models", for_run=False)
 
     with gr.Accordion("Budget", open=False, elem_id="budget-accordion"):
         gr.Markdown(msg.BUDGET_HELP)
@@ -263,6 +299,7 @@ def layout(ctx: AppContext) -> dict[str, Any]:
         "timeline": plot,
         "events": events_table,
         "choices_seen": choices_seen,
+        **export_w,
     }
 
 
@@ -290,6 +327,7 @@ def wire(tab: ModelsTab, w: dict[str, Any]) -> None:
         tab.refresh, refresh_inputs, refresh_outputs, **light
     )
     w["kind"].change(tab.kind_changed, [w["kind"]], [w["source"]], api_name="models_kind_sources", **light)
+    export_panel.wire(w["export_panel"], w, w["export_source"], "models")
     w["timer"] = gr.Timer(2.0)
     w["timer"].tick(tab.refresh, refresh_inputs, refresh_outputs, **light)
 
@@ -298,6 +336,7 @@ def build(ctx: AppContext) -> dict[str, Any]:
     """Lay out the tab inside the current Blocks context and wire its events."""
     tab = ModelsTab(ctx)
     w = layout(ctx)
+    w["export_panel"] = export_panel.ExportPanel(ctx, export_panel.ExportRunner(ctx), export_source, for_run=False)
     wire(tab, w)
     w["tab"] = tab
     return w

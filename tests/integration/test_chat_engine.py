@@ -245,6 +245,14 @@ def test_the_message_caps_are_checked_before_the_lane(engine, lm_spec):
         engine.lane.release()
 
 
+def test_max_new_tokens_of_the_whole_context_or_more_is_lowered_with_a_notice(engine, lm_spec):
+    """The tiny model's context is 512 tokens and the page's default reply length 512: the reply gets half."""
+    params = ChatParams(temperature=0, max_new_tokens=600, repetition_penalty=1.0, ignore_eos=True)
+    chunks = list(engine.stream(lm_spec, HELLO, params))
+    assert "Max new tokens lowered from 600 to 256: the context holds 512 tokens." in chunks[-1].notice
+    assert chunks[-1].done and chunks[-1].stats.new_tokens == 256
+
+
 @pytest.mark.parametrize(
     ("messages", "params", "needle"),
     [

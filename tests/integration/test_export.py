@@ -471,3 +471,49 @@ def test_a_disk_that_fills_up_while_quantizing_leaves_no_file_behind(tiny_disk, 
     with pytest.raises(DiskFullError, match="disk filled up while writing tiny-Q8_0.gguf"):
         export(ExportRequest(str(folder), "q8_0", out_dir=tiny_disk, data_dir=tmp_path))
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["earlier.gguf"]
+
+
+# ----- the page's runner: the export as a child process -----------------------------------------------------------
+
+
+def _runner(tmp_path):
+    from studio.config import StudioConfig
+    from studio.context import build_context
+    from studio.ui.export_panel import ExportRunner
+    from tests.fakes import FakeGpuProbe
+
+    ctx = build_context(StudioConfig(data_dir=tmp_path / "data"), probe=FakeGpuProbe(), start_monitor=False)
+    return ExportRunner(ctx)
+
+
+def test_the_pages_runner_reports_progress_and_reads_the_childs_result(tmp_path, tiny_models):
+    seen: list[tuple[str, float]] = []
+    result = _runner(tmp_path).run("s", str(tiny_models.causal_lm), "f16", lambda *p: seen.append(p))
+    assert result.path.is_file() and result.path.parent == tmp_path / "data" / "outputs" / "exports"
+    assert result.modelfile.is_file() and result.ollama_command.startswith("ollama create ")
+    assert result.bytes == result.path.stat().st_size and result.source_bytes > 0
+    assert ("convert", 1.0) in seen and all(0.0 <= f <= 1.0 for _, f in seen)
+
+
+def test_the_pages_runner_stops_the_child_and_a_childs_error_is_its_one_line(tmp_path, starter_folder):
+    import threading
+
+    from studio.errors import InputError, StudioError
+
+    runner = _runner(tmp_path)
+    started = threading.Event()
+    stopped: list[bool] = []
+
+    def progress(stage: str, fraction: float) -> None:
+        if not started.is_set():
+            started.set()
+            stopped.append(runner.stop("s"))
+
+    with pytest.raises(InputError, match="stopped; nothing was left half-written"):
+        runner.run("s", str(starter_folder), "q8_0", progress)  # long enough to be stopped mid-way
+    assert stopped == [True] and not runner.stop("s")  # nothing runs any more
+    exports = tmp_path / "data" / "outputs" / "exports"
+    assert not list(exports.glob("*.gguf")) and not list(exports.glob(".*partial"))
+    with pytest.raises(StudioError, match=r"^\S+/missing: no such folder\. Give a fine-tune run folder") as error:
+        runner.run("s", str(tmp_path / "missing"), "f16", lambda *p: None)
+    assert "\n" not in str(error.value)
