@@ -480,7 +480,7 @@ def conversation_column(w: dict[str, Any]) -> None:
 
 
 def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
-    w["system"] = gr.Textbox(label="System prompt", lines=3, elem_id="chat-system")
+    w["system"] = gr.Textbox("", label="System prompt", lines=3, elem_id="chat-system")
     with gr.Accordion("Sampling", open=False):
         w["temperature"] = gr.Slider(
             0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="chat-temperature"
@@ -541,9 +541,9 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
     w["ask"] = {"fn": tab.add_user, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
     w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
-    w["regenerate"].click(tab.drop_last_reply, [w["chatbot"]], [w["chatbot"], w["asked_after"]], **QUICK).success(
-        respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying
-    )
+    w["regenerate"].click(
+        tab.drop_last_reply, [w["chatbot"]], [w["chatbot"], w["asked_after"]], api_name="drop_last_reply", **QUICK
+    ).success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying)
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
     w["stop"].click(tab.request_stop, None, None, api_name="chat_stop", **QUICK)
     # no `cancels=`: a cancelled reply's last message can still arrive after Clear's; waiting for it orders them

@@ -188,20 +188,22 @@ class ExportPanel:
 
     def export(
         self,
-        value: str | None,
-        fmt: str | None,
+        source: str | None,
+        to: str | None,
         request: gr.Request = None,
         progress=gr.Progress(),  # noqa: B008 - Gradio's way of asking for the progress bar
     ) -> Iterator:
-        """Generator: (result Markdown, the exported model's path, the Try button). Owner only."""
+        """Generator: (result Markdown, the exported model's path, the Try button). `source` is the panel's source
+        widget's value (a run name, or a chat model), `to` the format (API names: /ft_export, /models_export). Owner
+        only."""
         from studio.security import require_owner
 
         require_owner(self.ctx.security, request, "export models")
-        fmt = (fmt or "").strip()
+        fmt = (to or "").strip()
         if fmt == MERGED:  # the Fine-tune tab's: any architecture transformers loads, no GGUF checks
-            yield from self._merge(value, progress)
+            yield from self._merge(source, progress)
             return
-        source = self.source_of(value)
+        source = self.source_of(source)
         if fmt not in FORMAT_LABELS:
             raise InputError(msg.EXPORT_PICK_FORMAT)
         if fmt in QUANTIZED:

@@ -295,7 +295,7 @@ class FinetuneTab:
             shutil.rmtree(run.path, ignore_errors=True)  # never started: leave no half run behind
             raise
         note = f"Started {run.name}. {plan.message}"
-        return run.name, note, gr.Dropdown(choices=run_choices(self.ctx), value=run.name), ""
+        return run.name, note, ""  # the name as a plain value (a script gets it so); the list follows (`listed`)
 
     @msg.user_errors
     def stop(self, name: str | None, request: gr.Request = None) -> str:
@@ -335,13 +335,17 @@ class FinetuneTab:
 
     def select(self, name: str | None) -> tuple:
         if not name:
-            return "", "", metrics_frame([]), "", ""
+            return "", metrics_frame([]), "", ""
         run = RunDir(self.ctx.training.root / name)
         status = self.ctx.training.state(run)
-        return name, progress_text(run, status), metrics_frame(run.metrics()), report_text(run), ""
+        return progress_text(run, status), metrics_frame(run.metrics()), report_text(run), ""
 
     def runs(self) -> gr.Dropdown:
         return gr.Dropdown(choices=run_choices(self.ctx))
+
+    def listed(self, current: str | None) -> gr.Dropdown:
+        """The runs list with the current run still chosen (after Start has named it)."""
+        return gr.Dropdown(choices=run_choices(self.ctx), value=current)
 
     def export_source(self, name: str | None) -> str:
         """The run folder an export starts from, checked here first (no adapter yet, still training: one line)."""
@@ -438,7 +442,7 @@ def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
         w["alpha"] = gr.Number(value=32, precision=0, label="Alpha", elem_id="ft-alpha")
         w["dropout"] = gr.Number(value=0.05, label="Dropout", elem_id="ft-dropout")
     w["targets"] = gr.Textbox(
-        label="Target modules (comma-separated; empty = the default for the architecture)", elem_id="ft-targets"
+        "", label="Target modules (comma-separated; empty = the default for the architecture)", elem_id="ft-targets"
     )
     with gr.Row():
         w["lr"] = gr.Number(value=2e-4, label="Learning rate", elem_id="ft-lr")
@@ -484,7 +488,6 @@ def runs_section(ctx: AppContext, w: dict[str, Any]) -> None:
     w["result"] = gr.Markdown(elem_id="ft-result")
     with gr.Accordion("Export (merged safetensors, GGUF for llama.cpp / Ollama / LM Studio, GGUF LoRA)", open=True):
         export_panel.layout(w, "ft", for_run=True)
-    w["run_name"] = gr.State("")
     w["seen"] = gr.State("")
     w["timer"] = gr.Timer(1.0)
 
@@ -506,16 +509,19 @@ def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
     estimate, job_inputs = bind(tab.estimate, JobForm, w)
     w["estimate"].click(estimate, job_inputs, [w["estimate_md"]], api_name="ft_estimate", **QUICK)
     start, start_inputs = bind(tab.start, StartForm, w)
-    started = [w["run_name"], w["estimate_md"], w["runs"], w["seen"]]
-    w["start"].click(start, start_inputs, started, api_name="ft_start", **GPU)
-    w["stop"].click(tab.stop, [w["run_name"]], [w["result"]], api_name="ft_stop", **QUICK)
+    # every run action names its run by the Runs picker's value (Start sets it), so a script names it the same way
+    started = [w["runs"], w["estimate_md"], w["seen"]]
+    w["start"].click(start, start_inputs, started, api_name="ft_start", **GPU).success(
+        tab.listed, [w["runs"]], [w["runs"]], **QUICK
+    )
+    w["stop"].click(tab.stop, [w["runs"]], [w["result"]], api_name="ft_stop", **QUICK)
     resumed = [w["result"], w["runs"], w["seen"]]
-    w["resume"].click(tab.resume, [w["run_name"]], resumed, api_name="ft_resume", **GPU)
+    w["resume"].click(tab.resume, [w["runs"]], resumed, api_name="ft_resume", **GPU)
     shown = [w["progress"], w["plot"], w["report"], w["seen"]]
     # the poller is never queued behind the GPU lane: the plot keeps moving while a model loads
-    poll_inputs = [w["run_name"], w["seen"]]
+    poll_inputs = [w["runs"], w["seen"]]
     w["timer"].tick(tab.poll, poll_inputs, shown, queue=False, show_progress="hidden", api_name="ft_poll")
-    w["runs"].input(tab.select, [w["runs"]], [w["run_name"], *shown], api_name="ft_select", **QUICK)
+    w["runs"].input(tab.select, [w["runs"]], shown, api_name="ft_select", **QUICK)
     w["refresh"].click(tab.runs, None, [w["runs"]], api_name="ft_runs", **QUICK)
     # the run is named by the Runs picker (which Start and Resume set), so a script names it too: /ft_export
     export_panel.wire(w["export_panel"], w, w["runs"], "ft")
@@ -535,7 +541,7 @@ def connect_chat(ctx: AppContext, ft: dict[str, Any], chat: dict[str, Any], tabs
     """'Try in Chat' (see `FinetuneTab.try_in_chat`) fills the Chat tab's pickers and opens it."""
     ft["try_chat"].click(
         ft["tab"].try_in_chat,
-        [ft["run_name"], chat["precision"]],
+        [ft["runs"], chat["precision"]],
         [chat["model"], chat["adapter_path"], chat["use_adapter"], tabs, ft["result"]],
         api_name="ft_try_in_chat",
         concurrency_id="gpu",

@@ -45,27 +45,38 @@ def bind(
         return form(**dict(zip(names, values, strict=True)))
 
     generator = inspect.isgeneratorfunction(handler)
-    if progress is None and generator:
+    count = len(names)
 
-        def event(request: gr.Request, *values: Any) -> Any:
-            yield from handler(make(values), request=request)
+    def split(args: tuple[Any, ...]) -> tuple[Any, F, dict[str, Any]]:
+        if len(args) != 1 + count + (progress is not None):  # a wiring mistake, never a silent shift
+            raise ValueError(
+                f"{handler.__name__} takes the request, {count} values and its progress: {len(args)} sent"
+            )
+        extra = {"progress": args[1 + count]} if progress is not None else {}
+        return args[0], make(args[1 : 1 + count]), extra
 
-    elif progress is None:
+    if generator:
 
-        def event(request: gr.Request, *values: Any) -> Any:
-            return handler(make(values), request=request)
-
-    # Gradio finds a gr.Progress by a parameter's default and passes it in that place (a download then shows)
-    elif generator:
-
-        def event(request: gr.Request, tracker: Any = progress, *values: Any) -> Any:
-            yield from handler(make(values), request=request, progress=tracker)
+        def event(*args: Any) -> Any:
+            request, form_values, extra = split(args)
+            yield from handler(form_values, request=request, **extra)
 
     else:
 
-        def event(request: gr.Request, tracker: Any = progress, *values: Any) -> Any:
-            return handler(make(values), request=request, progress=tracker)
+        def event(*args: Any) -> Any:
+            request, form_values, extra = split(args)
+            return handler(form_values, request=request, **extra)
 
+    # what Gradio reads: the request by its annotation, a gr.Progress by its default (a download then shows), and
+    # the form's field names, which become the API's parameter names (gradio_client shows them, and takes them by
+    # keyword) instead of param_0 ... param_29
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("request", kind, annotation=gr.Request)]
+    params += [inspect.Parameter(name, kind) for name in names]
+    if progress is not None:
+        params.append(inspect.Parameter("progress", kind, default=progress))
+    event.__signature__ = inspect.Signature(params)
+    event.__annotations__ = {"request": gr.Request}
     event.__name__ = event.__qualname__ = getattr(handler, "__name__", "event")
     return event, inputs
 

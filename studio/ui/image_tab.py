@@ -372,7 +372,7 @@ def settings_column(w: dict[str, Any], start: Any) -> None:
     w["prompt"] = gr.Textbox(
         label="Prompt", lines=3, placeholder="a lighthouse at dusk, oil painting", elem_id="image-prompt"
     )
-    w["negative"] = gr.Textbox(label="Negative prompt", lines=2, elem_id="image-negative")
+    w["negative"] = gr.Textbox("", label="Negative prompt", lines=2, elem_id="image-negative")
     with gr.Row():
         w["generate"] = gr.Button("Generate", variant="primary", elem_id="image-generate")
         w["stop"] = gr.Button("Stop", variant="stop", elem_id="image-stop")

@@ -113,6 +113,22 @@ def unreadable(block_fn: Any, inputs: list[Any], exc: BaseException) -> str:
     return msg.INPUT_UNREADABLE.format(label=label, value=short(value))
 
 
+def openai_messages(value: Any) -> Any:
+    """A conversation sent the way OpenAI's API writes it — `{"role": "user", "content": "Hello"}`, content a plain
+    string (or None for an assistant turn) — in the shape Gradio's Chatbot reads (content a list of parts); anything
+    else is left for Gradio to read (or refuse with the page's message)."""
+    if not isinstance(value, list):
+        return value
+    out = []
+    for m in value:
+        if isinstance(m, dict) and isinstance(m.get("content"), str):
+            m = {**m, "content": [{"type": "text", "text": m["content"]}]}
+        elif isinstance(m, dict) and m.get("content") is None and "role" in m:
+            m = {**m, "content": []}
+        out.append(m)
+    return out
+
+
 def event_data_problem(block_fn: Any, event_data: Any) -> str | None:
     """Why the handler cannot get the event data it takes (gr.SelectData, ...), or None when it can. The page sends
     it with each click; an API call sends none, and Gradio would fail building it with a TypeError."""
@@ -139,7 +155,21 @@ def optional(component: Any) -> Any:
 
 
 class StudioBlocks(gr.Blocks):
-    """gr.Blocks whose events answer a value they cannot read with a message that names the widget."""
+    """gr.Blocks whose events answer a value they cannot read with a message that names the widget, and whose
+    events are public API endpoints only when wired with an `api_name` (Gradio would otherwise publish every helper
+    event under its function's name: /refresh, /refresh_1, /show_plan_2, /lambda, ...)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = self.default_config
+        trigger = config.set_event_trigger
+
+        def named_only(*a: Any, api_name: Any = None, api_visibility: str = "public", **kw: Any) -> Any:
+            if api_name is None and api_visibility == "public":
+                api_visibility = "private"
+            return trigger(*a, api_name=api_name, api_visibility=api_visibility, **kw)
+
+        config.set_event_trigger = named_only
 
     async def process_api(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
@@ -174,6 +204,8 @@ class StudioBlocks(gr.Blocks):
                 problem = number_problem(block, inputs[i], label_of(block, i))
                 if problem:
                     raise gr.Error(problem)
+            elif isinstance(block, gr.Chatbot):
+                inputs[i] = openai_messages(inputs[i])
             elif inputs[i] is not None:
                 inputs[i] = tag_files(inputs[i])
         try:

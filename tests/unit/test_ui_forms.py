@@ -77,9 +77,16 @@ def test_a_bound_event_builds_the_form_by_name_and_keeps_generators_streaming():
     assert inputs == ["widget-a", "widget-b"] and event("req", 1, "x") == 1 and seen == [(Form(1, "x"), "req")]
     tracker = gr.Progress()
     event, _ = bind(stream, Form, widgets, progress=tracker)
-    assert list(event("req", tracker, 2, "y")) == ["y", tracker]
+    assert list(event("req", 2, "y", tracker)) == ["y", tracker]
     with pytest.raises(ValueError):  # a value too many or too few is a wiring mistake, never a silent shift
-        list(event("req", tracker, 2))
+        list(event("req", 2, tracker))
+    # the API's parameters are the form's fields by name (gradio_client shows them), the request and progress
+    # found by Gradio where it looks for them
+    import inspect
+
+    signature = inspect.signature(event)
+    assert list(signature.parameters) == ["request", "a", "b", "progress"]
+    assert signature.parameters["progress"].default is tracker and event.__annotations__["request"] is gr.Request
 
     @dataclass(frozen=True)
     class Bad:
