@@ -1,4 +1,4 @@
-"""HTTP APIs beside the page: `serve()` launches the Gradio app with the OpenAI-compatible routes on the same server."""
+"""HTTP APIs beside the page: `serve()` launches the Gradio app with the OpenAI-compatible and AUTOMATIC1111 routes on the same server."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
     """
     from gradio.routes import App
 
-    from studio.api import audio, gradio_routes, guard, images, openai
+    from studio.api import audio, gradio_routes, guard, images, openai, sdapi
 
     # FastAPI's /openapi.json lists every route to anyone: with a login, there is no such list (Gradio's own
     # /gradio_api/info stays behind the login)
@@ -27,6 +27,7 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
     guard.register(app, ctx)  # the API key and upload limit, before any /v1 route
     openai.register(app, ctx)
     images.register(app, ctx)
+    sdapi.register(app, ctx)  # AUTOMATIC1111's /sdapi/v1 on the same engine, lane and key
     audio.register(app, ctx)
     gradio_routes.register(app)  # an unknown api_name or fn_index: a 404 naming it, not Gradio's 500
     share = launch_kwargs.pop("share", False)

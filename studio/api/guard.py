@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 PROTECTED_PREFIXES = ("/v1", "/sdapi")
 FORM_ROUTES = ("/v1/audio/transcriptions", "/v1/audio/translations")  # multipart; every other POST there is JSON
+# POSTs that read no body, which A1111 clients send with no Content-Type (webuiapi's interrupt): no body to mistype
+BODYLESS_ROUTES = ("/sdapi/v1/interrupt", "/sdapi/v1/refresh-checkpoints")
 LOGIN_PATH = "/login"  # Gradio's login form: a wrong password answers 400
 UPLOAD_SUFFIX = "/upload"  # Gradio's upload route: it checks each file against max_file_size itself
 BODY_METHODS = ("POST", "PUT", "PATCH")
@@ -167,7 +169,7 @@ class V1Guard:
                 "in the console where the studio started, or sets it with --api-key.",
                 "invalid_api_key",
             )
-        if scope.get("method") == "POST" and path.rstrip("/") not in FORM_ROUTES:
+        if scope.get("method") == "POST" and path.rstrip("/") not in FORM_ROUTES + BODYLESS_ROUTES:
             media = headers.get("content-type", "").split(";")[0].strip().lower()
             if media != "application/json":
                 return refuse(

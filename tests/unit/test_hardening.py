@@ -109,6 +109,10 @@ def _app(policy: SecurityPolicy) -> fastapi.FastAPI:
     async def txt2img(request: fastapi.Request) -> JSONResponse:
         return JSONResponse({"images": []})
 
+    @app.post("/sdapi/v1/interrupt")
+    async def interrupt() -> JSONResponse:
+        return JSONResponse({})
+
     @app.post("/login")
     async def login(request: fastapi.Request) -> JSONResponse:
         form = await request.form()
@@ -155,6 +159,10 @@ def test_json_routes_take_only_json():
         ok = {"content-type": "application/json; charset=utf-8"}
         assert c.post(CHAT, content=BODY, headers=ok).status_code == 200
         assert c.post("/sdapi/v1/txt2img", content=b"{}", headers=ok).status_code == 200
+        # A1111 clients post interrupt with no body and no Content-Type (webuiapi); a foreign page still cannot
+        assert c.post("/sdapi/v1/interrupt").status_code == 200
+        r = c.post("/sdapi/v1/interrupt", headers={"origin": "http://evil.example", "content-type": "text/plain"})
+        assert r.status_code == 403
 
 
 def test_wrong_api_keys_are_locked_out_per_client():
