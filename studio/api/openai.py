@@ -208,8 +208,8 @@ def parse_request(body: Any) -> CompletionRequest:
         ("repetition_penalty", "repetition_penalty", number, "a number"),  # likewise
     ):
         value = _field(body, name, kinds, what)
-        if value is not None:
-            given[key] = value
+        if value is not None:  # a JSON number may come as 2 or 2.0: both are the same float to the engine
+            given[key] = float(value) if kinds is number else value
     frequency = body.get("frequency_penalty")
     if frequency is not None and "repetition_penalty" not in given:
         # OpenAI's additive penalty (-2..2, 0 = none) mapped onto transformers' multiplicative one (0.5..1.5).
@@ -413,8 +413,47 @@ def sse(obj: Any) -> str:
 # ----- routes ----------------------------------------------------------------------------------------------
 
 
+def _v1(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def register_errors(app: fastapi.FastAPI) -> None:
+    """Errors FastAPI raises itself (404 for an unknown path, 405 for a wrong method, 422) answer in OpenAI's
+    shape under /v1; everywhere else (Gradio's routes, /sdapi) they keep FastAPI's `{"detail": ...}`."""
+    from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    async def on_http(request: fastapi.Request, exc: HTTPException) -> fastapi.Response:
+        if not _v1(request.url.path):
+            return await http_exception_handler(request, exc)
+        if exc.status_code == 404:
+            message, code = f"There is no route {request.url.path} in ML Studio's OpenAI-compatible API.", "not_found"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}" + (
+                f"; use {allowed}." if allowed else "."
+            )
+            code = "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        response = ApiError(exc.status_code, message, code=code).response()
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    async def on_validation(request: fastapi.Request, exc: RequestValidationError) -> fastapi.Response:
+        if not _v1(request.url.path):
+            return await request_validation_exception_handler(request, exc)
+        return ApiError(400, f"The request cannot be read: {str(exc)[:200]}").response()
+
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+
 def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
     """Add /v1/models and /v1/chat/completions to `app` (before Gradio adds its own routes)."""
+    register_errors(app)
     # NOTE: Gradio's login (--auth, --share) does not cover these routes; API keys are a later issue.
 
     @app.get("/v1/models")

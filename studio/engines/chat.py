@@ -624,7 +624,7 @@ class ChatEngine:
             "stopping_criteria": _stopping_criteria(stop_now),
             "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids)),
             "eos_token_id": eos,
-            "repetition_penalty": params.repetition_penalty,
+            "repetition_penalty": float(params.repetition_penalty),
         }
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_new_tokens
@@ -632,7 +632,10 @@ class ChatEngine:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(
-                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
+                do_sample=True,
+                temperature=float(params.temperature),  # transformers refuses an int temperature (ValueError)
+                top_p=float(params.top_p),
+                top_k=params.top_k or None,
             )
         failure: list[BaseException] = []
 
@@ -727,10 +730,10 @@ class ChatEngine:
         tokens = lm.tokens(
             prompt_ids,
             max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
+            temperature=float(params.temperature),
+            top_p=float(params.top_p),
             top_k=params.top_k,
-            repetition_penalty=params.repetition_penalty,
+            repetition_penalty=float(params.repetition_penalty),
             seed=seed,
             ignore_eos=params.ignore_eos,
             grammar=grammar,

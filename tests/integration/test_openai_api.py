@@ -234,6 +234,29 @@ def test_bad_json_and_wrong_types_give_400(studio):
     assert "Traceback" not in bad.text + missing.text + wrong.text
 
 
+def test_numbers_may_be_json_integers(client):
+    """`"temperature": 2` is the same number as 2.0 (transformers itself refuses an int temperature)."""
+    reply = client.chat.completions.create(model=TINY, messages=HELLO, temperature=2, top_p=1, seed=5, max_tokens=4)
+    assert reply.choices[0].message.content
+    again = client.chat.completions.create(
+        model=TINY, messages=HELLO, temperature=2.0, top_p=1.0, seed=5, max_tokens=4
+    )
+    assert again.choices[0].message.content == reply.choices[0].message.content
+
+
+def test_every_v1_error_has_openais_shape(studio):
+    """404 for an unknown /v1 path and 405 for a wrong method come in OpenAI's shape; Gradio's routes keep theirs."""
+    unknown = httpx.post(studio.url + "v1/no/such/route", json={})
+    assert unknown.status_code == 404, unknown.text
+    assert set(unknown.json()["error"]) == {"message", "type", "param", "code"}
+    assert unknown.json()["error"]["code"] == "not_found" and "/v1/no/such/route" in unknown.json()["error"]["message"]
+    wrong = httpx.get(studio.url + "v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed", wrong.text
+    assert "POST" in wrong.json()["error"]["message"] and wrong.headers["allow"] == "POST"
+    outside = httpx.get(studio.url + "gradio_api/no-such-route")
+    assert outside.status_code == 404 and "error" not in outside.json(), outside.text
+
+
 def test_a_client_that_leaves_stops_its_reply(client, studio):
     """Streaming and not: closing the connection stops generation, so the next request is not stuck behind it."""
     long = {"model": SLOW, "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": 3500}
