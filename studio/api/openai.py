@@ -24,13 +24,13 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import fastapi
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from studio.engines.chat import ChatChunk, ChatParams, ChatStats, check_messages
+from studio.engines.chat import MAX_TOP_LOGPROBS, ChatChunk, ChatParams, ChatStats, TokenLogprob, check_messages
 from studio.errors import (
     BudgetError,
     DiskFullError,
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 OWNER = "ml-studio"
 DISCONNECT_POLL_S = 0.5  # how often a waiting request checks whether its client is still there
 MAX_STOPS = 4  # as OpenAI
+MAX_N = 8  # replies per request at most (each is generated in turn)
+MAX_LEGACY_LOGPROBS = 5  # /v1/completions' logprobs, as OpenAI
+MAX_PROMPTS = 64  # prompts in one /v1/completions request
 BUSY_RETRY_AFTER_S = 5  # what a client that finds the GPU line full is told to wait (Retry-After)
 
 
@@ -108,6 +111,7 @@ class CompletionRequest:
     stream: bool  # answer as Server-Sent Events
     include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
     stops: tuple[str, ...]  # cut the reply before the first of these
+    n: int = 1  # replies to write (in turn; with a fixed seed, reply i uses seed + i)
 
 
 def bad_json(exc: ValueError | RecursionError) -> ApiError:
@@ -168,15 +172,22 @@ def parse_request(body: Any) -> CompletionRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise ApiError(400, "'model' is required: one of the ids GET /v1/models lists.", param="model")
-    number, integer = (int, float), (int,)
-    if _field(body, "n", integer, "1") not in (None, 1):
-        raise ApiError(400, "'n' must be 1: the studio writes one reply per request.", param="n")
     if _field(body, "tools", (list,), "a list"):
         raise ApiError(
             400, "Tools (function calling) are not supported; send the request without 'tools'.", param="tools"
         )
-    if body.get("logprobs"):
-        raise ApiError(400, "'logprobs' are not supported; leave it out or set it to false.", param="logprobs")
+    given, n, stream = _sampling(body)
+    logprobs = bool(_field(body, "logprobs", (bool,), "true or false"))
+    top = _field(body, "top_logprobs", (int,), "a whole number")
+    if top is not None:
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ApiError(
+                400, f"'top_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, not {top}.", param="top_logprobs"
+            )
+        if not logprobs:
+            raise ApiError(400, "'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+    if logprobs:
+        given["top_logprobs"] = top or 0
     fmt = _field(body, "response_format", (dict,), "an object") or {}
     kind = fmt.get("type", "text")
     if kind not in ("text", "json_object", "json_schema"):
@@ -189,16 +200,70 @@ def parse_request(body: Any) -> CompletionRequest:
             "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
             param="response_format",
         )
+    if kind != "text":  # honoured through llama.cpp's grammars; the transformers path answers 400
+        given["response_format"] = fmt
+    params = _params(given)
+    options = _field(body, "stream_options", (dict,), "an object") or {}
+    return CompletionRequest(
+        model=model.strip(),
+        messages=_messages(body.get("messages")),
+        params=params,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+        stops=_stops(body.get("stop")),
+        n=n,
+    )
+
+
+def _params(given: dict[str, Any]) -> ChatParams:
+    params = ChatParams(**given)
+    try:
+        params.check_inputs()
+    except InputError as exc:
+        raise ApiError(400, str(exc)) from None
+    return params
+
+
+def _sampling(body: dict, *, min_tokens: int = 1) -> tuple[dict[str, Any], int, bool]:
+    """The ChatParams fields of what chat and completions share, `n` and `stream`; ApiError (400) names a bad
+    field."""
+    number, integer = (int, float), (int,)
+    _field(body, "user", (str,), "text")  # an end user's id for abuse tracking: accepted, used for nothing
+    n = _field(body, "n", integer, "a whole number")
+    n = 1 if n is None else n
+    if not 1 <= n <= MAX_N:
+        raise ApiError(400, f"'n' must be between 1 and {MAX_N}, not {n}.", param="n")
+    stream = bool(_field(body, "stream", (bool,), "true or false"))
+    if stream and n > 1:
+        raise ApiError(400, "'n' above 1 cannot be streamed here; send stream: false, or n: 1.", param="n")
+    given: dict[str, Any] = {}
     for name in ("frequency_penalty", "presence_penalty"):
         value = _field(body, name, number, "a number between -2 and 2")
-        if value is not None and not -2 <= value <= 2:
-            raise ApiError(400, f"'{name}' must be between -2 and 2, not {value:g}.", param=name)
-
-    given: dict[str, Any] = {}
+        if value is not None:
+            if not -2 <= value <= 2:
+                raise ApiError(400, f"'{name}' must be between -2 and 2, not {value:g}.", param=name)
+            given[name] = float(value)
+    bias = body.get("logit_bias")
+    if bias is not None:
+        if not isinstance(bias, dict) or len(bias) > 1024:
+            raise ApiError(400, "'logit_bias' must be a map of token ids to numbers (-100..100).", param="logit_bias")
+        pairs = []
+        for key, value in bias.items():
+            if not (isinstance(key, str) and key.isdigit() and len(key) < 10) or isinstance(value, bool):
+                raise ApiError(400, f"'logit_bias' keys must be token ids, not {key[:20]!r}.", param="logit_bias")
+            if not isinstance(value, (int, float)) or not -100 <= value <= 100:
+                raise ApiError(
+                    400, f"'logit_bias' values must be numbers from -100 to 100, not {value!r}.", param="logit_bias"
+                )
+            pairs.append((int(key), float(value)))
+        if pairs:
+            given["logit_bias"] = tuple(pairs)
     max_tokens = _field(body, "max_completion_tokens", integer, "a whole number")
     if max_tokens is None:
         max_tokens = _field(body, "max_tokens", integer, "a whole number")
     if max_tokens is not None:
+        if max_tokens < min_tokens:
+            raise ApiError(400, f"'max_tokens' must be at least {min_tokens}, not {max_tokens}.", param="max_tokens")
         given["max_new_tokens"] = max_tokens
     for name, key, kinds, what in (
         ("temperature", "temperature", number, "a number (0 = greedy)"),
@@ -208,28 +273,12 @@ def parse_request(body: Any) -> CompletionRequest:
         ("repetition_penalty", "repetition_penalty", number, "a number"),  # likewise
     ):
         value = _field(body, name, kinds, what)
-        if value is not None:
-            given[key] = value
-    frequency = body.get("frequency_penalty")
-    if frequency is not None and "repetition_penalty" not in given:
-        # OpenAI's additive penalty (-2..2, 0 = none) mapped onto transformers' multiplicative one (0.5..1.5).
-        given["repetition_penalty"] = 1.0 + frequency / 4
-    if kind != "text":  # honoured through llama.cpp's grammars; the transformers path answers 400
-        given["response_format"] = fmt
-    params = ChatParams(**given)
-    try:
-        params.check_inputs()
-    except InputError as exc:
-        raise ApiError(400, str(exc)) from None
-    options = _field(body, "stream_options", (dict,), "an object") or {}
-    return CompletionRequest(
-        model=model.strip(),
-        messages=_messages(body.get("messages")),
-        params=params,
-        stream=bool(_field(body, "stream", (bool,), "true or false")),
-        include_usage=bool(options.get("include_usage")),
-        stops=_stops(body.get("stop")),
-    )
+        if value is not None:  # a JSON number may come as 2 or 2.0: both are the same float to the engine
+            given[key] = float(value) if kinds is number else value
+    if ("frequency_penalty" in given or "presence_penalty" in given) and "repetition_penalty" not in given:
+        # the client says which penalty it wants in OpenAI's terms: the studio's own default (1.1) is off
+        given["repetition_penalty"] = 1.0
+    return given, n, stream
 
 
 # ----- models ----------------------------------------------------------------------------------------------
@@ -312,6 +361,7 @@ class Reply:
         self.stop = threading.Event()
         self.why = ""  # why it was cancelled, for the log
         self.label = label
+        self.last: ChatChunk | None = None  # the last chunk, once collected
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._checked = time.monotonic()  # when the client was last seen connected
@@ -413,8 +463,47 @@ def sse(obj: Any) -> str:
 # ----- routes ----------------------------------------------------------------------------------------------
 
 
+def _v1(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def register_errors(app: fastapi.FastAPI) -> None:
+    """Errors FastAPI raises itself (404 for an unknown path, 405 for a wrong method, 422) answer in OpenAI's
+    shape under /v1; everywhere else (Gradio's routes, /sdapi) they keep FastAPI's `{"detail": ...}`."""
+    from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    async def on_http(request: fastapi.Request, exc: HTTPException) -> fastapi.Response:
+        if not _v1(request.url.path):
+            return await http_exception_handler(request, exc)
+        if exc.status_code == 404:
+            message, code = f"There is no route {request.url.path} in ML Studio's OpenAI-compatible API.", "not_found"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"{request.method} is not allowed on {request.url.path}" + (
+                f"; use {allowed}." if allowed else "."
+            )
+            code = "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        response = ApiError(exc.status_code, message, code=code).response()
+        for name, value in (exc.headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    async def on_validation(request: fastapi.Request, exc: RequestValidationError) -> fastapi.Response:
+        if not _v1(request.url.path):
+            return await request_validation_exception_handler(request, exc)
+        return ApiError(400, f"The request cannot be read: {str(exc)[:200]}").response()
+
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+
+
 def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
     """Add /v1/models and /v1/chat/completions to `app` (before Gradio adds its own routes)."""
+    register_errors(app)
     # NOTE: Gradio's login (--auth, --share) does not cover these routes; API keys are a later issue.
 
     @app.get("/v1/models")
@@ -440,58 +529,124 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
         except ApiError as exc:
             return exc.response()
 
-        def produce(should_stop: Callable[[], bool]) -> Iterator[ChatChunk]:
-            return ctx.chat.stream(
-                served.spec, req.messages, req.params, adapter=served.adapter, should_stop=should_stop
-            )
+        def producer(params: ChatParams) -> Callable[[Callable[[], bool]], Iterator[ChatChunk]]:
+            def produce(should_stop: Callable[[], bool]) -> Iterator[ChatChunk]:
+                return ctx.chat.stream(
+                    served.spec, req.messages, params, adapter=served.adapter, should_stop=should_stop
+                )
 
-        reply = Reply(produce, served.id)
-        first = await reply.next(request)  # the load and the first token: their errors get a proper status
-        if first[0] == "error":
-            return api_error(first[1]).response()
+            return produce
+
         reply_id, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
         if req.stream:
+            reply = Reply(producer(req.params), served.id)
+            first = await reply.next(request)  # the load and the first token: their errors get a proper status
+            if first[0] == "error":
+                return api_error(first[1]).response()
             events = stream_events(reply, first, req, reply_id, created)
             weakref.finalize(events, reply.cancel, "the client left")  # also when the stream never started
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
-        return await complete(reply, first, req, request, reply_id, created)
+        choices, stats_all = [], []
+        for i in range(req.n):  # one reply after another, each taking its turn in the lane
+            reply = Reply(producer(nth_params(req.params, i)), served.id)
+            result = await collect(reply, req.stops, request)
+            if isinstance(result, ApiError):
+                return result.response()
+            text, tokens, finish, stats = result
+            logprobs = {"content": chat_logprobs(tokens)} if req.params.top_logprobs >= 0 else None
+            message = {"role": "assistant", "content": text}
+            choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs})
+            stats_all.append(stats)
+        body = {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "choices": choices,
+            "usage": usage_of(stats_all),
+        }
+        return JSONResponse(body)
+
+    @app.post("/v1/completions")
+    async def completions(request: fastapi.Request) -> fastapi.Response:
+        try:
+            try:
+                body = json.loads(await request.body())
+            except (ValueError, RecursionError) as exc:
+                raise bad_json(exc) from None
+            from studio.api.completions import parse_completion, text_completion
+
+            req = parse_completion(body)
+            served = resolve_model(ctx, req.model)
+        except ApiError as exc:
+            return exc.response()
+        return await text_completion(ctx, served, req, request)
 
 
-async def complete(
-    reply: Reply, item: tuple[str, Any], req: CompletionRequest, request: fastapi.Request, reply_id: str, created: int
-) -> JSONResponse:
-    """Collect the whole reply into a chat.completion object."""
-    cut, stats = StopCut(req.stops), None
+def nth_params(params: ChatParams, i: int) -> ChatParams:
+    """The params of reply i of n: with a fixed seed, seed + i (so the n replies differ, and repeat)."""
+    return replace(params, seed=params.seed + i) if params.seed >= 0 and i else params
+
+
+def usage_of(stats: list[ChatStats | None]) -> dict[str, int]:
+    """Usage over several replies: the prompt counted once per distinct prompt as OpenAI does for n (the first
+    reply's), the completions added up."""
+    each = [usage(st) for st in stats]
+    prompt = each[0]["prompt_tokens"] if each else 0
+    completion = sum(u["completion_tokens"] for u in each)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def collect(
+    reply: Reply, stops: tuple[str, ...], request: fastapi.Request, item: tuple[str, Any] | None = None
+) -> tuple[str, list[TokenLogprob], str, ChatStats | None] | ApiError:
+    """A whole reply: its text cut at the first stop sequence, its tokens (with logprobs, only those inside the
+    kept text), the finish reason and the stats; or the ApiError it failed with. The last chunk is kept in
+    `reply.last` (the prompt's tokens, for echo)."""
+    cut, stats, tokens = StopCut(stops), None, []
+    item = item or await reply.next(request)
     while item[0] != "end":
         kind, value = item
         if kind == "error":
-            return api_error(value).response()
+            return api_error(value)
         if value.done:
             stats = value.stats
-        else:
+            reply.last = value
+        if not cut.hit:
+            tokens += value.tokens
+        if not value.done:
             cut.feed(value.delta)
             if cut.hit:
                 reply.cancel("stop sequence")
         item = await reply.next(request)
     cut.flush()
-    return JSONResponse(
+    if cut.hit:  # tokens past the stop sequence are not part of the reply
+        kept, size = [], 0
+        for t in tokens:
+            if size >= len(cut.text):
+                break
+            kept.append(t)
+            size += len(t.text)
+        tokens = kept
+    return cut.text, tokens, finish_reason(cut, stats), stats
+
+
+def _bytes(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def chat_logprobs(tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """OpenAI's choices[i].logprobs.content."""
+    return [
         {
-            "id": reply_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": req.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": cut.text},
-                    "finish_reason": finish_reason(cut, stats),
-                    "logprobs": None,
-                }
-            ],
-            "usage": usage(stats),
+            "token": t.text,
+            "logprob": t.logprob,
+            "bytes": _bytes(t.text),
+            "top_logprobs": [{"token": text, "logprob": lp, "bytes": _bytes(text)} for _, text, lp in t.top],
         }
-    )
+        for t in tokens
+    ]
 
 
 async def stream_events(
@@ -500,8 +655,9 @@ async def stream_events(
     """chat.completion.chunk events: the role, content deltas, the finish reason, [usage,] then [DONE].
     When the client goes away Starlette cancels this generator, and `finally` stops the reply."""
 
-    def chunk(delta: dict[str, str], finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    def chunk(delta: dict[str, str], finish: str | None = None, tokens: list[TokenLogprob] | None = None) -> str:
+        logprobs = {"content": chat_logprobs(tokens)} if tokens else None
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
         return sse(
             {
                 "id": reply_id,
@@ -522,10 +678,12 @@ async def stream_events(
                 return
             if value.done:
                 stats = value.stats
+                if value.tokens and not cut.hit:
+                    yield chunk({"content": ""}, tokens=value.tokens)
             else:
                 text = cut.feed(value.delta)
-                if text:
-                    yield chunk({"content": text})
+                if text or (value.tokens and not cut.hit):
+                    yield chunk({"content": text}, tokens=None if cut.hit else value.tokens)
                 if cut.hit:
                     reply.cancel("stop sequence")
             item = await reply.next()

@@ -32,6 +32,7 @@ DEFAULT_CONTEXT = 4096
 # that could never be sent whole; they bound what one request costs to check and trim before anyone else's turn.
 MAX_MESSAGES = 2000
 MAX_PROMPT_BYTES = 1024**2  # UTF-8 bytes of message text (1 MB: a quarter of a million tokens or so)
+MAX_TOP_LOGPROBS = 20  # alternatives per token at most, as OpenAI
 UPDATE_INTERVAL = 0.04  # seconds between streamed updates at most (25 a second): smooth to read, cheap to produce
 # Used when a model has no chat template of its own (ChatML, which most instruct models understand).
 FALLBACK_TEMPLATE = (
@@ -55,10 +56,16 @@ class ChatParams:
     kv_cache_type: str = "f16"  # llama.cpp: f16, q8_0 or q4_0 (quantized types need flash attention)
     flash_attn: bool = False  # llama.cpp: flash attention
     response_format: dict | None = None  # OpenAI's: {"type": "json_object"} or a json_schema (llama.cpp grammars)
+    presence_penalty: float = 0.0  # OpenAI's additive penalties (-2..2): once per token seen / per occurrence
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias -100..100) added to the logits (transformers)
+    top_logprobs: int = -1  # -1: no logprobs; 0..20: each new token's logprob and that many alternatives
+    echo_logprobs: bool = False  # raw prompts: also the prompt tokens' logprobs (the first one's is None)
+    raw_prompt: bool = False  # a completion of raw text or token ids (no chat template); max_new_tokens may be 0
 
     def check_inputs(self) -> None:
         """Raise InputError naming the first setting that cannot work."""
-        if not 1 <= self.max_new_tokens <= 32768:
+        if not (0 if self.raw_prompt else 1) <= self.max_new_tokens <= 32768:
             raise InputError(f"Max new tokens must be between 1 and 32768, not {self.max_new_tokens}.")
         if not 0 <= self.temperature <= 5:
             raise InputError(f"Temperature must be between 0 and 5, not {self.temperature:g}.")
@@ -70,6 +77,15 @@ class ChatParams:
             raise InputError(f"Repetition penalty must be between 0.5 and 3, not {self.repetition_penalty:g}.")
         if self.seed < -1 or self.seed >= 2**63:
             raise InputError(f"Seed must be -1 (random) or a whole number from 0, not {self.seed}.")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2 <= value <= 2:
+                raise InputError(f"{name.replace('_', ' ').capitalize()} must be between -2 and 2, not {value:g}.")
+        for token, bias in self.logit_bias:
+            if token < 0 or not -100 <= bias <= 100:
+                raise InputError(f"Logit bias must map token ids (0 or more) to -100..100, not {token}: {bias:g}.")
+        if not -1 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise InputError(f"Top logprobs must be between 0 and {MAX_TOP_LOGPROBS}, not {self.top_logprobs}.")
         if self.context_len < 0:
             raise InputError(f"Context length must be 0 (the model's) or more, not {self.context_len}.")
         if self.kv_cache_type not in llamacpp.KV_TYPES:
@@ -105,6 +121,17 @@ class ChatStats:
         )
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token with its log-probability under the model's raw logits (log_softmax before any penalty,
+    temperature, top-k/top-p or bias), and the most likely alternatives at that step."""
+
+    id: int
+    text: str
+    logprob: float | None  # None for a prompt's first token (nothing predicts it)
+    top: tuple[tuple[int, str, float], ...] = ()  # (id, text, logprob), most likely first
+
+
 @dataclass
 class ChatChunk:
     """One step of a streamed reply."""
@@ -114,6 +141,8 @@ class ChatChunk:
     done: bool = False
     stats: ChatStats | None = None  # set on the last chunk
     notice: str = ""  # e.g. that older turns were dropped to fit the context
+    tokens: list[TokenLogprob] = field(default_factory=list)  # with top_logprobs >= 0: the tokens this step added
+    prompt_tokens: list[TokenLogprob] | None = None  # with echo_logprobs, on the last chunk: the prompt's tokens
 
 
 def check_messages(messages: list[dict]) -> list[dict[str, str]]:
@@ -243,6 +272,60 @@ def _stopping_criteria(should_stop: Callable[[], bool]):
             return answer
 
     return StoppingCriteriaList([_Stop()])
+
+
+def _penalties_processor(params: ChatParams, prompt_len: int):
+    """OpenAI's presence/frequency penalties (over the tokens generated so far, as vLLM) and logit_bias, on the
+    logits before temperature, top-k and top-p (transformers runs custom processors before its warpers); None
+    when there is nothing to do."""
+    presence, frequency, bias = params.presence_penalty, params.frequency_penalty, params.logit_bias
+    if not (presence or frequency or bias):
+        return None
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class _Penalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            generated = input_ids[:, prompt_len:]
+            if generated.shape[1] and (presence or frequency):
+                counts = torch.zeros_like(scores).scatter_add_(
+                    1, generated, torch.ones(generated.shape, dtype=scores.dtype, device=scores.device)
+                )
+                scores = scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+            if bias:
+                ids = torch.tensor([t for t, _ in bias if t < scores.shape[1]], device=scores.device)
+                values = torch.tensor([b for t, b in bias if t < scores.shape[1]], dtype=scores.dtype)
+                scores = scores.clone()
+                scores[:, ids] += values.to(scores.device)
+            return scores
+
+    return LogitsProcessorList([_Penalties()])
+
+
+def token_logprob(row: Any, token: int, k: int, text: Callable[[int], str]) -> TokenLogprob:
+    """`token` and the `k` most likely tokens from one step's log-softmax `row` (a 1-D torch tensor or numpy
+    array)."""
+    import torch
+
+    row = torch.as_tensor(row)
+    top: tuple[tuple[int, str, float], ...] = ()
+    if k:
+        values, ids = torch.topk(row, min(k, row.shape[-1]))
+        top = tuple((i, text(i), v) for i, v in zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, text(token), float(row[token]), top)
+
+
+def _log_softmax_rows(logits: Any) -> Any:
+    import torch
+
+    return torch.log_softmax(torch.as_tensor(logits).float(), dim=-1)
+
+
+def prompt_logprobs(ids: list[int], lsm: Any, k: int, text: Callable[[int], str]) -> list[TokenLogprob]:
+    """The prompt's tokens with their logprobs: row j of `lsm` predicts token j + 1; the first token has none."""
+    out = [TokenLogprob(ids[0], text(ids[0]), None)]
+    out += [token_logprob(lsm[j - 1], ids[j], k, text) for j in range(1, len(ids))]
+    return out
 
 
 def _oom_mid_reply(spec: ModelSpec) -> StudioOutOfMemory:
@@ -500,6 +583,75 @@ class ChatEngine:
         params = params or ChatParams()
         params.check_inputs()
         messages = check_messages(messages)
+
+        def prepare(lm: Any, p: ChatParams, stop: Callable[[], bool]) -> tuple[list[int], str, ChatParams]:
+            return self.fitted_prompt(lm, messages, p, stop)
+
+        yield from self._stream_prepared(
+            spec, prepare, replace(params, raw_prompt=False, echo_logprobs=False), adapter, should_stop
+        )
+
+    def stream_prompt(
+        self,
+        spec: ModelSpec,
+        prompt: str | list[int],
+        params: ChatParams | None = None,
+        *,
+        adapter: str | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> Iterator[ChatChunk]:
+        """Stream a completion of a raw prompt: text tokenized as it is (with the model's BOS if its tokenizer adds
+        one), or token ids used as they are; no chat template, no trimming. max_new_tokens may be 0 (with
+        `echo_logprobs`: scoring the prompt only)."""
+        params = replace(params or ChatParams(), raw_prompt=True)
+        params.check_inputs()
+        if isinstance(prompt, str):
+            reason = invalid_text(prompt, "The prompt")
+            if reason:
+                raise InputError(reason)
+            if len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
+                raise InputError(f"The prompt passes {fmt_bytes(MAX_PROMPT_BYTES)}; one request takes at most that.")
+
+        def prepare(lm: Any, p: ChatParams, stop: Callable[[], bool]) -> tuple[list[int], str, ChatParams]:
+            ids = self.raw_ids(lm, prompt)
+            limit = self.context_limit(lm, p)
+            if not ids:
+                raise InputError("The prompt is empty.")
+            if len(ids) + p.max_new_tokens > limit:
+                raise InputError(
+                    f"The prompt is {len(ids)} tokens; the context holds {limit} tokens including "
+                    f"{p.max_new_tokens} for the completion.",
+                    "Shorten the prompt or lower max tokens.",
+                )
+            vocab = self.vocab_size(lm)
+            if any(not 0 <= t < vocab for t in ids):
+                raise InputError(f"The prompt's token ids must be between 0 and {vocab - 1}.")
+            return ids, "", p
+
+        yield from self._stream_prepared(spec, prepare, params, adapter, should_stop)
+
+    @staticmethod
+    def raw_ids(lm: Any, prompt: str | list[int]) -> list[int]:
+        if not isinstance(prompt, str):
+            return list(prompt)
+        if isinstance(lm, LlamaCppLM):
+            return lm.llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        return list(lm.tokenizer(prompt)["input_ids"])
+
+    @staticmethod
+    def vocab_size(lm: Any) -> int:
+        if isinstance(lm, LlamaCppLM):
+            return int(lm.llm.n_vocab())
+        return int(lm.model.get_output_embeddings().weight.shape[0])
+
+    def _stream_prepared(
+        self,
+        spec: ModelSpec,
+        prepare: Callable[[Any, ChatParams, Callable[[], bool]], tuple[list[int], str, ChatParams]],
+        params: ChatParams,
+        adapter: str | None,
+        should_stop: Callable[[], bool],
+    ) -> Iterator[ChatChunk]:
         t0 = time.perf_counter()
         spec, switched = self.runtime_spec(spec, params)
         if params.response_format and not is_llamacpp(spec):
@@ -507,24 +659,29 @@ class ChatEngine:
                 f"{spec.name} runs through transformers, which does not constrain replies to JSON here.",
                 "Use a GGUF model (it runs through llama.cpp) for response_format json_object or json_schema.",
             )
+        if params.logit_bias and is_llamacpp(spec):
+            raise InputError(
+                f"{spec.name} runs through llama.cpp, where the studio does not apply logit_bias yet.",
+                "Leave logit_bias out, or use a model that runs through transformers.",
+            )
         if switched:
-            for chunk in self._stream_spec(spec, messages, params, adapter, should_stop, t0):
+            for chunk in self._stream_spec(spec, prepare, params, adapter, should_stop, t0):
                 chunk.notice = f"{switched} {chunk.notice}".strip()
                 yield chunk
             return
-        yield from self._stream_spec(spec, messages, params, adapter, should_stop, t0)
+        yield from self._stream_spec(spec, prepare, params, adapter, should_stop, t0)
 
     def _stream_spec(
         self,
         spec: ModelSpec,
-        messages: list[dict],
+        prepare: Callable[[Any, ChatParams, Callable[[], bool]], tuple[list[int], str, ChatParams]],
         params: ChatParams,
         adapter: str | None,
         should_stop: Callable[[], bool],
         t0: float,
     ) -> Iterator[ChatChunk]:
         try:  # before the lane: another reply may be running, and the tokenizer needs no turn on the device
-            prepared = self._prepare_if_loaded(spec, messages, params, should_stop)
+            prepared = self._prepare_if_loaded(spec, prepare, params, should_stop)
         except PromptStopped:
             yield self._stopped(params, t0)
             return
@@ -533,7 +690,7 @@ class ChatEngine:
             return
         stopped = False
         try:
-            yield from self._stream_locked(spec, messages, params, adapter, should_stop, t0, prepared)
+            yield from self._stream_locked(spec, prepare, params, adapter, should_stop, t0, prepared)
         except PromptStopped:  # while preparing the prompt of a model that was loaded only now
             stopped = True
         finally:
@@ -548,7 +705,7 @@ class ChatEngine:
         return ChatChunk(text="", delta="", done=True, stats=ChatStats(0, 0, seconds, seconds, params.seed, "stopped"))
 
     def _prepare_if_loaded(
-        self, spec: ModelSpec, messages: list[dict], params: ChatParams, should_stop: Callable[[], bool]
+        self, spec: ModelSpec, prepare: Callable, params: ChatParams, should_stop: Callable[[], bool]
     ) -> tuple[list[int], str, ChatParams] | None:
         """The prompt, its notice and the reply's params, made with the tokenizer of the model if it is loaded now
         (else None: made once the model is, in the lane). The lease is given back before the lane is waited for."""
@@ -556,12 +713,12 @@ class ChatEngine:
         if lease is None:
             return None
         with lease:
-            return self.fitted_prompt(lease.model, messages, params, should_stop)
+            return prepare(lease.model, params, should_stop)
 
     def _stream_locked(
         self,
         spec: ModelSpec,
-        messages: list[dict],
+        prepare: Callable,
         params: ChatParams,
         adapter: str | None,
         should_stop: Callable[[], bool],
@@ -574,7 +731,7 @@ class ChatEngine:
             lm = lease.model
             self._sync_adapters(spec, lm)
             self._use_adapter(lm, adapter)
-            prompt_ids, notice, params = prepared or self.fitted_prompt(lm, messages, params, should_stop)
+            prompt_ids, notice, params = prepared or prepare(lm, params, should_stop)
             attempts = self.manager.oom_attempts(
                 spec.name,
                 exclude=spec.key,
@@ -607,6 +764,21 @@ class ChatEngine:
         device = next(model.parameters()).device
         seed = params.seed if params.seed >= 0 else random.randrange(2**31)
         torch.manual_seed(seed)
+        k = max(params.top_logprobs, 0)
+
+        def text_of(token: int) -> str:
+            return tok.decode([token], skip_special_tokens=False)
+
+        scored = None
+        if params.echo_logprobs:  # one forward pass over the prompt: the raw logits at every position
+            with torch.inference_mode():
+                logits = model(torch.tensor([prompt_ids], device=device)).logits[0]
+            scored = prompt_logprobs(prompt_ids, _log_softmax_rows(logits), k, text_of)
+        if params.max_new_tokens == 0:  # scoring only
+            now = time.perf_counter()
+            stats = ChatStats(len(prompt_ids), 0, now - t0, now - t0, seed, "length")
+            yield ChatChunk(text="", delta="", done=True, stats=stats, notice=notice, prompt_tokens=scored)
+            return
         abandoned = threading.Event()  # set when the consumer goes away mid-reply: the worker stops too
 
         def stop_now() -> bool:
@@ -624,15 +796,29 @@ class ChatEngine:
             "stopping_criteria": _stopping_criteria(stop_now),
             "pad_token_id": tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids)),
             "eos_token_id": eos,
-            "repetition_penalty": params.repetition_penalty,
+            "repetition_penalty": float(params.repetition_penalty),
         }
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_new_tokens
+        processors = _penalties_processor(params, len(prompt_ids))
+        if processors is not None:
+            kwargs["logits_processor"] = processors
+        rows: list = []  # with logprobs: the log-softmax of the raw logits of each step (step i chose token i)
+        hook = None
+        if params.top_logprobs >= 0:
+
+            def record(_module: Any, _inputs: Any, output: Any) -> None:
+                rows.append(torch.log_softmax(output[0, -1].float(), dim=-1))
+
+            hook = model.get_output_embeddings().register_forward_hook(record)
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
             kwargs.update(
-                do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None
+                do_sample=True,
+                temperature=float(params.temperature),  # transformers refuses an int temperature (ValueError)
+                top_p=float(params.top_p),
+                top_k=params.top_k or None,
             )
         failure: list[BaseException] = []
 
@@ -643,11 +829,15 @@ class ChatEngine:
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer
                 failure.append(exc)
                 streamer.end()
+            finally:
+                if hook is not None:
+                    hook.remove()
 
         done = self._generator.submit(work)
         ids: list[int] = []
         text, ttft, ended_by_eos = "", 0.0, False
         line_start, line_len = 0, 0
+        step, new_tokens = 0, []  # with logprobs: the steps consumed, the tokens not yet handed out
         woke = 0.0
         try:
             while True:
@@ -664,6 +854,11 @@ class ChatEngine:
                     ttft = time.perf_counter() - t0
                 for _kind, value in items:
                     for token in value or ():
+                        if hook is not None and step < len(rows):
+                            if token not in eos_ids:
+                                new_tokens.append(token_logprob(rows[step], token, k, text_of))
+                            rows[step] = None  # not kept once read
+                        step += 1
                         if token in eos_ids:
                             ended_by_eos = True
                         else:
@@ -680,9 +875,10 @@ class ChatEngine:
                     line_start, line_len = len(ids), 0
                 else:
                     line_len = len(line)
-                if delta:
+                if delta or new_tokens:
                     text += delta
-                    yield ChatChunk(text=text, delta=delta, notice=notice)
+                    yield ChatChunk(text=text, delta=delta, notice=notice, tokens=new_tokens)
+                    new_tokens = []
                 if finished:
                     break
         finally:
@@ -705,7 +901,9 @@ class ChatEngine:
             seed=seed,
             finish_reason=reason,
         )
-        yield ChatChunk(text=text, delta="", done=True, stats=stats, notice=notice)
+        yield ChatChunk(
+            text=text, delta="", done=True, stats=stats, notice=notice, tokens=new_tokens, prompt_tokens=scored
+        )
 
     def _generate_llamacpp(
         self,
@@ -720,6 +918,19 @@ class ChatEngine:
         """Tokens from llama.cpp, in this thread (its C calls release the GIL). Stop is asked after every token;
         updates go out at most every UPDATE_INTERVAL (the first at once), as on the transformers path."""
         seed = params.seed if params.seed >= 0 else random.randrange(2**31)
+        k = max(params.top_logprobs, 0)
+
+        def text_of(token: int) -> str:
+            return lm.llm.detokenize([token], special=True).decode("utf-8", errors="replace")
+
+        scored = None
+        if params.echo_logprobs:
+            scored = prompt_logprobs(prompt_ids, _log_softmax_rows(lm.prompt_logits(prompt_ids)), k, text_of)
+        if params.max_new_tokens == 0:
+            now = time.perf_counter()
+            stats = ChatStats(len(prompt_ids), 0, now - t0, now - t0, seed, "length")
+            yield ChatChunk(text="", delta="", done=True, stats=stats, notice=notice, prompt_tokens=scored)
+            return
         grammar = llamacpp.grammar_for(params.response_format)
         decode = llamacpp.utf8_decoder()
         text, pending, ttft, count, last_out = "", "", 0.0, 0, 0.0
@@ -727,26 +938,33 @@ class ChatEngine:
         tokens = lm.tokens(
             prompt_ids,
             max_new_tokens=params.max_new_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
+            temperature=float(params.temperature),
+            top_p=float(params.top_p),
             top_k=params.top_k,
-            repetition_penalty=params.repetition_penalty,
+            repetition_penalty=float(params.repetition_penalty),
+            presence_penalty=float(params.presence_penalty),
+            frequency_penalty=float(params.frequency_penalty),
             seed=seed,
             ignore_eos=params.ignore_eos,
             grammar=grammar,
-            reuse_prefix=params.seed < 0,  # a chosen seed gives the same reply every time: no cached prefix
+            # a chosen seed gives the same reply every time: no cached prefix (nor after scoring the prompt)
+            reuse_prefix=params.seed < 0 and not params.echo_logprobs,
+            logits=params.top_logprobs >= 0,
         )
+        new_tokens: list[TokenLogprob] = []
         try:
-            for _token, piece, end in tokens:
+            for token, piece, end, logits in tokens:
+                if logits is not None and not end:
+                    new_tokens.append(token_logprob(_log_softmax_rows(logits), token, k, text_of))
                 count += 1
                 now = time.perf_counter()
                 ttft = ttft or now - t0
                 ended = ended or (end and not params.ignore_eos)
                 delta = decode(piece, False) if piece else ""
                 text, pending = text + delta, pending + delta
-                if pending and (last_out == 0.0 or now - last_out >= UPDATE_INTERVAL):
-                    yield ChatChunk(text=text, delta=pending, notice=notice)
-                    pending, last_out = "", time.perf_counter()
+                if (pending or new_tokens) and (last_out == 0.0 or now - last_out >= UPDATE_INTERVAL):
+                    yield ChatChunk(text=text, delta=pending, notice=notice, tokens=new_tokens)
+                    pending, last_out, new_tokens = "", time.perf_counter(), []
                 if should_stop():
                     stopped = not ended
                     break
@@ -759,8 +977,8 @@ class ChatEngine:
         now = time.perf_counter()
         rest = decode(b"", True)
         text, pending = text + rest, pending + rest
-        if pending:
-            yield ChatChunk(text=text, delta=pending, notice=notice)
+        if pending or new_tokens:
+            yield ChatChunk(text=text, delta=pending, notice=notice, tokens=new_tokens)
         reason = "stop" if ended else ("stopped" if stopped else "length")
         stats = ChatStats(
             prompt_tokens=len(prompt_ids),
@@ -770,7 +988,7 @@ class ChatEngine:
             seed=seed,
             finish_reason=reason,
         )
-        yield ChatChunk(text=text, delta="", done=True, stats=stats, notice=notice)
+        yield ChatChunk(text=text, delta="", done=True, stats=stats, notice=notice, prompt_tokens=scored)
 
     def complete(
         self,

@@ -409,9 +409,14 @@ class LlamaCppLM:
         ignore_eos: bool = False,
         grammar: Any = None,
         reuse_prefix: bool = True,
-    ) -> Iterator[tuple[int, bytes, bool]]:
-        """(token, its bytes, is end-of-generation) for each new token; stops after an end token (unless
-        `ignore_eos`) or `max_new_tokens`. The caller may stop between tokens by closing the generator.
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logits: bool = False,
+    ) -> Iterator[tuple[int, bytes, bool, Any]]:
+        """(token, its bytes, is end-of-generation, logits) for each new token; stops after an end token (unless
+        `ignore_eos`) or `max_new_tokens`. The caller may stop between tokens by closing the generator. With
+        `logits`, the raw logits the token was sampled from (a numpy copy, before penalties and temperature), else
+        None. presence/frequency penalty: llama.cpp's own (over its last 64 tokens, prompt included).
 
         `reuse_prefix`: keep the KV cache of the part of the prompt the last reply already evaluated (the earlier
         turns of a conversation). Off, the whole prompt is evaluated again: a prompt evaluated in one batch gives
@@ -431,13 +436,15 @@ class LlamaCppLM:
             typical_p=1.0,
             temp=temperature,
             repeat_penalty=repetition_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
             grammar=grammar,
         )
         try:
             for n, token in enumerate(gen, start=1):
                 end = bool(llama_cpp.llama_vocab_is_eog(vocab, token))
                 piece = b"" if end else llm.detokenize([token], special=False)
-                yield token, piece, end
+                yield token, piece, end, self.last_logits() if logits else None
                 if (end and not ignore_eos) or n >= max_new_tokens:
                     break
         except RuntimeError as exc:
@@ -449,6 +456,36 @@ class LlamaCppLM:
             raise
         finally:
             gen.close()
+
+    def last_logits(self) -> Any:
+        """The logits of the last token evaluated (what the next token is sampled from), copied."""
+        import llama_cpp
+        import numpy as np
+
+        row = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(self.llm.n_vocab(),)).copy()
+
+    def prompt_logits(self, ids: list[int]) -> Any:
+        """The raw logits after each of `ids` (row j predicts token j + 1), from a fresh evaluation of the whole
+        prompt in batches that keep every row's logits (the model is loaded without logits_all, which would keep
+        a context-sized array). The cache then holds the prompt; the next generation evaluates it again."""
+        import numpy as np
+
+        llm = self.llm
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        vocab = llm.n_vocab()
+        out = np.empty((len(ids), vocab), dtype=np.float32)
+        for i in range(0, len(ids), llm.n_batch):
+            batch = ids[i : i + llm.n_batch]
+            llm._batch.set_batch(batch=batch, n_past=llm.n_tokens, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            rows = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(batch) * vocab,))
+            out[i : i + len(batch)] = rows.reshape(len(batch), vocab)
+            llm.input_ids[llm.n_tokens : llm.n_tokens + len(batch)] = batch
+            llm.n_tokens += len(batch)
+        llm.reset()  # the next generate evaluates the prompt again (its last row is what it samples from)
+        return out
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

@@ -194,7 +194,7 @@ def test_unknown_model_is_not_found(client):
         ([{"role": "user", "content": "  "}], {}, "messages[0] is empty: the last user message needs text."),
         ([{"role": "assistant", "content": "hi"}], {}, "The last message must be the user's."),
         (HELLO, {"temperature": 9}, "Temperature must be between 0 and 5, not 9."),
-        (HELLO, {"n": 2}, "'n' must be 1: the studio writes one reply per request."),
+        (HELLO, {"n": 100}, "'n' must be between 1 and 8, not 100."),
         (
             HELLO * 2001,
             {},
@@ -232,6 +232,149 @@ def test_bad_json_and_wrong_types_give_400(studio):
         "code": None,
     }
     assert "Traceback" not in bad.text + missing.text + wrong.text
+
+
+def test_numbers_may_be_json_integers(client):
+    """`"temperature": 2` is the same number as 2.0 (transformers itself refuses an int temperature)."""
+    reply = client.chat.completions.create(model=TINY, messages=HELLO, temperature=2, top_p=1, seed=5, max_tokens=4)
+    assert reply.choices[0].message.content
+    again = client.chat.completions.create(
+        model=TINY, messages=HELLO, temperature=2.0, top_p=1.0, seed=5, max_tokens=4
+    )
+    assert again.choices[0].message.content == reply.choices[0].message.content
+
+
+def test_every_v1_error_has_openais_shape(studio):
+    """404 for an unknown /v1 path and 405 for a wrong method come in OpenAI's shape; Gradio's routes keep theirs."""
+    unknown = httpx.post(studio.url + "v1/no/such/route", json={})
+    assert unknown.status_code == 404, unknown.text
+    assert set(unknown.json()["error"]) == {"message", "type", "param", "code"}
+    assert unknown.json()["error"]["code"] == "not_found" and "/v1/no/such/route" in unknown.json()["error"]["message"]
+    wrong = httpx.get(studio.url + "v1/chat/completions")
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed", wrong.text
+    assert "POST" in wrong.json()["error"]["message"] and wrong.headers["allow"] == "POST"
+    outside = httpx.get(studio.url + "gradio_api/no-such-route")
+    assert outside.status_code == 404 and "error" not in outside.json(), outside.text
+
+
+def test_chat_writes_n_replies_with_logprobs(client):
+    reply = client.chat.completions.create(
+        model=TINY, messages=HELLO, n=2, logprobs=True, top_logprobs=3, presence_penalty=0.5, user="u1", **SEEDED
+    )
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.choices[0].message.content != reply.choices[1].message.content  # seed, seed + 1
+    for choice in reply.choices:
+        content = choice.logprobs.content
+        joined = "".join(t.token for t in content)  # a token may hold half a character (shown as U+FFFD)
+        assert content and (joined == choice.message.content or "\ufffd" in joined)
+        for t in content:
+            assert t.logprob <= 0 and len(t.top_logprobs) == 3 and t.bytes == list(t.token.encode())
+            assert t.top_logprobs[0].logprob >= t.logprob - 1e-6
+    biased = client.chat.completions.create(model=TINY, messages=HELLO, logit_bias={"5": 100}, **GREEDY)
+    assert biased.choices[0].message.content != ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 100}, "n"),
+        ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+        ({"logit_bias": [1, 2]}, "logit_bias"),
+        ({"presence_penalty": "x"}, "presence_penalty"),
+        ({"n": 2, "stream": True}, "n"),
+    ],
+)
+def test_bad_fields_are_named(studio, extra, param):
+    r = httpx.post(studio.url + "v1/chat/completions", json={"model": TINY, "messages": HELLO, **extra})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def _forward_logprobs(folder: Path, ids: list[int]) -> list[float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        lsm = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return [lsm[j - 1, ids[j]].item() for j in range(1, len(ids))]
+
+
+def test_completions_text_stream_and_stop(client):
+    whole = client.completions.create(model=TINY, prompt="Once upon a time", temperature=0, max_tokens=16)
+    text = whole.choices[0].text
+    assert whole.object == "text_completion" and text and whole.usage.completion_tokens <= 16
+    pieces = [
+        c.choices[0].text
+        for c in client.completions.create(
+            model=TINY, prompt="Once upon a time", temperature=0, max_tokens=16, stream=True
+        )
+        if c.choices
+    ]
+    assert "".join(pieces) == text
+    two = client.completions.create(
+        model=TINY, prompt=["a b", "c d"], n=2, max_tokens=4, **{"seed": 3, "temperature": 1}
+    )
+    assert [c.index for c in two.choices] == [0, 1, 2, 3]
+    at = next((i for i in range(1, len(text) - 1) if text[i] != " "), None)
+    if at is not None:
+        cut = client.completions.create(
+            model=TINY, prompt="Once upon a time", temperature=0, max_tokens=16, stop=text[at : at + 1]
+        )
+        assert cut.choices[0].text == text[: text.find(text[at : at + 1])] and cut.choices[0].finish_reason == "stop"
+
+
+def test_completions_echo_logprobs_match_a_forward_pass(client, tiny_models):
+    from transformers import AutoTokenizer
+
+    prompt = "the quick brown fox jumps over the lazy dog"
+    ids = AutoTokenizer.from_pretrained(tiny_models.causal_lm)(prompt)["input_ids"]
+    expected = _forward_logprobs(tiny_models.causal_lm, ids)
+    for given in (prompt, ids):
+        r = client.completions.create(model=TINY, prompt=given, max_tokens=0, echo=True, logprobs=2, temperature=0)
+        lp = r.choices[0].logprobs
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None and len(lp.tokens) == len(ids)
+        assert all(abs(a - b) < 1e-4 for a, b in zip(lp.token_logprobs[1:], expected, strict=True))
+        assert lp.text_offset[0] == 0 and all(len(t) == 2 for t in lp.top_logprobs[1:])
+    one = client.completions.create(model=TINY, prompt=ids, max_tokens=1, echo=True, logprobs=1, temperature=0)
+    assert len(one.choices[0].logprobs.tokens) == len(ids) + 1  # what lm-evaluation-harness sends
+
+
+def test_completions_echo_logprobs_on_llama_cpp(client):
+    import numpy as np
+
+    from studio.engines import llamacpp
+    from studio.models import starter
+
+    if not llamacpp.available():
+        pytest.skip("llama-cpp-python is not installed")
+    prompt = "The capital of France is Paris"
+    r = client.completions.create(model=starter.STARTER_NAME, prompt=prompt, max_tokens=0, echo=True, logprobs=1)
+    lp = r.choices[0].logprobs
+    assert lp.token_logprobs[0] is None and r.choices[0].text.endswith(prompt)
+    from llama_cpp import Llama
+
+    from studio.models.starter import cache_root, ensure_starter_gguf
+
+    llm = Llama(str(ensure_starter_gguf(cache_root() / "models")), n_ctx=256, logits_all=True, verbose=False)
+    ids = llm.tokenize(prompt.encode(), add_bos=True, special=False)
+    llm.eval(ids)
+    logits = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+    lsm = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
+        - logits.max(-1, keepdims=True)
+    )
+    expected = [lsm[j - 1, ids[j]] for j in range(1, len(ids))]
+    assert len(lp.tokens) == len(ids)
+    assert all(abs(a - b) < 2e-3 for a, b in zip(lp.token_logprobs[1:], expected, strict=True)), (
+        lp.token_logprobs,
+        expected,
+    )
+    chat = client.chat.completions.create(
+        model=starter.STARTER_NAME, messages=HELLO, logprobs=True, top_logprobs=2, max_tokens=4, temperature=0
+    )
+    assert chat.choices[0].logprobs.content and len(chat.choices[0].logprobs.content[0].top_logprobs) == 2
 
 
 def test_a_client_that_leaves_stops_its_reply(client, studio):
@@ -461,7 +604,9 @@ def test_request_fields_map_onto_chat_params():
     )
     assert req.model == "m" and req.stops == ("END",) and not req.stream
     assert req.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
-    assert req.params == ChatParams(max_new_tokens=7, repetition_penalty=1.1, seed=3)
+    assert req.params == ChatParams(
+        max_new_tokens=7, repetition_penalty=1.0, seed=3, frequency_penalty=0.4, presence_penalty=1.0
+    )
     assert parse_request({"model": "m", "messages": HELLO}).params == ChatParams()  # the studio's defaults
     for bad, param in [
         ({"temperature": True}, "temperature"),
