@@ -94,6 +94,11 @@ def test_base64_decodes_to_the_same_floats(client, studio):
     assert np.allclose(np.array([d.embedding for d in default.data]), floats, atol=0)
 
 
+def test_dimensions_at_the_models_own_size_is_accepted(client):
+    out = client.embeddings.create(model=ENCODER, input="hi", encoding_format="float", dimensions=HIDDEN)
+    assert len(out.data[0].embedding) == HIDDEN
+
+
 def test_usage_counts_the_tokens_with_special_tokens(client, encoder):
     from transformers import AutoTokenizer
 
@@ -230,6 +235,15 @@ def test_an_embedding_waits_for_the_lane(tmp_path, encoder):
     lane.release()
     worker.join(30)
     assert done.is_set() and not lane.busy()
+
+
+def test_a_llamacpp_chat_model_is_refused_by_name(tmp_path):
+    from studio.engines.embedding import EmbeddingEngine
+    from studio.errors import ModelLoadError
+
+    spec = ModelSpec("chat", str(tmp_path / "model.gguf"), "file", backend="llama.cpp")
+    with pytest.raises(ModelLoadError, match="model.gguf runs through llama.cpp.*transformers precision"):
+        EmbeddingEngine(cpu_manager(tmp_path)).embed(spec, ["hi"])
 
 
 def test_pooling_follows_the_sentence_transformers_config(tmp_path):
