@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from studio.config import GIB, StudioConfig
 from studio.engines.chat import ChatEngine
+from studio.engines.embedding import EmbeddingEngine
 from studio.engines.image import ImageEngine
 from studio.engines.lane import GpuLane
 from studio.engines.speech import SpeechEngine
@@ -76,6 +77,7 @@ class AppContext:
     image: ImageEngine  # Stable Diffusion on the manager's models; also serves /v1/images/generations
     speech: SpeechEngine  # Whisper on the manager's models; also serves /v1/audio/transcriptions
     training: RunManager  # fine-tune runs: run folders under paths.runs, one worker process at a time
+    embedding: EmbeddingEngine  # embeddings of embedding and chat models; serves /v1/embeddings
     security: SecurityPolicy = field(default_factory=SecurityPolicy)  # logins, API key, remote visitors, uploads
     sharing: ShareLink | None = None  # the public link, when the studio runs with --share
     discovery: ModelDiscovery = field(default_factory=ModelDiscovery)  # other tools' models, rescanned every 10 s
@@ -125,8 +127,9 @@ def build_context(
     monitor.sample()
     if start_monitor:
         monitor.start()
-    lane = GpuLane(config.max_queue)  # chat, image and speech take turns on the device, page and API alike
+    lane = GpuLane(config.max_queue)  # chat, image, speech and embeddings take turns on the device, page and API alike
     training = RunManager(manager, paths.runs, orphan_training=config.orphan_training)
+    chat = ChatEngine(manager, lane=lane)
     training.adopt()  # workers a studio that died left training: their memory counts, one fine-tune at a time
     if config.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # libraries read this; the flag is the user's choice
@@ -138,9 +141,10 @@ def build_context(
         events=events,
         kinds=kinds,
         manager=manager,
-        chat=ChatEngine(manager, lane=lane),
+        chat=chat,
         image=ImageEngine(manager, paths.outputs / "images", paths.models, offline=config.offline, lane=lane),
         speech=SpeechEngine(manager, lane=lane),
         training=training,
+        embedding=EmbeddingEngine(manager, lane=lane, chat=chat),
         security=SecurityPolicy.from_config(config)[0],
     )

@@ -19,13 +19,14 @@ def serve(blocks: gr.Blocks, ctx: AppContext, **launch_kwargs: Any) -> Any:
     """
     from gradio.routes import App
 
-    from studio.api import audio, gradio_routes, guard, images, openai, sdapi
+    from studio.api import audio, embeddings, gradio_routes, guard, images, openai, sdapi
 
     # FastAPI's /openapi.json lists every route to anyone: with a login, there is no such list (Gradio's own
     # /gradio_api/info stays behind the login)
     app = App(openapi_url=None) if ctx.security.login else App()
     guard.register(app, ctx)  # the API key and upload limit, before any /v1 route
     openai.register(app, ctx)
+    embeddings.register(app, ctx)  # /v1/embeddings: embedding models and the chat models, on the same lane
     images.register(app, ctx)
     sdapi.register(app, ctx)  # AUTOMATIC1111's /sdapi/v1 on the same engine, lane and key
     audio.register(app, ctx)

@@ -1,5 +1,8 @@
 """OpenAI-compatible REST routes on the studio's own server: GET /v1/models and POST /v1/chat/completions.
 
+GET /v1/models also lists the embedding models POST /v1/embeddings serves (studio/api/embeddings.py); each object
+has a `kind`, "chat" or "embedding", beside OpenAI's fields.
+
 The official `openai` client pointed at http://127.0.0.1:PORT/v1 works unchanged. Replies come from the same
 ChatEngine and model manager as the Chat tab. The API serves only models the studio already holds (loaded or
 parked chat models, their attached LoRA adapters as "base:adapter") and the starter model; it never loads an
@@ -347,7 +350,8 @@ def model_object(m: ServedModel) -> dict[str, Any]:
     from studio.engines.llamacpp import engine_label
 
     engine = engine_label(m.spec).split(" · ctx")[0]  # what runs it ("llama.cpp · Q4_1"), not OpenAI's field
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": OWNER, "engine": engine}
+    # kind (not OpenAI's either): "chat" here, "embedding" for the models only /v1/embeddings serves
+    return {"id": m.id, "object": "model", "created": m.created, "owned_by": OWNER, "engine": engine, "kind": "chat"}
 
 
 # ----- generation ------------------------------------------------------------------------------------------
@@ -508,11 +512,20 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
 
     @app.get("/v1/models")
     def list_models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [model_object(m) for m in served_models(ctx)]})
+        from studio.api.embeddings import embedding_models, embedding_object
+
+        data = [model_object(m) for m in served_models(ctx)]
+        data += [embedding_object(name, created) for name, _, created in embedding_models(ctx)]
+        return JSONResponse({"object": "list", "data": data})
 
     @app.get("/v1/models/{model_id:path}")
     def get_model(model_id: str) -> JSONResponse:
+        from studio.api.embeddings import embedding_object, find_embedding_model
+
         try:
+            found = None if any(m.id == model_id for m in served_models(ctx)) else find_embedding_model(ctx, model_id)
+            if found is not None:
+                return JSONResponse(embedding_object(found[0], found[2]))
             return JSONResponse(model_object(resolve_model(ctx, model_id)))
         except ApiError as exc:
             return exc.response()

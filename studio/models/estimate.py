@@ -92,6 +92,10 @@ def load_precision(spec: ModelSpec) -> str:
     if spec.kind == "image":
         p = p if p in ("fp16", "bf16", "fp32") else "fp16"
         return "fp32" if cpu and p == "fp16" else p
+    if spec.kind == "embedding":  # studio.engines.embedding never quantises: 16-bit on CUDA, fp32 on the CPU
+        if p in ("nf4", "int8"):
+            p = "fp16"
+        return "fp32" if cpu and p == "fp16" else p
     if spec.kind == "speech":
         if _is_ctranslate2(spec):
             if cpu:
@@ -132,6 +136,8 @@ def runtime_bytes(spec: ModelSpec, info: WeightsInfo, workload: Workload) -> int
         return _image_runtime(info, workload, element)
     if spec.kind == "speech":
         return _speech_runtime(info, workload, element)
+    if spec.kind == "embedding":
+        return _embedding_runtime(info, element)
     return 0  # base-for-training: training memory is estimated with the job, not here
 
 
@@ -247,6 +253,21 @@ def _speech_runtime(info: WeightsInfo, workload: Workload, element: int) -> int:
 
 
 # ----- helpers --------------------------------------------------------------------------------------------
+
+
+def _embedding_runtime(info: WeightsInfo, element: int) -> int:
+    """One forward pass of a full batch (studio.engines.embedding.BATCH inputs at the model's longest input): the
+    hidden states, the feed-forward activations and one layer's attention scores (eager attention)."""
+    from studio.engines.embedding import BATCH, DEFAULT_MAX_TOKENS
+
+    c = info.config
+    hidden = int(c.get("hidden_size") or 384)
+    inner = int(c.get("intermediate_size") or 4 * hidden)
+    heads = int(c.get("num_attention_heads") or 12)
+    seq = min(int(c.get("max_position_embeddings") or DEFAULT_MAX_TOKENS), DEFAULT_MAX_TOKENS)
+    activations = BATCH * seq * (4 * hidden + inner) * element
+    scores = BATCH * heads * seq * seq * element
+    return activations + scores
 
 
 def _buffer_bytes(config: dict, precision: str) -> int:

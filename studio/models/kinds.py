@@ -141,8 +141,15 @@ def _measure_speech(model: Any, spec: ModelSpec) -> int:
     return tensor_bytes(model)
 
 
+def _load_embedding(spec: ModelSpec, opts: LoadOptions) -> Any:
+    from studio.engines.embedding import load_encoder
+
+    return load_encoder(spec, opts)
+
+
 def default_registry() -> KindRegistry:
-    """The kinds the studio ships with: chat and training bases (transformers), image (diffusers), speech."""
+    """The kinds the studio ships with: chat and training bases (transformers), image (diffusers), speech,
+    embedding (transformers encoders)."""
     reg = KindRegistry()
     reg.register(
         ModelKind(
@@ -161,6 +168,14 @@ def default_registry() -> KindRegistry:
     reg.register(
         ModelKind(
             "speech", _load_speech, measure=_measure_speech, description="Whisper (openai-whisper or faster-whisper)"
+        )
+    )
+    reg.register(
+        ModelKind(
+            "embedding",
+            _load_embedding,
+            parkable=lambda spec: True,  # always 16- or 32-bit (never quantised): it moves to the CPU and back
+            description="text embedding encoder (sentence-transformers / BERT-style, transformers)",
         )
     )
     return reg

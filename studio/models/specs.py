@@ -9,7 +9,7 @@ from pathlib import Path
 from studio.errors import InputError
 from studio.text import control_char, lone_surrogate
 
-KINDS = ("chat", "image", "speech", "base-for-training")
+KINDS = ("chat", "image", "speech", "embedding", "base-for-training")
 PRECISIONS = ("nf4", "int8", "fp16", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
 SOURCE_TYPES = ("hub", "folder", "file", "starter")
@@ -23,7 +23,7 @@ BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.02, "nf4": 0
 class ModelSpec:
     """A model the manager can load. Hashable: two equal specs are the same cache entry."""
 
-    kind: str  # chat | image | speech | base-for-training
+    kind: str  # chat | image | speech | embedding | base-for-training
     source: str  # Hub id, a local folder or file path, or a starter model name
     source_type: str = "folder"  # hub | folder | file | starter
     precision: str = "fp32"  # nf4 | int8 | fp16 | bf16 | fp32
@@ -151,6 +151,14 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry("medium", "speech", 769_000_000, "Whisper medium", "", "fp16"),
     CatalogEntry("large-v3", "speech", 1_550_000_000, "Whisper large-v3", "", "fp16"),
     CatalogEntry("turbo", "speech", 809_000_000, "Whisper turbo", "large-v3 with 4 decoder layers", "fp16"),
+    CatalogEntry(
+        "BAAI/bge-small-en-v1.5",
+        "embedding",
+        33_360_000,
+        "BGE small en v1.5",
+        "384-dim text embeddings for /v1/embeddings (CLS pooling, normalised)",
+        "fp16",
+    ),
 )
 
 

@@ -169,6 +169,84 @@ def _chatml_tokenizer(model_max_length: int):
     )
 
 
+def build_tiny_encoder(
+    folder: Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    max_position_embeddings: int = 64,
+    pooling: str = "mean",
+    normalize: bool = True,
+) -> Path:
+    """A random BERT encoder with a WordPiece tokenizer trained here on CORPUS, saved like a sentence-transformers
+    Hub folder: config, safetensors weights, tokenizer, modules.json and 1_Pooling/config.json (`pooling`: mean,
+    cls, max or lasttoken), with a Normalize module when `normalize`."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
+    backend.train_from_iterator(CORPUS, trainer)
+    cls, sep = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=max_position_embeddings,
+    )
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertModel(config)  # with its pooler, as Hub checkpoints have it
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+        (folder / "2_Normalize").mkdir(exist_ok=True)
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    modes = {
+        f"pooling_mode_{m}": m.split("_")[0] == pooling
+        for m in ("cls_token", "mean_tokens", "max_tokens", "lasttoken")
+    }
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": hidden_size, **modes}))
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_position_embeddings, "do_lower_case": True})
+    )
+    return folder
+
+
 def build_tiny_sd_pipeline(folder: Path, *, seed: int = 0) -> Path:
     """A random Stable Diffusion 1.x pipeline folder (64x64 images by default, VAE scale factor 8 as in SD)."""
     import torch
