@@ -341,27 +341,36 @@ class ChatTab:
             )  # asked before a Clear, and waited in the queue: the chat stays clear
             return
         with self.flags.running(session):  # Clear waits for this to end
-            spec = self.owned_spec(form.model, form.precision, request)
-            params, adapter = form.params(), form.adapter
-            msgs = conversation(form.system or "", form.chatbot or [])
-            if not msgs or msgs[-1]["role"] != "user" or blank(msgs[-1]["content"]):
-                raise InputError(msg.TYPE_FIRST)
-            stop = self.flags.start(request)
-            prefix = "" if self.ctx.chat.is_loaded(spec) else self.ctx.manager.plan(spec).message + " "
-            history, side = [*(form.chatbot or []), {"role": "assistant", "content": ""}], form.side
-            yield history, side, prefix + "Thinking…"
-            with_stats = ""
-            for _, _, with_stats in self.stream_reply(spec, msgs, params, adapter, stop, history, side, prefix):
-                yield history, side, with_stats
-            if form.side_by_side and adapter:
-                # both replies' stats stay on the page: the base reply's must not overwrite the adapter's
-                with_stats = with_stats.removeprefix(prefix)
-                side, without_stats = [dict(m) for m in history[:-1]] + [{"role": "assistant", "content": ""}], ""
-                for _, _, without_stats in self.stream_reply(spec, msgs, params, None, stop, side, None):
-                    both = msg.CHAT_SIDE_STATS.format(
-                        adapter=adapter, with_stats=with_stats, without_stats=without_stats or msg.CHAT_SIDE_WAITING
-                    )
-                    yield history, side, prefix + both
+            cleared = self.flags.clears(session)
+            yield from self._respond(form, request)
+            if self.flags.clears(session) != cleared:
+                # a Clear ended this reply: its last message (which Gradio sends again when the reply ends, maybe
+                # after Clear's own) is the empty chat too, so the page stays clear whichever arrives last
+                yield [], [], ""
+
+    def _respond(self, form: ReplyForm, request: Any):
+        """The reply itself (see `respond`)."""
+        spec = self.owned_spec(form.model, form.precision, request)
+        params, adapter = form.params(), form.adapter
+        msgs = conversation(form.system or "", form.chatbot or [])
+        if not msgs or msgs[-1]["role"] != "user" or blank(msgs[-1]["content"]):
+            raise InputError(msg.TYPE_FIRST)
+        stop = self.flags.start(request)
+        prefix = "" if self.ctx.chat.is_loaded(spec) else self.ctx.manager.plan(spec).message + " "
+        history, side = [*(form.chatbot or []), {"role": "assistant", "content": ""}], form.side
+        yield history, side, prefix + "Thinking…"
+        with_stats = ""
+        for _, _, with_stats in self.stream_reply(spec, msgs, params, adapter, stop, history, side, prefix):
+            yield history, side, with_stats
+        if form.side_by_side and adapter:
+            # both replies' stats stay on the page: the base reply's must not overwrite the adapter's
+            with_stats = with_stats.removeprefix(prefix)
+            side, without_stats = [dict(m) for m in history[:-1]] + [{"role": "assistant", "content": ""}], ""
+            for _, _, without_stats in self.stream_reply(spec, msgs, params, None, stop, side, None):
+                both = msg.CHAT_SIDE_STATS.format(
+                    adapter=adapter, with_stats=with_stats, without_stats=without_stats or msg.CHAT_SIDE_WAITING
+                )
+                yield history, side, prefix + both
 
     @msg.user_errors
     def add_user(self, text: str | None, history: list | None, request: gr.Request = None) -> tuple:
