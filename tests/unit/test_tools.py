@@ -24,9 +24,10 @@ WEATHER = {
     },
 }
 NAMES = ["get_weather", "lookup"]
+# A random LM writes digits forever: the bounds make an integer end (a trained model ends it by itself).
 PERSON = {
     "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
     "required": ["name", "age"],
     "additionalProperties": False,
 }
@@ -241,7 +242,10 @@ def validate(value: object, schema: dict) -> None:
         for key, item in value.items():
             expected = schema["properties"][key]
             assert isinstance(item, types[expected["type"]]) and not isinstance(item, bool)
-            assert len(item) <= expected.get("maxLength", len(item)) if isinstance(item, str) else True
+            if isinstance(item, str):
+                assert len(item) <= expected.get("maxLength", len(item))
+            if isinstance(item, int):
+                assert expected.get("minimum", item) <= item <= expected.get("maximum", item)
         return
     jsonschema.validate(value, schema)
 
