@@ -17,7 +17,10 @@ WEATHER = {
         "description": "Current weather in a city, from the zebra-striped forecast service",
         "parameters": {
             "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer"}},
+            "properties": {
+                "city": {"type": "string", "maxLength": 12},
+                "days": {"type": "integer", "minimum": 1, "maximum": 14},
+            },
             "required": ["city", "days"],
             "additionalProperties": False,
         },
