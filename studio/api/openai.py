@@ -116,6 +116,7 @@ class CompletionRequest:
     stops: tuple[str, ...]  # cut the reply before the first of these
     n: int = 1  # replies to write (in turn; with a fixed seed, reply i uses seed + i)
     tool_names: tuple[str, ...] = ()  # the tools a reply may call (parsed into tool_calls); () = text only
+    parallel_tool_calls: bool = True  # False: only a reply's first tool call is returned
 
 
 def bad_json(exc: ValueError | RecursionError) -> ApiError:
@@ -176,6 +177,10 @@ def parse_request(body: Any) -> CompletionRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise ApiError(400, "'model' is required: one of the ids GET /v1/models lists.", param="model")
+    for legacy, newer in (("functions", "tools"), ("function_call", "tool_choice")):
+        if body.get(legacy) is not None:
+            raise ApiError(400, f"'{legacy}' (deprecated by OpenAI) is not supported; send '{newer}'.", param=legacy)
+    parallel = _field(body, "parallel_tool_calls", (bool,), "true or false")
     try:
         tool_list = check_tools(body.get("tools"))
         choice = check_tool_choice(body.get("tool_choice"), tool_list)
@@ -230,6 +235,7 @@ def parse_request(body: Any) -> CompletionRequest:
         stops=_stops(body.get("stop")),
         n=n,
         tool_names=tuple(names_of(tool_list)) if choice != "none" else (),
+        parallel_tool_calls=parallel is not False,
     )
 
 
@@ -573,7 +579,7 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
                 return result.response()
             text, tokens, finish, stats = result
             logprobs = {"content": chat_logprobs(tokens)} if req.params.top_logprobs >= 0 else None
-            message, finish = reply_message(text, finish, req.tool_names)
+            message, finish = reply_message(text, finish, req)
             choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs})
             stats_all.append(stats)
         body = {
@@ -602,13 +608,15 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
         return await text_completion(ctx, served, req, request)
 
 
-def reply_message(text: str, finish: str, tool_names: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+def reply_message(text: str, finish: str, req: CompletionRequest) -> tuple[dict[str, Any], str]:
     """The assistant message of a reply and its finish reason: tool_calls ("tool_calls") when the reply is a
     well-formed call of the offered tools, else the text as it came."""
-    parsed = parse_calls(text, list(tool_names)) if tool_names and finish != "length" else None
+    parsed = parse_calls(text, list(req.tool_names)) if req.tool_names and finish != "length" else None
     if parsed is None:
         return {"role": "assistant", "content": text}, finish
     content, calls = parsed
+    if not req.parallel_tool_calls:
+        calls = calls[:1]
     return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
 
 
@@ -719,7 +727,7 @@ async def stream_events(
         tail = cut.flush()
         finish = finish_reason(cut, stats)
         if held:
-            message, finish = reply_message(cut.text, finish, req.tool_names)
+            message, finish = reply_message(cut.text, finish, req)
             if "tool_calls" in message:
                 if message["content"]:
                     yield chunk({"content": message["content"]})

@@ -5,6 +5,7 @@ No gradio here. The UI and the OpenAI-compatible API both call `ChatEngine.strea
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import threading
@@ -181,7 +182,7 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
         reason = invalid_text(content, f"Message {i + 1}")
         if reason:
             raise InputError(reason)
-        size += len(content.encode("utf-8"))
+        size += len(content.encode("utf-8")) + (len(json.dumps(calls).encode("utf-8")) if calls else 0)
         if size > MAX_PROMPT_BYTES:
             raise InputError(
                 f"The messages' text passes {fmt_bytes(MAX_PROMPT_BYTES)} at message {i + 1}; "

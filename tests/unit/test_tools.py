@@ -122,6 +122,7 @@ def test_parse_request_maps_tools_onto_params():
     schema = forced.params.response_format["json_schema"]["schema"]
     assert schema["properties"]["name"] == {"const": "get_weather"}
     assert parse_request({**body, "tool_choice": "none"}).tool_names == ()
+    assert not parse_request({**body, "parallel_tool_calls": False}).parallel_tool_calls
     history = parse_request(
         {
             **body,
@@ -144,6 +145,8 @@ def test_parse_request_maps_tools_onto_params():
         ({"tools": {"type": "function"}}, "tools"),
         ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
         ({"tool_choice": {"type": "function", "function": {"name": "unknown"}}}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
         ({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "florp"}}}},
          "response_format"),
     ]:  # fmt: skip
