@@ -148,7 +148,8 @@ class ChatChunk:
 
 
 def check_messages(messages: list[dict]) -> list[dict[str, str]]:
-    """Validate an OpenAI-style message list; the last message must be the user's and not empty."""
+    """Validate an OpenAI-style message list (system, user, assistant with optional tool_calls, tool); the last
+    message must be the user's and not empty, or a tool result."""
     if not messages:
         raise InputError("Type a message first.")
     if len(messages) > MAX_MESSAGES:
