@@ -25,6 +25,14 @@ class InputError(StudioError):
     """Something the user typed or uploaded cannot be used."""
 
 
+class FieldError(InputError):
+    """An InputError about one request field (the OpenAI API's error names it as `param`)."""
+
+    def __init__(self, message: str, tip: str = "", *, param: str) -> None:
+        super().__init__(message, tip)
+        self.param = param
+
+
 class ModelLoadError(StudioError):
     """A model could not be found, read or loaded."""
 

@@ -33,10 +33,13 @@ from typing import TYPE_CHECKING, Any
 import fastapi
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from studio.engines import constrain
 from studio.engines.chat import MAX_TOP_LOGPROBS, ChatChunk, ChatParams, ChatStats, TokenLogprob, check_messages
+from studio.engines.tools import call_format, check_tool_choice, check_tools, names_of, parse_calls
 from studio.errors import (
     BudgetError,
     DiskFullError,
+    FieldError,
     InputError,
     ModelLoadError,
     StudioBusy,
@@ -96,7 +99,7 @@ def api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ModelLoadError):
         return ApiError(400, str(exc), param="model", code="model_load_failed")
     if isinstance(exc, StudioError):  # InputError and any other error the user can fix
-        return ApiError(400, str(exc))
+        return ApiError(400, str(exc), param=getattr(exc, "param", None))
     log.error("OpenAI API: unexpected error", exc_info=exc)
     return ApiError(500, f"Internal error in ML Studio ({type(exc).__name__}); the studio's log has the details.")
 
@@ -109,12 +112,14 @@ class CompletionRequest:
     """A checked /v1/chat/completions body."""
 
     model: str  # the model id as the client wrote it (echoed in the response)
-    messages: list[dict[str, str]]  # system/user/assistant turns, text only
+    messages: list[dict]  # system/user/assistant/tool turns: text, and the assistant's tool_calls
     params: ChatParams  # sampling; fields the client left out keep the studio's defaults
     stream: bool  # answer as Server-Sent Events
     include_usage: bool  # stream_options.include_usage: a last chunk with the token counts
     stops: tuple[str, ...]  # cut the reply before the first of these
     n: int = 1  # replies to write (in turn; with a fixed seed, reply i uses seed + i)
+    tool_names: tuple[str, ...] = ()  # the tools a reply may call (parsed into tool_calls); () = text only
+    parallel_tool_calls: bool = True  # False: only a reply's first tool call is returned
 
 
 def bad_json(exc: ValueError | RecursionError) -> ApiError:
@@ -175,10 +180,15 @@ def parse_request(body: Any) -> CompletionRequest:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise ApiError(400, "'model' is required: one of the ids GET /v1/models lists.", param="model")
-    if _field(body, "tools", (list,), "a list"):
-        raise ApiError(
-            400, "Tools (function calling) are not supported; send the request without 'tools'.", param="tools"
-        )
+    for legacy, newer in (("functions", "tools"), ("function_call", "tool_choice")):
+        if body.get(legacy) is not None:
+            raise ApiError(400, f"'{legacy}' (deprecated by OpenAI) is not supported; send '{newer}'.", param=legacy)
+    parallel = _field(body, "parallel_tool_calls", (bool,), "true or false")
+    try:
+        tool_list = check_tools(body.get("tools"))
+        choice = check_tool_choice(body.get("tool_choice"), tool_list)
+    except FieldError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
     given, n, stream = _sampling(body)
     logprobs = bool(_field(body, "logprobs", (bool,), "true or false"))
     top = _field(body, "top_logprobs", (int,), "a whole number")
@@ -203,8 +213,20 @@ def parse_request(body: Any) -> CompletionRequest:
             "response_format json_schema needs {'json_schema': {'name': ..., 'schema': {...}}}.",
             param="response_format",
         )
-    if kind != "text":  # honoured through llama.cpp's grammars; the transformers path answers 400
+    if kind != "text":  # llguidance on the transformers path, llama.cpp's grammars on GGUF models
+        try:
+            constrain.check(fmt)
+        except InputError as exc:
+            raise ApiError(400, str(exc), param="response_format") from None
         given["response_format"] = fmt
+    if tool_list:
+        given["tools"] = tool_list
+        if choice not in ("none", "auto"):  # "required" or a named function: the reply is decoded as a call
+            given["response_format"] = call_format(tool_list, None if choice == "required" else choice)
+            try:
+                constrain.check(given["response_format"])
+            except InputError as exc:
+                raise ApiError(400, f"A tool's parameters cannot be used: {exc}", param="tools") from None
     params = _params(given)
     options = _field(body, "stream_options", (dict,), "an object") or {}
     return CompletionRequest(
@@ -215,6 +237,8 @@ def parse_request(body: Any) -> CompletionRequest:
         include_usage=bool(options.get("include_usage")),
         stops=_stops(body.get("stop")),
         n=n,
+        tool_names=tuple(names_of(tool_list)) if choice != "none" else (),
+        parallel_tool_calls=parallel is not False,
     )
 
 
@@ -568,7 +592,7 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
                 return result.response()
             text, tokens, finish, stats = result
             logprobs = {"content": chat_logprobs(tokens)} if req.params.top_logprobs >= 0 else None
-            message = {"role": "assistant", "content": text}
+            message, finish = reply_message(text, finish, req)
             choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": logprobs})
             stats_all.append(stats)
         body = {
@@ -595,6 +619,18 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
         except ApiError as exc:
             return exc.response()
         return await text_completion(ctx, served, req, request)
+
+
+def reply_message(text: str, finish: str, req: CompletionRequest) -> tuple[dict[str, Any], str]:
+    """The assistant message of a reply and its finish reason: tool_calls ("tool_calls") when the reply is a
+    well-formed call of the offered tools, else the text as it came."""
+    parsed = parse_calls(text, list(req.tool_names)) if req.tool_names and finish != "length" else None
+    if parsed is None:
+        return {"role": "assistant", "content": text}, finish
+    content, calls = parsed
+    if not req.parallel_tool_calls:
+        calls = calls[:1]
+    return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
 
 
 def nth_params(params: ChatParams, i: int) -> ChatParams:
@@ -682,6 +718,7 @@ async def stream_events(
         )
 
     cut, stats = StopCut(req.stops), None
+    held = bool(req.tool_names)  # with tools the reply is held back until it is known to be text or calls
     try:
         yield chunk({"role": "assistant", "content": ""})
         while item[0] != "end":
@@ -695,15 +732,25 @@ async def stream_events(
                     yield chunk({"content": ""}, tokens=value.tokens)
             else:
                 text = cut.feed(value.delta)
-                if text or (value.tokens and not cut.hit):
+                if not held and (text or (value.tokens and not cut.hit)):
                     yield chunk({"content": text}, tokens=None if cut.hit else value.tokens)
                 if cut.hit:
                     reply.cancel("stop sequence")
             item = await reply.next()
         tail = cut.flush()
-        if tail:
+        finish = finish_reason(cut, stats)
+        if held:
+            message, finish = reply_message(cut.text, finish, req)
+            if "tool_calls" in message:
+                if message["content"]:
+                    yield chunk({"content": message["content"]})
+                calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+                yield chunk({"tool_calls": calls})
+            elif cut.text:
+                yield chunk({"content": cut.text})
+        elif tail:
             yield chunk({"content": tail})
-        yield chunk({}, finish_reason(cut, stats))
+        yield chunk({}, finish)
         if req.include_usage:
             yield sse(
                 {

@@ -5,6 +5,7 @@ No gradio here. The UI and the OpenAI-compatible API both call `ChatEngine.strea
 
 from __future__ import annotations
 
+import json
 import queue
 import random
 import threading
@@ -55,13 +56,14 @@ class ChatParams:
     ignore_eos: bool = False  # keep generating past the end-of-sequence token (benchmarks)
     kv_cache_type: str = "f16"  # llama.cpp: f16, q8_0 or q4_0 (quantized types need flash attention)
     flash_attn: bool = False  # llama.cpp: flash attention
-    response_format: dict | None = None  # OpenAI's: {"type": "json_object"} or a json_schema (llama.cpp grammars)
+    response_format: dict | None = None  # OpenAI's: {"type": "json_object"} or a json_schema (constrained decoding)
     presence_penalty: float = 0.0  # OpenAI's additive penalties (-2..2): once per token seen / per occurrence
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias -100..100) added to the logits (transformers)
     top_logprobs: int = -1  # -1: no logprobs; 0..20: each new token's logprob and that many alternatives
     echo_logprobs: bool = False  # raw prompts: also the prompt tokens' logprobs (the first one's is None)
     raw_prompt: bool = False  # a completion of raw text or token ids (no chat template); max_new_tokens may be 0
+    tools: tuple[dict, ...] = ()  # OpenAI's function tools, rendered into the prompt (studio/engines/tools.py)
 
     def check_inputs(self) -> None:
         """Raise InputError naming the first setting that cannot work."""
@@ -146,7 +148,8 @@ class ChatChunk:
 
 
 def check_messages(messages: list[dict]) -> list[dict[str, str]]:
-    """Validate an OpenAI-style message list; the last message must be the user's and not empty."""
+    """Validate an OpenAI-style message list (system, user, assistant with optional tool_calls, tool); the last
+    message must be the user's and not empty, or a tool result."""
     if not messages:
         raise InputError("Type a message first.")
     if len(messages) > MAX_MESSAGES:
@@ -156,11 +159,16 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
         )
     clean, size = [], 0
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        if not isinstance(m, dict) or "role" not in m:
             raise InputError(f"Message {i + 1} needs a 'role' and a 'content'.")
-        role, content = m["role"], m["content"]
-        if role not in ROLES:
-            raise InputError(f"Message {i + 1} has role {role!r}; use system, user or assistant.")
+        role, content = m["role"], m.get("content")
+        calls = _tool_calls(m, i) if role == "assistant" else None
+        if "content" not in m and not calls:
+            raise InputError(f"Message {i + 1} needs a 'role' and a 'content'.")
+        if content is None and calls:
+            content = ""
+        if role not in ROLES and role != "tool":
+            raise InputError(f"Message {i + 1} has role {role!r}; use system, user, assistant or tool.")
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             texts = []
             for j, part in enumerate(content):
@@ -175,19 +183,47 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
         reason = invalid_text(content, f"Message {i + 1}")
         if reason:
             raise InputError(reason)
-        size += len(content.encode("utf-8"))
+        size += len(content.encode("utf-8")) + (len(json.dumps(calls).encode("utf-8")) if calls else 0)
         if size > MAX_PROMPT_BYTES:
             raise InputError(
                 f"The messages' text passes {fmt_bytes(MAX_PROMPT_BYTES)} at message {i + 1}; "
                 f"one request takes at most {fmt_bytes(MAX_PROMPT_BYTES)} of text.",
                 "Start a new chat, or send shorter or fewer messages.",
             )
-        clean.append({"role": role, "content": content})
+        turn = {"role": role, "content": content}
+        if calls:
+            turn["tool_calls"] = calls
+        if role == "tool":
+            for key in ("tool_call_id", "name"):
+                if isinstance(m.get(key), str):
+                    turn[key] = m[key]
+        clean.append(turn)
+    if clean[-1]["role"] == "tool":  # a conversation may end on the results of the assistant's tool calls
+        return clean
     if clean[-1]["role"] != "user":
         raise InputError("The last message must be the user's.")
     if blank(clean[-1]["content"]):
         raise InputError("Type a message first: the message is empty.")
     return clean
+
+
+def _tool_calls(m: dict, i: int) -> list[dict] | None:
+    """An assistant message's OpenAI `tool_calls` ([{id, type, function: {name, arguments}}]), checked."""
+    calls = m.get("tool_calls")
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        raise InputError(f"Message {i + 1}'s 'tool_calls' must be a list.")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InputError(f"Message {i + 1}'s tool call {j + 1} needs a 'function' with a 'name'.")
+        args = fn.get("arguments", "{}")
+        if not isinstance(args, (str, dict)):
+            raise InputError(f"Message {i + 1}'s tool call {j + 1} has 'arguments' that are not a JSON string.")
+        out.append({"id": str(call.get("id", f"call_{j}")), "type": "function", "function": {**fn, "arguments": args}})
+    return out or None
 
 
 class PromptStopped(Exception):
@@ -375,13 +411,20 @@ class ChatEngine:
         return ids, " ".join(n for n in (room, notice) if n), params
 
     @staticmethod
-    def _template_ids(lm: Any, messages: list[dict]) -> list[int]:
+    def _template_ids(lm: Any, messages: list[dict], tools: tuple[dict, ...] = ()) -> list[int]:
+        """The conversation through the model's chat template; tools (and tool turns) as the template renders
+        them, or in the Hermes format for a template that does not (studio/engines/tools.py)."""
+        from studio.engines.tools import render
+
         if isinstance(lm, LlamaCppLM):
-            return lm.template_ids(messages)
+            messages, listed = render(messages, tools, lm.template_source)
+            return lm.template_ids(messages, listed)
         tokenizer = lm.tokenizer
-        template = None if getattr(tokenizer, "chat_template", None) else FALLBACK_TEMPLATE
+        own = getattr(tokenizer, "chat_template", None)
+        template = None if own else FALLBACK_TEMPLATE
+        messages, listed = render(messages, tools, own if isinstance(own, str) else None)
         out = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, chat_template=template, return_dict=True
+            messages, tools=listed, add_generation_prompt=True, tokenize=True, chat_template=template, return_dict=True
         )
         ids = out["input_ids"]
         return list(ids[0] if ids and isinstance(ids[0], list) else ids)
@@ -408,7 +451,7 @@ class ChatEngine:
         def ids_from(k: int) -> list[int]:
             if should_stop():
                 raise PromptStopped
-            return self._template_ids(lm, system + turns[starts[k] :])
+            return self._template_ids(lm, system + turns[starts[k] :], params.tools)
 
         fit = len(starts) - 1  # the fewest turns: only the last message
         ids = ids_from(fit)
@@ -654,11 +697,6 @@ class ChatEngine:
     ) -> Iterator[ChatChunk]:
         t0 = time.perf_counter()
         spec, switched = self.runtime_spec(spec, params)
-        if params.response_format and not is_llamacpp(spec):
-            raise InputError(
-                f"{spec.name} runs through transformers, which does not constrain replies to JSON here.",
-                "Use a GGUF model (it runs through llama.cpp) for response_format json_object or json_schema.",
-            )
         if params.logit_bias and is_llamacpp(spec):
             raise InputError(
                 f"{spec.name} runs through llama.cpp, where the studio does not apply logit_bias yet.",
@@ -801,6 +839,14 @@ class ChatEngine:
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_new_tokens
         processors = _penalties_processor(params, len(prompt_ids))
+        if params.response_format:  # constrained decoding (llguidance): after the penalties, before the warpers
+            from transformers import LogitsProcessorList
+
+            from studio.engines import constrain
+
+            vocab = int(model.get_output_embeddings().weight.shape[0])
+            grammar = constrain.logits_processor(params.response_format, tok, vocab, eos_ids, len(prompt_ids))
+            processors = LogitsProcessorList([*(processors or []), grammar])
         if processors is not None:
             kwargs["logits_processor"] = processors
         rows: list = []  # with logprobs: the log-softmax of the raw logits of each step (step i chose token i)

@@ -387,11 +387,16 @@ class LlamaCppLM:
     def context_max(self) -> int:
         return self.context
 
-    def template_ids(self, messages: list[dict]) -> list[int]:
+    @property
+    def template_source(self) -> str:
+        return getattr(self._formatter, "template", "") or ""
+
+    def template_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The conversation through the model's own chat template (GGUF metadata), tokenized as llama.cpp does
-        for its chat completions (special tokens parsed; BOS only if the template did not write it)."""
+        for its chat completions (special tokens parsed; BOS only if the template did not write it). `tools`
+        (OpenAI's function tools) go to the template as its `tools` variable."""
         try:
-            result = self._formatter(messages=messages)
+            result = self._formatter(messages=messages, tools=tools)
         except Exception as exc:  # noqa: BLE001 - a template may raise_exception() on roles it does not take
             raise InputError(f"{self.path.name}'s chat template refused the conversation: {exc}") from None
         return self.llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)

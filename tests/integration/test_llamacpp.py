@@ -135,10 +135,57 @@ def test_json_output_through_a_grammar(engine, spec):
     assert isinstance(json.loads(text)["capital"], str)
 
 
-def test_json_output_is_refused_on_the_transformers_path(engine, tiny_models):
+def test_json_output_on_the_transformers_path_too(engine, tiny_models):
+    """llguidance constrains the tiny random LM (which writes garbage otherwise) to the schema."""
+    import json
+
     spec = ModelSpec("chat", str(tiny_models.causal_lm), "folder")
-    with pytest.raises(InputError, match="through transformers"):
-        engine.complete(spec, FRANCE, replace(GREEDY, response_format={"type": "json_object"}))
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": schema, "strict": True}}
+    last = engine.complete(spec, FRANCE, replace(GREEDY, max_new_tokens=200, response_format=fmt))
+    value = json.loads(last.text)
+    assert set(value) == {"name", "age"} and isinstance(value["age"], int) and last.stats.finish_reason == "stop"
+
+
+def test_a_forced_tool_call_through_a_llama_cpp_grammar(engine, spec):
+    """tool_choice naming a function decodes through llama.cpp's grammar as a call of it; the tools reach the
+    prompt (SmolLM2's template does not render tools: the Hermes system prompt carries them)."""
+    import json
+
+    from studio.engines.tools import call_format, check_tools, parse_calls
+
+    tools = check_tools(
+        [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_capital",
+                    "description": "The capital city of a country",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"country": {"type": "string", "maxLength": 20}},
+                        "required": ["country"],
+                        "additionalProperties": False,
+                    },
+                },
+            }
+        ]
+    )
+    params = replace(GREEDY, max_new_tokens=60, tools=tools, response_format=call_format(tools, "get_capital"))
+    last = engine.complete(spec, FRANCE, params)
+    parsed = parse_calls(last.text, ["get_capital"])
+    assert parsed is not None, last.text
+    args = json.loads(parsed[1][0]["function"]["arguments"])
+    assert set(args) == {"country"} and isinstance(args["country"], str)
+    lease = engine.manager.lease_if_loaded(engine.runtime_spec(spec, params)[0].key)
+    with lease:
+        prompt = lease.model.llm.detokenize(engine._template_ids(lease.model, FRANCE, tools)).decode()
+    assert "get_capital" in prompt and "The capital city of a country" in prompt
 
 
 # ----- bad input ----------------------------------------------------------------------------------------------
