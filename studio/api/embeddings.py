@@ -41,17 +41,6 @@ def embedding_models(ctx: AppContext) -> list[tuple[str, ModelSpec, int]]:
     return out
 
 
-def embedding_object(model_id: str, created: int) -> dict[str, Any]:
-    return {
-        "id": model_id,
-        "object": "model",
-        "created": created,
-        "owned_by": OWNER,
-        "engine": "transformers",
-        "kind": "embedding",
-    }
-
-
 def find_embedding_model(ctx: AppContext, model_id: str) -> tuple[str, ModelSpec, int] | None:
     served = embedding_models(ctx)
     for entry in served:

@@ -6,7 +6,8 @@ has a `kind`, "chat" or "embedding", beside OpenAI's fields.
 The official `openai` client pointed at http://127.0.0.1:PORT/v1 works unchanged. Replies come from the same
 ChatEngine and model manager as the Chat tab. The API serves only models the studio already holds (loaded or
 parked chat models, their attached LoRA adapters as "base:adapter") and the starter model; it never loads an
-arbitrary path or Hub id.
+arbitrary path or Hub id. /v1/models also lists the image models (studio/api/images.py) and speech models
+(studio/api/audio.py) those routes take, each with its `kind`, `engine`, `precision`, `loaded` and `state`.
 
 Errors use OpenAI's shape `{"error": {"message", "type", "param", "code"}}` with the StudioError's one line:
   400 invalid_request_error  bad JSON or fields, an InputError, a model that cannot be loaded (ModelLoadError)
@@ -46,7 +47,7 @@ from studio.errors import (
     StudioError,
     StudioOutOfMemory,
 )
-from studio.models.records import LOADED, PARKED
+from studio.models.records import LOADED, PARKED, UNLOADED
 from studio.models.specs import ModelSpec
 from studio.text import json_limit
 
@@ -370,12 +371,101 @@ def resolve_model(ctx: AppContext, model_id: str) -> ServedModel:
     )
 
 
-def model_object(m: ServedModel) -> dict[str, Any]:
+def _state(ctx: AppContext, spec: ModelSpec) -> tuple[str, int]:
+    """The manager's state string for `spec` ("loaded", "parked in RAM", "unloaded") and when it was last used."""
+    rec = ctx.manager.record(spec.key)
+    return (str(rec.state), int(rec.last_used)) if rec is not None else (str(UNLOADED), 0)
+
+
+def _entry(
+    ctx: AppContext, model_id: str, kind: str, spec: ModelSpec, engine: str, precision: str, created: int = 0
+) -> dict[str, Any]:
+    """A /v1/models object: OpenAI's fields, then the studio's kind, engine, precision, loaded and state."""
+    state, last_used = _state(ctx, spec)
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created or last_used,
+        "owned_by": OWNER,
+        "kind": kind,  # chat | image | speech: which endpoints take it
+        "engine": engine,  # what runs it: llama.cpp, transformers, diffusers, faster-whisper, openai-whisper
+        "precision": precision,  # the GGUF file's quantization for llama.cpp ("Q4_1"), else the load precision
+        "loaded": state == LOADED,  # on its device now (parked or unloaded models are loaded on first use)
+        "state": state,  # the manager's: "loaded", "parked in RAM" or "unloaded"
+    }
+
+
+def model_object(ctx: AppContext, m: ServedModel) -> dict[str, Any]:
     from studio.engines.llamacpp import engine_label
 
-    engine = engine_label(m.spec).split(" · ctx")[0]  # what runs it ("llama.cpp · Q4_1"), not OpenAI's field
-    # kind (not OpenAI's either): "chat" here, "embedding" for the models only /v1/embeddings serves
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": OWNER, "engine": engine, "kind": "chat"}
+    label = engine_label(m.spec).split(" · ctx")[0]  # "llama.cpp · Q4_1", "transformers · FP32"
+    engine, _, detail = label.partition(" · ")
+    precision = detail if engine == "llama.cpp" and detail else m.spec.precision
+    return _entry(ctx, m.id, "chat", m.spec, engine, precision, m.created)
+
+
+def speech_engine(spec: ModelSpec) -> str:
+    """Which Whisper backend loads `spec` (as studio.models.loading.load_whisper decides)."""
+    path = spec.path
+    return (
+        "faster-whisper"
+        if spec.backend == "faster-whisper" or (path is not None and path.is_dir())
+        else ("openai-whisper")
+    )
+
+
+def listed_models(ctx: AppContext) -> list[dict[str, Any]]:
+    """Every model id a request can name: chat models (/v1/chat/completions, /v1/completions), the embedding models
+    the studio holds (/v1/embeddings, which chat models serve too), image models
+    (/v1/images/generations: the held ones and tiny-sd) and speech models (/v1/audio/transcriptions: whisper-1,
+    the starter and the held ones). An id two kinds share is listed once, as the first kind."""
+    from studio.api.audio import DEFAULT_MODEL, served_speech_models
+    from studio.api.images import image_models
+    from studio.engines.image import TINY_SOURCE
+
+    out: dict[str, dict[str, Any]] = {}
+    for m in served_models(ctx):
+        out.setdefault(m.id, model_object(ctx, m))
+    images = [(name, spec) for name, spec, _ in image_models(ctx)]
+    if TINY_SOURCE not in (name for name, _ in images):
+        images.append((TINY_SOURCE, ctx.image.tiny_spec("fp16" if ctx.device == "cuda" else "fp32")))
+    for name, spec in images:
+        out.setdefault(name, _entry(ctx, name, "image", spec, "diffusers", spec.precision))
+    from studio.api.embeddings import embedding_models
+
+    for name, spec, created in embedding_models(ctx):
+        out.setdefault(name, _entry(ctx, name, "embedding", spec, "transformers", spec.precision, created))
+    seen: set[ModelSpec] = set()  # a speech spec is listed by its first id (and also as whisper-1)
+    for name, spec in served_speech_models(ctx).items():
+        if "#" in name or (name != DEFAULT_MODEL and spec in seen):
+            continue  # the manager's keys, and a second name (the display label) of a listed model
+        if name != DEFAULT_MODEL:
+            seen.add(spec)
+        out.setdefault(name, _entry(ctx, name, "speech", spec, speech_engine(spec), spec.precision))
+    return list(out.values())
+
+
+def find_model(ctx: AppContext, model_id: str) -> dict[str, Any]:
+    """The /v1/models object for `model_id` (a listed id, or a chat model's alias); unknown -> 404."""
+    for obj in listed_models(ctx):
+        if obj["id"] == model_id:
+            return obj
+    from studio.api.embeddings import find_embedding_model
+
+    found = find_embedding_model(ctx, model_id)  # by its manager key or source too
+    if found is not None:
+        name, spec, created = found
+        return _entry(ctx, name, "embedding", spec, "transformers", spec.precision, created)
+    try:
+        return model_object(ctx, resolve_model(ctx, model_id))
+    except ApiError:
+        raise ApiError(
+            404,
+            f"The model '{model_id}' is not available in ML Studio. GET /v1/models lists the chat, embedding, image "
+            "and speech models requests can name; load others in the Models tab first.",
+            param="model",
+            code="model_not_found",
+        ) from None
 
 
 # ----- generation ------------------------------------------------------------------------------------------
@@ -536,21 +626,12 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
 
     @app.get("/v1/models")
     def list_models() -> JSONResponse:
-        from studio.api.embeddings import embedding_models, embedding_object
-
-        data = [model_object(m) for m in served_models(ctx)]
-        data += [embedding_object(name, created) for name, _, created in embedding_models(ctx)]
-        return JSONResponse({"object": "list", "data": data})
+        return JSONResponse({"object": "list", "data": listed_models(ctx)})
 
     @app.get("/v1/models/{model_id:path}")
     def get_model(model_id: str) -> JSONResponse:
-        from studio.api.embeddings import embedding_object, find_embedding_model
-
         try:
-            found = None if any(m.id == model_id for m in served_models(ctx)) else find_embedding_model(ctx, model_id)
-            if found is not None:
-                return JSONResponse(embedding_object(found[0], found[2]))
-            return JSONResponse(model_object(resolve_model(ctx, model_id)))
+            return JSONResponse(find_model(ctx, model_id))
         except ApiError as exc:
             return exc.response()
 

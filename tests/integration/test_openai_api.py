@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -114,6 +116,40 @@ def test_models_lists_the_loaded_chat_models(client):
     assert TINY in ids and SLOW in ids
     model = client.models.retrieve(TINY)
     assert model.id == TINY and model.object == "model" and model.owned_by == "ml-studio"
+
+
+def test_models_lists_every_kind_a_request_can_name(client, tmp_path):
+    """Chat, image and speech models, each with its kind, engine and state; every image id draws and every speech
+    id transcribes."""
+    listed = {m.id: m for m in client.models.list().data}
+    tiny = listed[TINY]
+    assert (tiny.kind, tiny.engine, tiny.precision, tiny.loaded, tiny.state) == (
+        "chat", "transformers", "fp32", True, "loaded"
+    )  # fmt: skip
+    assert {m.kind for m in listed.values()} == {"chat", "image", "speech"}
+    assert all(isinstance(m.loaded, bool) and m.state for m in listed.values())
+    images = [m for m in listed.values() if m.kind == "image"]
+    speech = [m for m in listed.values() if m.kind == "speech"]
+    assert "tiny-sd" in [m.id for m in images] and all(m.engine == "diffusers" for m in images)
+    assert {"whisper-1", "whisper-tiny.en"} <= {m.id for m in speech}
+    assert all(m.engine == "faster-whisper" for m in speech)  # the starter: CTranslate2 through faster-whisper
+    assert client.models.retrieve("whisper-1").kind == "speech" and client.models.retrieve("tiny-sd").kind == "image"
+    for m in images:
+        result = client.images.generate(
+            model=m.id, prompt="a red square", size="64x64", response_format="b64_json", extra_body={"steps": 1}
+        )
+        assert len(result.data) == 1, m.id
+    if shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None:
+        pytest.skip("espeak-ng and ffmpeg make the speech test's audio")
+    wav = tmp_path / "hello.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(wav), "Thank you very much."], check=True)
+    for m in speech:
+        with open(wav, "rb") as f:
+            text = client.audio.transcriptions.create(model=m.id, file=f, response_format="text")
+        assert "thank" in text.lower(), (m.id, text)
+    after = {m.id: m for m in client.models.list().data}
+    assert after["tiny-sd"].state in ("loaded", "parked in RAM")  # drawn above: the manager holds it now
+    assert after["whisper-1"].state in ("loaded", "parked in RAM")
 
 
 def test_greedy_completion_is_deterministic_and_reports_usage(client):
@@ -464,7 +500,8 @@ def test_starter_knows_the_capital_of_france(client):
 
     model = starter.STARTER_NAME
     listed = {m.id: m for m in client.models.list().data}
-    assert listed[model].engine == "llama.cpp · Q4_1"  # the starter's own GGUF runs through llama.cpp
+    # the starter's own GGUF runs through llama.cpp
+    assert (listed[model].engine, listed[model].precision, listed[model].kind) == ("llama.cpp", "Q4_1", "chat")
     ask = {"model": model, "messages": [{"role": "user", "content": "What is the capital of France?"}]}
     whole = client.chat.completions.create(temperature=0, max_tokens=48, **ask)
     assert "Paris" in whole.choices[0].message.content
