@@ -20,7 +20,7 @@ import fastapi
 from fastapi.responses import JSONResponse
 
 from studio.api.disconnect import run_while_connected
-from studio.api.openai import OWNER, ApiError, _field, api_error, bad_json, resolve_model
+from studio.api.openai import ApiError, _field, api_error, bad_json, resolve_model
 from studio.engines.embedding import EmbeddingInputError, EmbeddingStopped, check_inputs
 from studio.models.records import LOADED, PARKED
 from studio.models.specs import ModelSpec
