@@ -221,6 +221,8 @@ class ExportPanel:
         yield result_text(result), model, gr.Button(visible=bool(model))
 
     def _merge(self, name: str | None, progress: Any) -> Iterator:
+        if not (name or "").strip():
+            raise InputError(msg.PICK_RUN)
         run = self.ctx.training.get(name)
         if progress is not None:
             progress(0, desc="Merging the adapter into the base model")

@@ -238,6 +238,12 @@ class FinetuneTab:
         self.ctx = ctx
         self.tokenizers: dict[str, Any] = {}
 
+    def run_named(self, name: str | None) -> RunDir:
+        """The run a Runs value names; none picked is its own message (not "No run named ''")."""
+        if not (name or "").strip():
+            raise InputError(msg.PICK_RUN)
+        return self.ctx.training.get(name)
+
     def tokenizer_for(self, source: str) -> Any:
         if source not in self.tokenizers:
             self.tokenizers[source] = rowlib.load_tokenizer(source, offline=self.ctx.config.offline)
@@ -300,7 +306,7 @@ class FinetuneTab:
     @msg.user_errors
     def stop(self, name: str | None, request: gr.Request = None) -> str:
         owner_only(self.ctx, request, "stop fine-tuning")
-        run = self.ctx.training.get(name)
+        run = self.run_named(name)
         if not self.ctx.training.stop(run):
             raise InputError(f"{run.name} is not training.", "Nothing to stop.")
         return f"Stopping {run.name} after its current step; it saves the adapter."
@@ -308,7 +314,7 @@ class FinetuneTab:
     @msg.user_errors
     def resume(self, name: str | None, request: gr.Request = None) -> tuple:
         owner_only(self.ctx, request, "start fine-tuning")
-        run = self.ctx.training.get(name)
+        run = self.run_named(name)
         if self.ctx.training.is_running(run):
             raise InputError(f"{run.name} is already training.")
         if self.ctx.training.state(run).get("state") == "done":
@@ -351,9 +357,7 @@ class FinetuneTab:
         """The run folder an export starts from, checked here first (no adapter yet, still training: one line)."""
         from studio.export.sources import resolve
 
-        if not (name or "").strip():
-            raise InputError(msg.PICK_RUN)
-        run = self.ctx.training.get(name)
+        run = self.run_named(name)
         resolve(str(run.path), self.ctx.config.data_dir)
         return str(run.path)
 
@@ -363,7 +367,7 @@ class FinetuneTab:
         from studio.ui.chat_tab import NO_ADAPTER, adapter_folders, resolve_spec
 
         owner_only(self.ctx, request, "attach adapters")
-        run = self.ctx.training.get(name)
+        run = self.run_named(name)
         if not (run.adapter / "adapter_config.json").is_file():
             raise InputError(f"{run.name} has no adapter yet.", "Train (or stop) the run first.")
         job = run.job()

@@ -279,9 +279,9 @@ GRADIO_CASES = [
     P("chat_add_user", ["hi", "not a list"], ("Conversation takes a list of messages",), id="chat-history-not-a-list"),
     P(
         "chat_add_user",
-        ["hi", [{"role": "user", "content": "plain string"}]],
+        ["hi", [{"role": "user", "content": 5}]],  # OpenAI-style string content is taken; a number is not
         ("Conversation takes a list of messages", '"type": "text"'),
-        id="chat-history-openai-shape",
+        id="chat-history-content-a-number",
     ),
     P("chat", chat(temperature=99), ("Temperature", "at most 2, not 99"), id="chat-temperature-99"),
     P("chat", chat(top_p=5), ("Top-p must be at most 1, not 5",), id="chat-top-p-5"),
@@ -490,7 +490,8 @@ GRADIO_CASES = [
         ("evaluation share must be between 0 and 0.9",),
         id="ft-start-share-5",
     ),
-    P("ft_stop", [], ("No run named",), id="ft-stop-no-run"),
+    P("ft_stop", [""], ("Pick a run in the Runs list first",), id="ft-stop-no-run"),
+    P("ft_stop", ["20990101-000000-nothing"], ("No run named '20990101-000000-nothing'",), id="ft-stop-unknown-run"),
     # --- Models
     P(
         "models_plan",
