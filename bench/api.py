@@ -10,6 +10,8 @@ the API takes at most 5 % longer), and the first-token overhead of streaming cha
     python bench/api.py                          # the offline starter, through llama.cpp
     python bench/api.py --model PATH             # a model folder (transformers) or a .gguf file (llama.cpp)
     python bench/api.py --embedding PATH         # also /v1/embeddings against the engine, with that model
+    python bench/api.py --embedding minilm       # ... with a random encoder of all-MiniLM-L6-v2's size
+    python bench/api.py --cpu-threads 1          # llama.cpp on one thread: a core left for the server and client
 """
 
 from __future__ import annotations
@@ -107,18 +109,29 @@ def report(name: str, api: list[tuple], direct: list[tuple]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a model folder or a .gguf file (default: the starter on llama.cpp)")
-    p.add_argument("--embedding", help="an embedding model folder: also measure /v1/embeddings")
+    p.add_argument(
+        "--embedding",
+        help="an embedding model folder, or 'minilm' for a random encoder of all-MiniLM-L6-v2's size built here: "
+        "also measure /v1/embeddings",
+    )
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--data-dir", help="the studio data dir (default: the studio's own)")
+    p.add_argument(
+        "--cpu-threads", type=int, default=0, help="llama.cpp's CPU threads, as launch.py's flag (0: one per core)"
+    )
     args = p.parse_args()
     from openai import OpenAI
 
     from studio.engines import llamacpp
     from studio.models.starter import starter_llamacpp_spec
 
-    config = StudioConfig(device=args.device, **({"data_dir": Path(args.data_dir)} if args.data_dir else {}))
+    config = StudioConfig(
+        device=args.device,
+        cpu_threads=args.cpu_threads,
+        **({"data_dir": Path(args.data_dir)} if args.data_dir else {}),
+    )
     ctx = build_context(config, start_monitor=False)
     port = free_port()
     app = start(ctx, port)
@@ -130,7 +143,11 @@ def main() -> None:
     from studio.api.openai import api_id, resolve_model
 
     model = api_id(spec)  # the id /v1/models lists it under
-    print(f"model {spec.name} ({llamacpp.engine_label(spec)}), {args.tokens} new tokens, greedy, {args.runs} runs")
+    threads = args.cpu_threads or llamacpp.cpu_cores()
+    print(
+        f"model {spec.name} ({llamacpp.engine_label(spec)}), {args.tokens} new tokens, greedy, {args.runs} runs, "
+        f"{threads} llama.cpp threads of {llamacpp.cpu_cores()} cores"
+    )
     chat_api(client, model, 8)  # loads and warms up
     spec = resolve_model(ctx, model).spec  # the very model the API answers with (a variant would reload)
     chat_direct(ctx, spec, 8)
@@ -158,7 +175,14 @@ def embeddings(ctx, client, args) -> None:
     from studio.models.specs import spec_from_form
 
     texts = [f"{TEXT} ({i})" for i in range(32)]
-    spec = spec_from_form(ctx.device, "embedding", str(Path(args.embedding).resolve()), "fp32")
+    folder = Path(args.embedding)
+    if args.embedding == "minilm":  # all-MiniLM-L6-v2's shape (6 layers of 384, 12 heads), random weights
+        from studio.models.tiny import build_tiny_encoder
+
+        folder = ctx.paths.models / "bench-minilm-sized"
+        if not (folder / "config.json").exists():
+            build_tiny_encoder(folder, hidden_size=384, num_layers=6, num_heads=12, max_position_embeddings=512)
+    spec = spec_from_form(ctx.device, "embedding", str(folder.resolve()), "fp32")
     ctx.embedding.embed(spec, texts)  # loads it under the manager; the API then names it
     for _ in range(2):
         client.embeddings.create(model=spec.source, input=texts)

@@ -57,6 +57,9 @@ class StudioConfig:
     # a fine-tune worker whose studio died (killed, crashed): "keep" trains on and the next studio re-adopts it,
     # "stop" stops it after its current step with the adapter saved (Resume continues)
     orphan_training: str = "keep"
+    # CPU threads llama.cpp computes with (0 = one per core). On a CPU-only machine that also runs the API's
+    # clients, one core left free keeps their work from stalling llama.cpp's threads (see bench/api.py)
+    cpu_threads: int = 0
     config_file: Path | None = None  # the studio.toml that was read, if any (informational)
 
     def __post_init__(self) -> None:
@@ -77,7 +80,7 @@ class StudioConfig:
 _PATHS = {"auth_file", "data_dir", "config_file"}
 _PATH_LISTS = {"models_dir"}  # a list in the file, os.pathsep-separated in the environment, repeated on the CLI
 _FLOATS = {"budget_gb", "reserve_gb", "max_upload_mb"}
-_INTS = {"port", "max_queue"}
+_INTS = {"port", "max_queue", "cpu_threads"}
 _BOOLS = {"share", "listen", "offline", "open_browser", "allow_remote_admin"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -106,6 +109,11 @@ def validate(cfg: StudioConfig) -> None:
         raise ConfigError(f"--reserve-gb ({cfg.reserve_gb:g}) must be smaller than --budget-gb ({cfg.budget_gb:g}).")
     if cfg.device not in DEVICES:
         raise ConfigError(f"--device must be auto, cuda or cpu, not {cfg.device!r}.")
+    if not 0 <= cfg.cpu_threads <= 1024:
+        raise ConfigError(
+            f"--cpu-threads must be a whole number from 0 to 1024, not {cfg.cpu_threads}.",
+            "0 (the default) uses one thread per core.",
+        )
     if cfg.orphan_training not in ORPHAN_TRAINING:
         raise ConfigError(f"--orphan-training must be keep or stop, not {cfg.orphan_training!r}.")
     if cfg.auth is not None:
@@ -295,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ORPHAN_TRAINING,
         help="when the studio dies mid fine-tune: keep training (the next start re-adopts it) or stop with the "
         "adapter saved (default keep)",
+    )
+    p.add_argument(
+        "--cpu-threads",
+        metavar="N",
+        help="CPU threads for llama.cpp (default 0: one per core; fewer leaves room for API clients on CPU)",
     )
     p.add_argument("--config", metavar="FILE", help=f"settings file (default ./{DEFAULT_CONFIG_FILE} if present)")
     return p

@@ -119,7 +119,7 @@ def build_context(
         device=device,
         budget_bytes=int(config.budget_gb * GIB) if config.budget_gb else None,
         reserve_bytes=int(config.reserve_gb * GIB),
-        load_options=LoadOptions(offline=config.offline, cache_dir=paths.models),
+        load_options=LoadOptions(offline=config.offline, cache_dir=paths.models, cpu_threads=config.cpu_threads),
     )
     monitor = MemoryMonitor(
         probe, interval=monitor_interval, accounted=manager.accounted_bytes, budget=manager.budget_bytes

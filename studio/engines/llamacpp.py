@@ -497,13 +497,21 @@ class LlamaCppLM:
             self.llm.close()
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
 def utf8_decoder() -> Callable[[bytes, bool], str]:
     """Bytes of tokens to text, holding back an incomplete character until its last byte comes."""
     return codecs.getincrementaldecoder("utf-8")(errors="replace").decode
 
 
-def load(spec: ModelSpec, models_dir: Path | None = None, gpu_layers: int | None = None) -> LlamaCppLM:
-    """A llama.cpp model for a spec made by `llamacpp_spec` (or without options: the defaults)."""
+def load(
+    spec: ModelSpec, models_dir: Path | None = None, gpu_layers: int | None = None, threads: int = 0
+) -> LlamaCppLM:
+    """A llama.cpp model for a spec made by `llamacpp_spec` (or without options: the defaults), computing with
+    `threads` CPU threads (0: one per core)."""
     module = _import()[0]
     if module is None:
         raise ModelLoadError(f"llama.cpp is not installed ({unavailable_reason()}).", INSTALL_TIP)
@@ -522,7 +530,7 @@ def load(spec: ModelSpec, models_dir: Path | None = None, gpu_layers: int | None
             f"A {kv_type} KV cache needs flash attention in llama.cpp (only f16 runs without it).",
             "Turn flash attention on, or use the f16 KV cache.",
         )
-    threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    threads = threads or cpu_cores()
     try:
         llm = module.Llama(
             model_path=str(path),

@@ -23,6 +23,7 @@ class LoadOptions:
     offline: bool = False  # never contact the Hub
     cache_dir: Path | None = None  # data_dir/models: converted and downloaded models
     gpu_layers: int | None = None  # llama.cpp: layers to put on the GPU (None = all), set by a partial offload plan
+    cpu_threads: int = 0  # llama.cpp: CPU threads (0 = one per core)
 
 
 def move_module(model: Any, device: str) -> Any:
@@ -80,7 +81,7 @@ def _load_lm(spec: ModelSpec, opts: LoadOptions) -> Any:
     if spec.backend == "llama.cpp":
         from studio.engines import llamacpp
 
-        return llamacpp.load(spec, opts.cache_dir, gpu_layers=opts.gpu_layers)
+        return llamacpp.load(spec, opts.cache_dir, gpu_layers=opts.gpu_layers, threads=opts.cpu_threads)
     from studio.models.loading import load_causal_lm
 
     return load_causal_lm(spec, offline=opts.offline, models_dir=opts.cache_dir)

@@ -369,3 +369,26 @@ def test_lora_adapters_move_the_model_to_transformers_and_say_so(tmp_path, spec,
     assert last.notice == "" and "Paris" in last.text
     loaded = [r for r in engine.manager.records() if r.state == LOADED and r.engine.startswith("llama.cpp")]
     assert loaded
+
+
+def test_cpu_threads_from_the_flag_reach_llama_cpp(starter_gguf):
+    from studio.config import load_config
+    from studio.errors import ConfigError
+    from studio.models.kinds import LoadOptions, _load_lm
+
+    config = load_config(["--cpu-threads", "1"], {})
+    assert config.cpu_threads == 1 and load_config([], {"STUDIO_CPU_THREADS": "3"}).cpu_threads == 3
+    for bad in ("-1", "two"):
+        with pytest.raises(ConfigError, match="cpu.threads"):
+            load_config(["--cpu-threads", bad], {})
+    spec = llamacpp.llamacpp_spec(file_spec(starter_gguf))
+    lm = _load_lm(spec, LoadOptions(cpu_threads=config.cpu_threads))
+    try:
+        assert lm.llm.n_threads == 1 and lm.llm.n_threads_batch == 1
+    finally:
+        lm.close()
+    lm = _load_lm(spec, LoadOptions())  # 0: one per core
+    try:
+        assert lm.llm.n_threads == llamacpp.cpu_cores()
+    finally:
+        lm.close()
