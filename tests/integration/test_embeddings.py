@@ -18,7 +18,7 @@ from openai import OpenAI
 from studio.models.specs import ModelSpec
 from studio.models.tiny import build_tiny_encoder
 from tests.managers import cpu_manager
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import openai_client, studio_with
 
 ENCODER = "tiny-encoder"  # the folder's name: the id the API serves it under
 TINY_LM = "causal-lm-seed0"  # tiny_models.causal_lm
@@ -35,22 +35,15 @@ def encoder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, tiny_models, encoder):
-    from gradio_client import Client
-
-    s = start_studio(tmp_path_factory.mktemp("embed-data"), "--device", "cpu", "--budget-gb", "2")
-    try:
-        ui = Client(s.url, verbose=False)
-        for kind, folder in (("embedding", encoder), ("chat", tiny_models.causal_lm)):
-            result = ui.predict(kind, str(folder), "fp32", api_name="/models_load")
-            assert " loaded: " in result, result
+    with studio_with(
+        tmp_path_factory.mktemp("embed-data"), ("embedding", encoder), ("chat", tiny_models.causal_lm)
+    ) as s:
         yield s
-    finally:
-        stop_studio(s)
 
 
 @pytest.fixture(scope="module")
 def client(studio) -> OpenAI:
-    return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=120)
+    return openai_client(studio)
 
 
 def post(studio, body: dict) -> httpx.Response:

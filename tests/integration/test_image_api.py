@@ -18,7 +18,7 @@ from openai import OpenAI
 from PIL import Image, PngImagePlugin
 
 from studio.engines.image_params import parse_infotext
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import openai_client, start_studio, stop_studio
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(studio) -> OpenAI:
-    return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=180)
+    return openai_client(studio, timeout=180)
 
 
 def test_openai_client_gets_decodable_pngs(client, studio):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import studio_with
 
 pytest.importorskip("lm_eval")
 
@@ -94,17 +94,8 @@ def write_task(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, tiny_models):
-    from gradio_client import Client
-
-    s = start_studio(tmp_path_factory.mktemp("lm-eval-data"), "--device", "cpu", "--budget-gb", "2")
-    try:
-        result = Client(s.url, verbose=False).predict(
-            "chat", str(tiny_models.causal_lm), "fp32", api_name="/models_load"
-        )
-        assert " loaded: " in result, result
+    with studio_with(tmp_path_factory.mktemp("lm-eval-data"), ("chat", tiny_models.causal_lm)) as s:
         yield s
-    finally:
-        stop_studio(s)
 
 
 def test_local_completions_scores_a_multiple_choice_task(studio, tiny_models, tmp_path):

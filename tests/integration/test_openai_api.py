@@ -16,7 +16,7 @@ import pytest
 from openai import OpenAI
 
 from tests.managers import cpu_manager
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import openai_client, studio_with
 
 TINY = "causal-lm-seed0"  # the name of tiny_models.causal_lm (its folder's name)
 SLOW = "slow-lm"  # a bigger random LM with a long context: replies that run long enough to be cut off
@@ -64,28 +64,19 @@ def adapter_dir(tiny_models, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, tiny_models, slow_lm, starter_folder):
     """A studio with the tiny LM and the slow LM loaded through the Models tab's API."""
-    from gradio_client import Client
-
     data = tmp_path_factory.mktemp("api-data")
     from studio.models.starter import starter_folder as folder_in
 
     link = folder_in(data / "models")  # the studio finds the converted starter in its data dir: no second conversion
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(starter_folder, target_is_directory=True)
-    s = start_studio(data, "--device", "cpu", "--budget-gb", "2")
-    try:
-        ui = Client(s.url, verbose=False)
-        for folder in (tiny_models.causal_lm, slow_lm):
-            result = ui.predict("chat", str(folder), "fp32", api_name="/models_load")
-            assert " loaded: " in result, result
+    with studio_with(data, ("chat", tiny_models.causal_lm), ("chat", slow_lm)) as s:
         yield s
-    finally:
-        stop_studio(s)
 
 
 @pytest.fixture(scope="module")
 def client(studio) -> OpenAI:
-    return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=120)
+    return openai_client(studio)
 
 
 def _log_lines(studio, pattern: str, timeout: float = 15.0) -> list[str]:

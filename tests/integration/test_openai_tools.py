@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import openai_client, studio_with
 from tests.unit.test_tools import PERSON, WEATHER, validate
 
 TINY = "tools-lm"  # the tiny random LM with a longer context: the tools' prompt alone passes 512 of its tokens
@@ -27,20 +27,13 @@ def tools_lm(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, tools_lm):
-    from gradio_client import Client
-
-    s = start_studio(tmp_path_factory.mktemp("tools-data"), "--device", "cpu", "--budget-gb", "2")
-    try:
-        result = Client(s.url, verbose=False).predict("chat", str(tools_lm), "fp32", api_name="/models_load")
-        assert " loaded: " in result, result
+    with studio_with(tmp_path_factory.mktemp("tools-data"), ("chat", tools_lm)) as s:
         yield s
-    finally:
-        stop_studio(s)
 
 
 @pytest.fixture(scope="module")
 def client(studio) -> OpenAI:
-    return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=120)
+    return openai_client(studio)
 
 
 def _schema_format(schema: dict) -> dict:

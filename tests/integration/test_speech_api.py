@@ -12,7 +12,7 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.ui.conftest import start_studio, stop_studio
+from tests.ui.conftest import openai_client, start_studio, stop_studio
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed"),
@@ -49,7 +49,7 @@ def studio(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(studio) -> OpenAI:
-    return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=120)
+    return openai_client(studio)
 
 
 def _words(text: str) -> str:

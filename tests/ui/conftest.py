@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -99,6 +100,31 @@ def stop_studio(studio: Studio) -> None:
         studio.proc.wait(15)
     except subprocess.TimeoutExpired:
         studio.proc.kill()
+
+
+@contextlib.contextmanager
+def studio_with(data_dir: Path, *models: tuple[str, Path], args: tuple[str, ...] = ()) -> Iterator[Studio]:
+    """A CPU studio with a 2 GB budget and `models` ((kind, folder) pairs) loaded through the Models tab's API, as a
+    user's script would load them; stopped on exit."""
+    from gradio_client import Client
+
+    s = start_studio(data_dir, "--device", "cpu", "--budget-gb", "2", *args)
+    try:
+        if models:
+            ui = Client(s.url, verbose=False)
+            for kind, folder in models:
+                result = ui.predict(kind, str(folder), "fp32", api_name="/models_load")
+                assert " loaded: " in result, result
+        yield s
+    finally:
+        stop_studio(s)
+
+
+def openai_client(studio: Studio, timeout: float = 120):
+    """The official client on the studio's /v1, as a user's tool makes it."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
