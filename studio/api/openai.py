@@ -635,15 +635,19 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
         except ApiError as exc:
             return exc.response()
 
+    async def parsed(request: fastapi.Request, parse: Callable[[Any], Any]) -> tuple[Any, ServedModel]:
+        """The request's JSON body read by `parse`, and the model it names; ApiError (400, 404) says what is wrong."""
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError) as exc:
+            raise bad_json(exc) from None
+        req = parse(body)
+        return req, resolve_model(ctx, req.model)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: fastapi.Request) -> fastapi.Response:
         try:
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, RecursionError) as exc:
-                raise bad_json(exc) from None
-            req = parse_request(body)
-            served = resolve_model(ctx, req.model)
+            req, served = await parsed(request, parse_request)
         except ApiError as exc:
             return exc.response()
 
@@ -688,15 +692,10 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
 
     @app.post("/v1/completions")
     async def completions(request: fastapi.Request) -> fastapi.Response:
-        try:
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, RecursionError) as exc:
-                raise bad_json(exc) from None
-            from studio.api.completions import parse_completion, text_completion
+        from studio.api.completions import parse_completion, text_completion
 
-            req = parse_completion(body)
-            served = resolve_model(ctx, req.model)
+        try:
+            req, served = await parsed(request, parse_completion)
         except ApiError as exc:
             return exc.response()
         return await text_completion(ctx, served, req, request)
