@@ -366,7 +366,7 @@ class Trainer:
     def run_job(self) -> int:
         job = self.job
         self.status("loading", message=f"Loading {job.base_label or job.base_model}")
-        tokenizer = rowlib.load_tokenizer(job.base_model, offline=job.offline)
+        tokenizer = self.tokenizer = rowlib.load_tokenizer(job.base_model, offline=job.offline)
         self.prepare_data(tokenizer)
         self.build_model()
         n_lora = sum(p.numel() for p in self.params)
@@ -465,11 +465,34 @@ class Trainer:
                 "tokens_per_s": self.tokens / self.train_seconds if self.train_seconds else None,
                 "adapter": str(self.run.adapter),
                 "world": self.dist.world,
+                **self.general_probe(),
             }
             write_atomic(self.run.report_file, json.dumps(report, indent=2))
             self.run.stop_file.unlink(missing_ok=True)
         self.status("done", message=f"Done: {self.step} steps. The adapter is in {self.run.adapter}.")
         return 0
+
+    def general_probe(self) -> dict[str, Any]:
+        """The general probe's score (studio.training.probe) for the report; run after the adapter is saved, so a
+        failure here loses nothing: it is recorded as a message and the run still ends done."""
+        from studio.training import probe
+
+        self.status("evaluating", message="Scoring general knowledge kept (the general probe)")
+        try:
+            cache = self.run.path.parent / probe.CACHE_FOLDER
+            found = probe.score(
+                self.peft_model,
+                self.tokenizer,
+                self.device,
+                cache,
+                self.job.base_model,
+                f"{self.job.method}-{self.job.load_precision}",
+            )
+        except Exception as exc:  # noqa: BLE001 - the report says why; worker.log gets the traceback
+            log.exception("The general probe failed")
+            text = str(exc).splitlines()[0][:200] if str(exc) else ""
+            return {"general_kept": None, "general_probe_error": f"{type(exc).__name__}: {text}"}
+        return found.report()
 
 
 def _torch_save(obj: Any, path: Path) -> None:

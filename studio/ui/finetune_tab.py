@@ -32,6 +32,7 @@ from studio.ui.finetune_views import (
     AUTO,
     NONE,
     column_updates,
+    compare_markdown,
     histogram_svg,
     metrics_frame,
     preview_html,
@@ -382,6 +383,33 @@ class FinetuneTab:
             f"Attached {attached} to {spec.name} in the Chat tab.",
         )
 
+    @msg.user_errors
+    def compare_general(self, name: str | None, precision: str, request: gr.Request = None) -> str:
+        """'Compare on general questions': a few of the general probe's questions answered by the base and by the
+        run's adapter (attached to the base in the Chat engine, as Try in Chat does), side by side."""
+        from studio.engines.chat import ChatParams
+        from studio.training import probe
+        from studio.ui.chat_tab import resolve_spec
+
+        owner_only(self.ctx, request, "attach adapters")
+        run = self.run_named(name)
+        if not (run.adapter / "adapter_config.json").is_file():
+            raise InputError(f"{run.name} has no adapter yet.", "Train (or stop) the run first.")
+        job = run.job()
+        spec = resolve_spec(self.ctx, job.base_choice or job.base_model, precision)
+        attached = self.ctx.chat.attach_adapter(spec, run.adapter, name=run.name)
+        prompts = probe.load_probe()
+        picked = prompts[:: max(1, len(prompts) // probe.COMPARE_QUESTIONS)][: probe.COMPARE_QUESTIONS]
+        greedy = ChatParams(temperature=0, max_new_tokens=probe.ANSWER_TOKENS, repetition_penalty=1.0)
+        rows = []
+        for q in picked:
+            turn = [{"role": "user", "content": q}]
+            base = self.ctx.chat.complete(spec, turn, greedy).text
+            tuned = self.ctx.chat.complete(spec, turn, greedy, adapter=attached).text
+            rows.append((q, base, tuned))
+        note = msg.GENERAL_COMPARE_NOTE.format(n=len(rows), base=spec.name, run=run.name)
+        return note + "\n\n" + compare_markdown(rows)
+
 
 # ----- layout and wiring ----------------------------------------------------------------------------------------
 
@@ -488,8 +516,11 @@ def runs_section(ctx: AppContext, w: dict[str, Any]) -> None:
         )
         w["refresh"] = gr.Button("Refresh", elem_id="ft-refresh", scale=1)
     w["report"] = gr.Markdown(elem_id="ft-report")
-    w["try_chat"] = gr.Button("Try in Chat", elem_id="ft-try-chat")
+    with gr.Row():
+        w["try_chat"] = gr.Button("Try in Chat", elem_id="ft-try-chat")
+        w["compare_general"] = gr.Button("Compare on general questions", elem_id="ft-compare-general")
     w["result"] = gr.Markdown(elem_id="ft-result")
+    w["compare"] = gr.Markdown(elem_id="ft-compare")
     with gr.Accordion("Export (merged safetensors, GGUF for llama.cpp / Ollama / LM Studio, GGUF LoRA)", open=True):
         export_panel.layout(w, "ft", for_run=True)
     w["seen"] = gr.State("")
@@ -548,6 +579,14 @@ def connect_chat(ctx: AppContext, ft: dict[str, Any], chat: dict[str, Any], tabs
         [ft["runs"], chat["precision"]],
         [chat["model"], chat["adapter_path"], chat["use_adapter"], tabs, ft["result"]],
         api_name="ft_try_in_chat",
+        concurrency_id="gpu",
+        concurrency_limit=1,
+    )
+    ft["compare_general"].click(
+        ft["tab"].compare_general,
+        [ft["runs"], chat["precision"]],
+        [ft["compare"]],
+        api_name="ft_compare_general",
         concurrency_id="gpu",
         concurrency_limit=1,
     )

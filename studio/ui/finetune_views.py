@@ -10,9 +10,11 @@ import gradio as gr
 import pandas as pd
 
 from studio.models.manager import fmt_bytes
+from studio.training import probe
 from studio.training import rows as rowlib
 from studio.training.datasets import ColumnMap, Dataset
 from studio.training.job import ACTIVE_STATES, RunDir
+from studio.ui import messages as msg
 
 AUTO = "auto"  # the shape dropdown's "detect it"
 NONE = ""  # a column dropdown's "no column"
@@ -128,11 +130,35 @@ def report_text(run: RunDir) -> str:
             f"{report['steps']} steps, {report['train_tokens']} tokens trained"
             + (f" at {report['tokens_per_s']:.0f} tokens/s." if report.get("tokens_per_s") else "."),
         ]
+        lines += general_lines(report)
     if (run.adapter / "adapter_config.json").is_file():
         lines.append(f"\nAdapter (PEFT): `{run.adapter}`")
     if (run.merged / "config.json").is_file():
         lines.append(f"\nMerged model: `{run.merged}`")
     return "\n".join(lines)
+
+
+def general_lines(report: dict) -> list[str]:
+    """The general probe's line (and its warning when the run forgot much), for a report that has one."""
+    kept = report.get("general_kept")
+    if kept is None:
+        error = report.get("general_probe_error")
+        return ["", msg.GENERAL_NOT_MEASURED.format(error=error)] if error else []
+    lines = ["", msg.GENERAL_KEPT.format(percent=100 * kept, prompts=report.get("general_prompts", "the"))]
+    if probe.kept_low(kept):
+        lines += ["", msg.GENERAL_KEPT_LOW.format(limit=100 * probe.KEPT_WARN)]
+    return lines
+
+
+def compare_markdown(rows: list[tuple[str, str, str]]) -> str:
+    """Question | base answer | adapter answer, one line each."""
+
+    def cell(text: str) -> str:
+        return " ".join(text.split()).replace("|", "\\|") or "—"
+
+    out = ["| Question | Base model | With the adapter |", "|---|---|---|"]
+    out += [f"| {cell(q)} | {cell(b)} | {cell(a)} |" for q, b, a in rows]
+    return "\n".join(out)
 
 
 def column_updates(columns: list[str], mapping: ColumnMap | None, open_box: bool) -> list:

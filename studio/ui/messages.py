@@ -95,6 +95,17 @@ EXPORT_MERGED = "Merged in {seconds:.0f} s: `{path}` (a full safetensors model).
 EXPORT_FAILED = "**No export:** {error}"
 EXPORT_NOTHING_TO_TRY = "Export the model to GGUF first (F16, Q8_0, Q4_K_M or Q5_K_M); then try it in Chat."
 EXPORT_TRYING = "Trying {name} in the Chat tab: it loads through llama.cpp and answers the question asked there."
+GENERAL_KEPT = (
+    "General knowledge kept: **{percent:.0f} %** (the adapter's loss on the base model's own answers to {prompts} "
+    "everyday questions, against the base's: 100 % = it still answers them as the base does)."
+)
+GENERAL_KEPT_LOW = (
+    "**Warning: this run changed how the model answers general questions** (kept under {limit:.0f} %). It may now "
+    "answer everyday questions with what it was trained on: press *Compare on general questions* to see. Fewer "
+    "steps, a lower learning rate or more varied rows forget less."
+)
+GENERAL_NOT_MEASURED = "General knowledge kept: not measured ({error})."
+GENERAL_COMPARE_NOTE = "{n} of the general probe's questions, answered greedily by {base} and by {run}:"
 FT_INTRO = (
     "Drop a dataset, check how the model will see it, pick a base model and LoRA settings, then Start. Training runs "
     "in its own process; Stop saves a usable adapter, Resume continues from the last checkpoint, and *Try in Chat* "
