@@ -40,7 +40,7 @@ from studio.models.leases import Lease, Reservation
 from studio.models.records import LOADED, PARKED, UNLOADED, Eviction, FreeReport, ModelRecord, ModelState, Plan
 from studio.models.recovery import OOM_TIP, Attempt, oom_ladder
 from studio.models.specs import ModelSpec
-from studio.text import fmt_bytes
+from studio.text import fmt_bytes, fmt_idle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,11 +76,6 @@ class _Entry:
     @property
     def host_bytes(self) -> int:
         return self.measured if self.measured is not None else (self.estimate.weights_bytes if self.estimate else 0)
-
-
-def _minutes(seconds: float) -> str:
-    """'5 min', '1.5 min', '30 s': an idle time as the event log says it."""
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 class _Busy(BudgetError):
@@ -606,7 +601,7 @@ class ModelManager:
                         due.append((e, limit))
             done = []
             for entry, limit in due:
-                reason = f"after {_minutes(limit)} idle"
+                reason = f"after {fmt_idle(limit)} idle"
                 try:
                     if entry.state == LOADED and self._can_park(entry, self.parked_bytes()):
                         self._park(entry, reason=reason)
