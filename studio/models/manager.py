@@ -593,14 +593,13 @@ class ModelManager:
             return []
         try:
             with self._state_lock:
-                due = []
-                for e in self._entries.values():
-                    limit = self.keep_alive_s if e.keep_alive is None else e.keep_alive
-                    since = max(e.last_used, e.parked_at) if e.state == PARKED else e.last_used
-                    if e.state != UNLOADED and e.leases == 0 and limit > 0 and now - since >= limit:
-                        due.append((e, limit))
+                due = [e for e in self._entries.values() if self._idle_limit(e, now)]
             done = []
-            for entry, limit in due:
+            for entry in due:
+                with self._state_lock:
+                    limit = self._idle_limit(entry, now)  # used since the list was made: not idle any more
+                if not limit:
+                    continue
                 reason = f"after {fmt_idle(limit)} idle"
                 try:
                     if entry.state == LOADED and self._can_park(entry, self.parked_bytes()):
@@ -615,6 +614,12 @@ class ModelManager:
             return done
         finally:
             self._load_lock.release()
+
+    def _idle_limit(self, e: _Entry, now: float) -> float:
+        """The keep-alive `e` has outlived at `now` (idle, not leased, loaded or parked), else 0. Under _state_lock."""
+        limit = self.keep_alive_s if e.keep_alive is None else e.keep_alive
+        since = max(e.last_used, e.parked_at) if e.state == PARKED else e.last_used
+        return limit if e.state != UNLOADED and e.leases == 0 and limit > 0 and now - since >= limit else 0.0
 
     def spec_for(self, key: str) -> ModelSpec | None:
         """The spec of a model the manager knows, by key."""
