@@ -23,6 +23,7 @@ GIB = 1024**3
 DEFAULT_CONFIG_FILE = "studio.toml"
 ENV_PREFIX = "STUDIO_"
 DEVICES = ("auto", "cuda", "cpu")
+MAX_KEEP_ALIVE_MIN = 7 * 24 * 60  # --keep-alive above a week is a typo (seconds for minutes)
 ORPHAN_TRAINING = ("keep", "stop")  # what a fine-tune worker does when the studio that started it dies
 
 
@@ -60,6 +61,9 @@ class StudioConfig:
     # CPU threads llama.cpp computes with (0 = one per core). On a CPU-only machine that also runs the API's
     # clients, one core left free keeps their work from stalling llama.cpp's threads (see bench/api.py)
     cpu_threads: int = 0
+    # minutes a model may sit idle before it is parked in RAM (or unloaded when it cannot be parked; a parked model
+    # idle that long again is unloaded); 0 = never, like Ollama's keep_alive. The Models tab sets it per model
+    keep_alive: float = 0.0
     config_file: Path | None = None  # the studio.toml that was read, if any (informational)
 
     def __post_init__(self) -> None:
@@ -79,7 +83,7 @@ class StudioConfig:
 # Settings that are paths, floats, ints and booleans, for parsing strings from the environment and the file.
 _PATHS = {"auth_file", "data_dir", "config_file"}
 _PATH_LISTS = {"models_dir"}  # a list in the file, os.pathsep-separated in the environment, repeated on the CLI
-_FLOATS = {"budget_gb", "reserve_gb", "max_upload_mb"}
+_FLOATS = {"budget_gb", "reserve_gb", "max_upload_mb", "keep_alive"}
 _INTS = {"port", "max_queue", "cpu_threads"}
 _BOOLS = {"share", "listen", "offline", "open_browser", "allow_remote_admin"}
 _TRUE = {"1", "true", "yes", "on"}
@@ -113,6 +117,11 @@ def validate(cfg: StudioConfig) -> None:
         raise ConfigError(
             f"--cpu-threads must be a whole number from 0 to 1024, not {cfg.cpu_threads}.",
             "0 (the default) uses one thread per core.",
+        )
+    if not 0 <= cfg.keep_alive <= MAX_KEEP_ALIVE_MIN:
+        raise ConfigError(
+            f"--keep-alive must be a number of minutes from 0 to {MAX_KEEP_ALIVE_MIN}, not {cfg.keep_alive:g}.",
+            "0 (the default) never unloads an idle model; 5 unloads one after five idle minutes.",
         )
     if cfg.orphan_training not in ORPHAN_TRAINING:
         raise ConfigError(f"--orphan-training must be keep or stop, not {cfg.orphan_training!r}.")
@@ -308,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--cpu-threads",
         metavar="N",
         help="CPU threads for llama.cpp (default 0: one per core; fewer leaves room for API clients on CPU)",
+    )
+    p.add_argument(
+        "--keep-alive",
+        metavar="MINUTES",
+        help="park (else unload) a model idle this many minutes; a parked one idle as long again is unloaded "
+        "(default 0: never)",
     )
     p.add_argument("--config", metavar="FILE", help=f"settings file (default ./{DEFAULT_CONFIG_FILE} if present)")
     return p

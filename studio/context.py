@@ -19,6 +19,7 @@ from studio.memory.probes import MemoryProbe, detect_probe
 from studio.memory.timeline import EventLog, MemoryMonitor
 from studio.models.calibration import Calibration
 from studio.models.discover import ModelDiscovery
+from studio.models.keepalive import KeepAliveTimer
 from studio.models.kinds import KindRegistry, LoadOptions, default_registry
 from studio.models.manager import ModelManager
 from studio.security import SecurityPolicy
@@ -81,6 +82,7 @@ class AppContext:
     security: SecurityPolicy = field(default_factory=SecurityPolicy)  # logins, API key, remote visitors, uploads
     sharing: ShareLink | None = None  # the public link, when the studio runs with --share
     discovery: ModelDiscovery = field(default_factory=ModelDiscovery)  # other tools' models, rescanned every 10 s
+    keep_alive: KeepAliveTimer | None = None  # parks or unloads idle models (--keep-alive, per model in Models)
 
     @property
     def device(self) -> str:
@@ -90,6 +92,8 @@ class AppContext:
     def close(self) -> None:
         self.training.close()  # running workers save an adapter and stop
         self.monitor.stop()
+        if self.keep_alive is not None:
+            self.keep_alive.stop()
 
 
 def resolve_device(config: StudioConfig, probe: MemoryProbe) -> str:
@@ -120,13 +124,16 @@ def build_context(
         budget_bytes=int(config.budget_gb * GIB) if config.budget_gb else None,
         reserve_bytes=int(config.reserve_gb * GIB),
         load_options=LoadOptions(offline=config.offline, cache_dir=paths.models, cpu_threads=config.cpu_threads),
+        keep_alive_s=config.keep_alive * 60,
     )
     monitor = MemoryMonitor(
         probe, interval=monitor_interval, accounted=manager.accounted_bytes, budget=manager.budget_bytes
     )
     monitor.sample()
+    keep_alive = KeepAliveTimer(manager.expire_idle)  # always: a model may get its own idle time in the Models tab
     if start_monitor:
         monitor.start()
+        keep_alive.start()
     lane = GpuLane(config.max_queue)  # chat, image, speech and embeddings take turns on the device, page and API alike
     training = RunManager(manager, paths.runs, orphan_training=config.orphan_training)
     chat = ChatEngine(manager, lane=lane)
@@ -147,4 +154,5 @@ def build_context(
         training=training,
         embedding=EmbeddingEngine(manager, lane=lane, chat=chat),
         security=SecurityPolicy.from_config(config)[0],
+        keep_alive=keep_alive,
     )

@@ -58,6 +58,11 @@ def fmt_bytes(n: int | float | None) -> str:
     return f"{n:.0f} B"
 
 
+def fmt_idle(seconds: float) -> str:
+    """'5 min', '1.5 min', '30 s': an idle time (keep-alive) as the page and the event log say it."""
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+
+
 def json_limit(exc: BaseException) -> str | None:
     """Why `json.loads` refused a text that may well be valid JSON, in words: nesting deeper than Python's reader
     recurses, or an integer longer than Python converts. None for any other failure (a syntax error says its own)."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
+from studio.config import MAX_KEEP_ALIVE_MIN
 from studio.errors import BudgetError, ModelLoadError, StudioError
 from studio.memory.probes import MemoryProbe, PeakMeter
 from studio.memory.reclaim import empty_device_cache, trim_host_heap
@@ -39,13 +40,14 @@ from studio.models.leases import Lease, Reservation
 from studio.models.records import LOADED, PARKED, UNLOADED, Eviction, FreeReport, ModelRecord, ModelState, Plan
 from studio.models.recovery import OOM_TIP, Attempt, oom_ladder
 from studio.models.specs import ModelSpec
-from studio.text import fmt_bytes
+from studio.text import fmt_bytes, fmt_idle
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 GIB = 1024**3
 DEFAULT_CUDA_BUDGET = 12 * GIB
 PARK_HOST_MARGIN = 2 * GIB  # parking never takes host RAM below this
+MAX_KEEP_ALIVE_S = MAX_KEEP_ALIVE_MIN * 60  # a longer idle time is a typo (minutes for seconds)
 
 
 @dataclass
@@ -60,6 +62,10 @@ class _Entry:
     last_used: float = 0.0
     load_seconds: float | None = None
     loads: int = 0
+    keep_alive: float | None = (
+        None  # idle seconds before it is parked/unloaded; None = the manager's default, 0 = never
+    )
+    parked_at: float = 0.0  # when it was last parked (a parked model's idle time counts from then)
 
     @property
     def device_bytes(self) -> int:
@@ -92,6 +98,7 @@ class ModelManager:
         park_budget_bytes: int | None = None,
         load_options: LoadOptions | None = None,
         release_timeout: float = 5.0,
+        keep_alive_s: float = 0.0,
     ) -> None:
         self.probe = probe
         self.kinds = kinds
@@ -103,6 +110,7 @@ class ModelManager:
         self.park_budget_bytes = park_budget_bytes
         self.load_options = load_options or LoadOptions()
         self.release_timeout = release_timeout
+        self.keep_alive_s = keep_alive_s  # default idle time (seconds) before a model is parked or unloaded; 0 = never
         self._entries: dict[str, _Entry] = {}
         self._reservations: list[Reservation] = []
         self._file_estimates: dict[tuple[str, str], Estimate] = {}
@@ -435,20 +443,21 @@ class ModelManager:
                     continue
             raise BudgetError("Not enough memory: the models that could make room are all in use.")
 
-    def _park(self, entry: _Entry, *, evicted: bool = False) -> None:
+    def _park(self, entry: _Entry, *, evicted: bool = False, reason: str = "") -> None:
         kind = self.kinds.get(entry.spec.kind)
         with self._state_lock:
             if entry.leases:
                 raise _Busy(f"{entry.spec.name} is in use and cannot be parked now.")
             entry.state = PARKED  # no new leases from here on
         entry.model = kind.move(entry.model, "cpu")
+        entry.parked_at = time.time()
         empty_device_cache()
         what = "evicted: parked in RAM" if evicted else "parked in RAM"
         self.events.add(
             "evict" if evicted else "park",
             entry.spec.name,
             entry.host_bytes,
-            f"{entry.spec.name} {what} ({fmt_bytes(entry.host_bytes)})",
+            f"{entry.spec.name} {what} ({fmt_bytes(entry.host_bytes)})" + (f" {reason}" if reason else ""),
         )
 
     def _free(self, entry: _Entry, *, reason: str = "", evicted: bool = False) -> FreeReport:
@@ -555,6 +564,63 @@ class ModelManager:
                     reports.append(self._free(e, reason="out-of-memory recovery", evicted=True))
             return reports
 
+    # ----- idle unload (keep-alive) ------------------------------------------------------------------------
+
+    def keep_alive_for(self, key: str) -> float:
+        """The idle seconds after which the model is parked or unloaded (0 = never): its own, else the default."""
+        entry = self._entry(key)
+        return self.keep_alive_s if entry.keep_alive is None else entry.keep_alive
+
+    def set_keep_alive(self, key: str, seconds: float | None) -> None:
+        """Set one model's idle time (seconds; 0 = never unload it; None = follow the default)."""
+        if seconds is not None and not 0 <= seconds <= MAX_KEEP_ALIVE_S:
+            raise StudioError(
+                f"The idle time must be from 0 to {MAX_KEEP_ALIVE_S // 60:.0f} minutes, not {seconds / 60:g}."
+            )
+        entry = self._entry(key)
+        with self._state_lock:
+            entry.keep_alive = seconds
+        log.info("keep-alive of %s set to %s", entry.spec.name, seconds)
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Park (where it can) or unload each model idle longer than its keep-alive; a parked one idle that long
+        again is unloaded. Leased models are never touched. Returns what was done, one line per model.
+
+        `now` (a time.time() value) is for tests; the keep-alive timer calls it without. Skips the round when a load
+        is running (loads, parks and frees never run concurrently): the next round catches up."""
+        now = time.time() if now is None else now
+        if not self._load_lock.acquire(blocking=False):
+            return []
+        try:
+            with self._state_lock:
+                due = [e for e in self._entries.values() if self._idle_limit(e, now)]
+            done = []
+            for entry in due:
+                with self._state_lock:
+                    limit = self._idle_limit(entry, now)  # used since the list was made: not idle any more
+                if not limit:
+                    continue
+                reason = f"after {fmt_idle(limit)} idle"
+                try:
+                    if entry.state == LOADED and self._can_park(entry, self.parked_bytes()):
+                        self._park(entry, reason=reason)
+                        done.append(f"{entry.spec.name} parked in RAM {reason}")
+                    else:
+                        self._free(entry, reason=reason)
+                        done.append(f"{entry.spec.name} unloaded {reason}")
+                except _Busy:  # leased since the list was made: it is in use, not idle
+                    continue
+                log.info(done[-1])
+            return done
+        finally:
+            self._load_lock.release()
+
+    def _idle_limit(self, e: _Entry, now: float) -> float:
+        """The keep-alive `e` has outlived at `now` (idle, not leased, loaded or parked), else 0. Under _state_lock."""
+        limit = self.keep_alive_s if e.keep_alive is None else e.keep_alive
+        since = max(e.last_used, e.parked_at) if e.state == PARKED else e.last_used
+        return limit if e.state != UNLOADED and e.leases == 0 and limit > 0 and now - since >= limit else 0.0
+
     def spec_for(self, key: str) -> ModelSpec | None:
         """The spec of a model the manager knows, by key."""
         with self._state_lock:
@@ -590,6 +656,8 @@ class ModelManager:
                     load_seconds=e.load_seconds,
                     estimate_method=e.estimate.method if e.estimate else "",
                     engine=self._engine(e.spec),
+                    keep_alive=self.keep_alive_s if e.keep_alive is None else e.keep_alive,
+                    keep_alive_default=e.keep_alive is None,
                 )
             )
         return out

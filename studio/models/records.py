@@ -47,6 +47,8 @@ class ModelRecord:
     load_seconds: float | None
     estimate_method: str
     engine: str = ""  # what runs it, for chat models: "llama.cpp · Q4_1", "transformers · NF4"
+    keep_alive: float = 0.0  # idle seconds after which it is parked or unloaded (0 = never)
+    keep_alive_default: bool = True  # True when that is the studio's --keep-alive, not a time set for this model
 
 
 @dataclass(frozen=True)

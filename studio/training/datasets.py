@@ -1,7 +1,8 @@
 """Datasets dropped into the page: read the file, detect its shape, validate row by row, normalise to samples.
 
 Formats: .txt (one sample per line, or blocks separated by blank lines), .csv, .tsv, .json, .jsonl, .parquet.
-Shapes: plain text (a `text` column), instruction/response (alpaca: `instruction`, optional `input`, `output`),
+Shapes: plain text (a `text` column), instruction/response (alpaca: `instruction`, optional `input`, `output`, and
+LLaMA-Factory's optional `history` of earlier [user, assistant] pairs),
 chat (openai `messages` with role/content, or sharegpt `conversations` with from/value). When the shape cannot be
 told from the column names, `NeedsColumns` says which columns there are so the page can ask.
 
@@ -40,6 +41,8 @@ INSTRUCTION_NAMES = ("instruction", "prompt", "question", "query", "input_text")
 INPUT_NAMES = ("input", "context")
 OUTPUT_NAMES = ("output", "response", "answer", "completion", "target")
 SYSTEM_NAMES = ("system", "system_prompt")
+HISTORY_NAMES = ("history",)  # LLaMA-Factory's alpaca: [[user, assistant], ...] turns before the instruction
+HISTORY_TIP = 'Give earlier turns as [["question", "answer"], ...], as LLaMA-Factory\'s alpaca format does.'
 MESSAGES_NAMES = ("messages", "conversation", "conversations", "chat", "dialog")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant"}
 SHAREGPT_ROLES |= {"system": "system", "bing": "assistant", "chatgpt": "assistant", "bard": "assistant"}
@@ -77,6 +80,7 @@ class ColumnMap:
     input: str = ""  # alpaca: optional extra input appended to the instruction
     output: str = ""  # alpaca: the response (the assistant turn)
     system: str = ""  # alpaca: optional system prompt column
+    history: str = ""  # alpaca: optional column of earlier [user, assistant] pairs, turns before the instruction
     messages: str = ""  # messages / sharegpt: the column with the list of turns
 
     def __post_init__(self) -> None:
@@ -92,7 +96,7 @@ class ColumnMap:
         return {"messages": self.messages}
 
     def used_columns(self) -> list[str]:
-        names = [self.text, self.instruction, self.input, self.output, self.system, self.messages]
+        names = [self.text, self.instruction, self.input, self.output, self.system, self.history, self.messages]
         return [n for n in names if n]
 
 
@@ -389,6 +393,7 @@ def detect_mapping(table: Table) -> ColumnMap:
             input=_pick(table.columns, INPUT_NAMES),
             output=output,
             system=_pick(table.columns, SYSTEM_NAMES),
+            history=_pick(table.columns, HISTORY_NAMES),
         )
     text = _pick(usable, TEXT_NAMES)
     if text:
@@ -415,6 +420,37 @@ def _content(value: Any) -> str | None:
     return None
 
 
+def _history(value: Any, column: str, where: str) -> list[dict[str, str]]:
+    """An alpaca row's earlier turns: [[user, assistant], ...] (a list, or JSON text in a CSV cell) as messages."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):
+            raise DatasetError(
+                f"{where}: '{column}' is text, not a list of [user, assistant] pairs.", HISTORY_TIP, skippable=True
+            ) from None
+    if not isinstance(value, (list, tuple)):
+        raise DatasetError(
+            f"{where}: '{column}' must be a list of [user, assistant] pairs, not {type(value).__name__}.",
+            HISTORY_TIP,
+            skippable=True,
+        )
+    messages = []
+    for index, pair in enumerate(value, 1):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(t, str) for t in pair)):
+            shown = json.dumps(pair, default=str)
+            raise DatasetError(
+                f"{where}: '{column}' turn {index} must be a [user, assistant] pair of texts, not "
+                f"{shown if len(shown) <= 60 else shown[:57] + '...'}.",
+                HISTORY_TIP,
+                skippable=True,
+            )
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return messages
+
+
 def shape_row(row: dict[str, Any], mapping: ColumnMap, where: str) -> dict[str, Any] | None:
     """One row as a sample, or None when it holds nothing. Raises DatasetError naming the row and the field."""
     for role, column in mapping.required().items():
@@ -436,6 +472,7 @@ def shape_row(row: dict[str, Any], mapping: ColumnMap, where: str) -> dict[str, 
             raise DatasetError(f"{where} has an empty '{mapping.output}' (the response).", SKIP_TIP, skippable=True)
         user = f"{instruction}\n\n{extra}" if instruction and extra else (instruction or extra)
         messages = [{"role": "system", "content": system}] if system else []
+        messages += _history(row.get(mapping.history), mapping.history, where) if mapping.history else []
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
         return {"messages": messages}
     turns = row.get(mapping.messages)

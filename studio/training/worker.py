@@ -38,7 +38,7 @@ from studio.errors import BudgetError, DiskFullError, StudioError, is_disk_full,
 from studio.text import fmt_bytes
 from studio.training import rows as rowlib
 from studio.training.datasets import read_jsonl
-from studio.training.dist import Dist
+from studio.training.dist import Dist, accelerate_cpu_processes, relaunch
 from studio.training.job import RunDir, TrainJob, check_disk, default_targets, steps_for, write_atomic
 from studio.training.lora import load_base, merge, token_loss
 
@@ -535,6 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StudioError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
+    if job.device == "cpu" and (processes := accelerate_cpu_processes()) > 1:  # accelerate launch --cpu -n N
+        return relaunch(processes, list(sys.argv[1:] if argv is None else argv))
     trainer = Trainer(run, job, dist, fresh=args.fresh, orphan_training=args.orphan_training)
 
     def ask_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature

@@ -30,6 +30,11 @@ LOAD_HELP = (
 BUDGET_HELP = "Budget and reserve apply at once; idle models are evicted if what is loaded no longer fits."
 BUDGET_SET = "Budget now {budget} (reserve {reserve}); models may use {usable}."
 PARKED = "{name} parked in CPU RAM."
+KEEP_ALIVE_INFO = (
+    "for the picked model: parked in RAM (else unloaded) after this idle time; 0 = never, empty = default"
+)
+KEEP_ALIVE_SET = "{name}: idle unload {idle}."
+KEEP_ALIVE_RANGE = "Idle unload must be from 0 to {most} minutes, not {minutes:g}; leave it empty for the default."
 UNLOADED = "{name} unloaded: {freed} no longer accounted."
 LEAK = " Warning: something still holds {name}; its memory is not free yet (see the timeline)."
 LOADED = "{name} loaded: {measured} measured (estimated {estimated}, {method}) in {seconds:.1f} s."

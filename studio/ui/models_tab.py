@@ -8,14 +8,14 @@ from typing import Any
 
 import gradio as gr
 
-from studio.config import GIB
+from studio.config import GIB, MAX_KEEP_ALIVE_MIN
 from studio.context import AppContext
 from studio.engines import llamacpp
 from studio.errors import InputError
 from studio.models.records import ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec, spec_from_form
 from studio.security import require_owner
-from studio.text import fmt_bytes
+from studio.text import fmt_bytes, fmt_idle
 from studio.ui import export_panel, timeline
 from studio.ui import messages as msg
 
@@ -32,6 +32,7 @@ COLUMNS = [
     "Holds now",
     "In use",
     "Last use",
+    "Idle unload",
     "Key",
 ]
 EVENT_COLUMNS = ["Time", "Event", "Model", "Size", "Detail"]
@@ -42,6 +43,12 @@ def _ago(t: float) -> str:
         return "never"
     s = max(0, time.time() - t)
     return f"{s:.0f} s ago" if s < 90 else f"{s / 60:.0f} min ago" if s < 5400 else f"{s / 3600:.1f} h ago"
+
+
+def _idle(r: ModelRecord) -> str:
+    """The idle time after which the model is parked or unloaded: '5 min (default)', '30 s', 'never'."""
+    text = fmt_idle(r.keep_alive) if r.keep_alive > 0 else "never"
+    return f"{text} (default)" if r.keep_alive_default else text
 
 
 def model_rows(records: list[ModelRecord]) -> list[list[str]]:
@@ -57,6 +64,7 @@ def model_rows(records: list[ModelRecord]) -> list[list[str]]:
             fmt_bytes(r.accounted_bytes) if r.accounted_bytes else "—",
             str(r.leases) if r.leases else "",
             _ago(r.last_used),
+            _idle(r),
             r.key,
         ]
         for r in records
@@ -106,6 +114,18 @@ class ModelsTab:
         report = self.manager.unload(key)
         text = msg.UNLOADED.format(name=report.name, freed=fmt_bytes(report.accounted))
         return text + (msg.LEAK.format(name=report.name) if report.leaked else "")
+
+    @msg.user_errors
+    def set_keep_alive(self, key: str | None, minutes: float | None, request: gr.Request = None) -> str:
+        """The picked model's idle time in minutes: empty = the studio's --keep-alive, 0 = never."""
+        require_owner(self.ctx.security, request, "park or unload models")
+        if not key:
+            raise InputError(msg.SELECT_MODEL)
+        if minutes is not None and not 0 <= minutes <= MAX_KEEP_ALIVE_MIN:
+            raise InputError(msg.KEEP_ALIVE_RANGE.format(most=MAX_KEEP_ALIVE_MIN, minutes=minutes))
+        self.manager.set_keep_alive(key, None if minutes is None else minutes * 60)
+        rec = self.manager.record(key)
+        return msg.KEEP_ALIVE_SET.format(name=rec.name, idle=_idle(rec))
 
     @msg.user_errors
     def plan(self, kind: str, source: str, precision: str, request: gr.Request = None) -> str:
@@ -215,6 +235,15 @@ def layout(ctx: AppContext) -> dict[str, Any]:
         park_btn = gr.Button("Park in RAM", elem_id="models-park", scale=1)
         unload_btn = gr.Button("Unload", variant="stop", elem_id="models-unload", scale=1)
         refresh_btn = gr.Button("Refresh", elem_id="models-refresh", scale=1)
+    with gr.Row():
+        keep_alive = gr.Number(
+            label="Idle unload (minutes)",
+            value=None,
+            elem_id="models-keep-alive",
+            info=msg.KEEP_ALIVE_INFO,
+            scale=3,
+        )
+        keep_alive_btn = gr.Button("Set idle time", elem_id="models-keep-alive-set", scale=1)
     status = gr.Markdown(elem_id="models-status")
 
     with gr.Accordion("Load a model", open=True, elem_id="load-accordion"):
@@ -285,6 +314,8 @@ def layout(ctx: AppContext) -> dict[str, Any]:
         "park": park_btn,
         "unload": unload_btn,
         "refresh": refresh_btn,
+        "keep_alive": keep_alive,
+        "keep_alive_set": keep_alive_btn,
         "status": status,
         "kind": kind,
         "source": source,
@@ -316,6 +347,9 @@ def wire(tab: ModelsTab, w: dict[str, Any]) -> None:
     w["unload"].click(tab.unload, [w["selected"]], [w["status"]], api_name="models_unload", **gpu).then(
         tab.refresh, refresh_inputs, refresh_outputs, **light
     )
+    w["keep_alive_set"].click(  # queued, as an error's message reaches the page only through the queue
+        tab.set_keep_alive, [w["selected"], w["keep_alive"]], [w["status"]], api_name="models_keep_alive"
+    ).then(tab.refresh, refresh_inputs, refresh_outputs, **light)
     form = [w["kind"], w["source"], w["precision"]]
     planning = {"concurrency_id": "plan", "concurrency_limit": 4}
     w["plan"].click(tab.plan, form, [w["load_result"]], api_name="models_plan", **planning)
