@@ -140,3 +140,29 @@ def test_a_value_the_job_refuses_is_named(tmp_path, tiny_models, monkeypatch, ca
         "packing": False,
         "epochs": 2.0,
     }
+
+
+def test_the_page_chooses_from_a_new_dataset_and_keeps_what_the_user_typed(tmp_path, tiny_models):
+    from studio.config import StudioConfig
+    from studio.context import build_context
+    from studio.ui.finetune_tab import DefaultsForm, FinetuneTab, StartForm
+    from studio.ui.finetune_views import AUTO
+
+    ctx = build_context(StudioConfig(data_dir=tmp_path / "data", device="cpu", offline=True), start_monitor=False)
+    page = dict(file=str(ASSET), shape=AUTO, skip_bad=False, eval_share=0.1, model=str(tiny_models.causal_lm))
+    page |= dict.fromkeys(("col_text", "col_instruction", "col_input", "col_output", "col_messages", "col_system"))
+    page |= dict(method="lora", rank=16, alpha=32, dropout=0.05, targets="", lr=2e-4, schedule="cosine", warmup=0.03)
+    page |= dict(epochs=3, max_steps=0, batch=4, accum=1, cutoff=1024, packing=True, checkpointing=False)
+    page |= dict(on_prompt=False, eval_every=50, seed=42, keep=2)
+    tab = FinetuneTab(ctx)
+    try:
+        cutoff, batch, max_steps, note, line, chosen = tab.defaults(DefaultsForm(**page, chosen={}))
+        assert cutoff < 1024 and batch == 1 and "Chosen from the data" in note and "cutoff" in note
+        assert line == tab.steps(StartForm(**{**page, "cutoff": cutoff, "batch": batch, "max_steps": max_steps}))
+        # another dataset: the chosen values are chosen again, a typed batch is kept
+        typed = {**page, "cutoff": cutoff, "batch": 2, "max_steps": max_steps}
+        cutoff2, batch2, _, note2, _, chosen2 = tab.defaults(DefaultsForm(**typed, chosen=chosen))
+        assert cutoff2 == cutoff and batch2 == 2 and "batch" not in note2 and "batch" not in chosen2
+        assert "⚠ Batch size must be at least 1" in tab.steps(StartForm(**{**page, "batch": 0}))
+    finally:
+        ctx.close()
