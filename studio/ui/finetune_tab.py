@@ -16,6 +16,7 @@ import gradio as gr
 from studio.context import AppContext
 from studio.errors import InputError, StudioError
 from studio.models.specs import CATALOG, check_name_chars
+from studio.training import defaults as dflt
 from studio.training import rows as rowlib
 from studio.training.datasets import (
     SHAPES,
@@ -229,6 +230,19 @@ class StartForm(DataForm, JobForm):
     API_ORDER = DataForm.API_ORDER + tuple(field_names(JobForm))
 
 
+@dataclass(frozen=True, kw_only=True)
+class DefaultsForm(StartForm):
+    """A new dataset's run (the API order of `ft_defaults`), and the settings chosen for the dataset before."""
+
+    chosen: dict | None  # form field -> the value chosen from the data last time (a user's own value is kept)
+
+    API_ORDER = StartForm.API_ORDER + ("chosen",)
+
+
+# the form fields chosen from the data, as TrainJob fields (epochs is never chosen: a changed one keeps max steps)
+CHOSEN = {"cutoff": "cutoff_len", "batch": "batch_size", "max_steps": "max_steps", "epochs": "epochs"}
+
+
 # ----- the handlers ---------------------------------------------------------------------------------------------
 
 
@@ -238,6 +252,7 @@ class FinetuneTab:
     def __init__(self, ctx: AppContext) -> None:
         self.ctx = ctx
         self.tokenizers: dict[str, Any] = {}
+        self.train_rows: dict[tuple, list[rowlib.Row]] = {}  # the last dataset's training rows, for the steps line
 
     def run_named(self, name: str | None) -> RunDir:
         """The run a Runs value names; none picked is its own message (not "No run named ''")."""
@@ -279,6 +294,73 @@ class FinetuneTab:
             preview_html(dataset, tokenizer, bool(form.on_prompt)),
             *column_updates(dataset.columns, dataset.mapping, False),
         ]
+
+    def rows_for(self, form: StartForm, job: TrainJob) -> list[rowlib.Row]:
+        """The full token rows of the training split Start would write (cached for the last dataset)."""
+        key = (
+            form.file,
+            job.base_model,
+            form.eval_share,
+            job.seed,
+            job.train_on_prompt,
+            form.mapping(),
+            form.skip_bad,
+        )
+        if key not in self.train_rows:
+            if form.eval_share is None:
+                raise InputError(msg.EVAL_SHARE_MISSING)
+            dataset = self.read_dataset(form.file, form, form.skip_bad)
+            tokenizer = self.tokenizer_for(job.base_model)
+            self.train_rows = {
+                key: dflt.train_rows(dataset.samples, tokenizer, float(form.eval_share), job.seed, job.train_on_prompt)
+            }
+        return self.train_rows[key]
+
+    @msg.user_errors
+    def defaults(self, form: DefaultsForm, request: Any = None) -> list:
+        """A new dataset: cutoff, batch and max steps chosen from it (studio.training.defaults) unless the user set
+        them (a value that is neither the page's default nor the one chosen last), and the steps line.
+        Outputs: cutoff, batch, max steps, the note saying what was chosen, the steps line, the values chosen."""
+        if not form.file:
+            return [gr.skip()] * 3 + ["", "", gr.skip()]
+        try:
+            dataset = self.read_dataset(form.file, form, form.skip_bad)
+        except NeedsColumns:
+            return [gr.skip()] * 3 + ["", "", gr.skip()]  # the analysis asks for the columns
+        job = form.job(self.ctx)
+        if form.eval_share is None:
+            raise InputError(msg.EVAL_SHARE_MISSING)
+        before, initial = form.chosen or {}, TrainJob(base_model="-")
+        fixed = [
+            field
+            for name, field in CHOSEN.items()
+            if getattr(job, field) not in (getattr(initial, field), before.get(name, getattr(initial, field)))
+        ]
+        tokenizer = self.tokenizer_for(job.base_model)
+        derived = dflt.choose(self.ctx.training, job, dataset.samples, tokenizer, float(form.eval_share), fixed)
+        job = derived.job
+        chosen = {name: getattr(job, field) for name, field in CHOSEN.items() if field not in fixed}
+        return [
+            job.cutoff_len,
+            job.batch_size,
+            job.max_steps,
+            dflt.reasons_line(derived.reasons),
+            dflt.steps_line(job, derived.data),
+            chosen,
+        ]
+
+    def steps(self, form: StartForm, request: Any = None) -> str:
+        """ "This run will make N optimizer steps over M tokens", live as the settings change (or what is wrong)."""
+        if not form.file:
+            return ""
+        try:
+            job = form.job(self.ctx)
+            data = dflt.blocks_for(self.rows_for(form, job), job.cutoff_len, job.packing)
+        except NeedsColumns:
+            return ""
+        except StudioError as exc:
+            return f"⚠ {exc.message}"
+        return dflt.steps_line(job, data)
 
     @msg.user_errors
     def estimate(self, form: JobForm, request: Any = None) -> str:
@@ -496,6 +578,8 @@ def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
         w["eval_share"] = gr.Number(value=0.1, label="Evaluation share", elem_id="ft-eval-share")
         w["seed"] = gr.Number(value=42, precision=0, label="Seed", elem_id="ft-seed")
         w["keep"] = gr.Number(value=2, precision=0, label="Checkpoints kept", elem_id="ft-keep")
+    w["derived"] = gr.Markdown(elem_id="ft-derived")
+    w["steps"] = gr.Markdown(elem_id="ft-steps")
     w["estimate"] = gr.Button("Check memory", elem_id="ft-estimate-btn")
     w["estimate_md"] = gr.Markdown(elem_id="ft-estimate")
 
@@ -524,6 +608,7 @@ def runs_section(ctx: AppContext, w: dict[str, Any]) -> None:
     with gr.Accordion("Export (merged safetensors, GGUF for llama.cpp / Ollama / LM Studio, GGUF LoRA)", open=True):
         export_panel.layout(w, "ft", for_run=True)
     w["seen"] = gr.State("")
+    w["chosen"] = gr.State({})  # the settings last chosen from a dataset (see FinetuneTab.defaults)
     w["timer"] = gr.Timer(1.0)
 
 
@@ -541,6 +626,14 @@ def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
     for changed in (w["analyse"], w["model"], w["cutoff"], w["on_prompt"], w["skip_bad"]):
         event = changed.click if changed is w["analyse"] else changed.change
         event(analyse, analyse_inputs, analysis_out, api_visibility="private", concurrency_id="dataset")
+    # a new dataset: settings chosen from it; then the steps line follows every setting it depends on
+    defaults, defaults_inputs = bind(tab.defaults, DefaultsForm, w)
+    chosen = [w["cutoff"], w["batch"], w["max_steps"], w["derived"], w["steps"], w["chosen"]]
+    w["file"].change(defaults, defaults_inputs, chosen, api_name="ft_defaults", concurrency_id="dataset")
+    steps, steps_inputs = bind(tab.steps, StartForm, w)
+    for name in ("model", "epochs", "max_steps", "batch", "accum", "cutoff", "packing", "on_prompt", "eval_share"):
+        w[name].change(steps, steps_inputs, [w["steps"]], api_visibility="private", **QUICK)
+    w["seed"].change(steps, steps_inputs, [w["steps"]], api_name="ft_steps", **QUICK)
     estimate, job_inputs = bind(tab.estimate, JobForm, w)
     w["estimate"].click(estimate, job_inputs, [w["estimate_md"]], api_name="ft_estimate", **QUICK)
     start, start_inputs = bind(tab.start, StartForm, w)
