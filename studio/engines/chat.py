@@ -172,6 +172,9 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
         if role not in ROLES and role != "tool":
             raise InputError(f"Message {i + 1} has role {role!r}; use system, user, assistant or tool.")
         images = []
+        for img in m.get("images") or ():  # a message checked before (its images decoded): check them again
+            images.append(_message_image({"type": "image", "image": img}, role, i, len(images), n_images))
+            n_images += 1
         if isinstance(content, list):  # OpenAI content parts: the text ones, and the images (vision models)
             texts = []
             for j, part in enumerate(content):

@@ -79,7 +79,8 @@ def test_an_image_message_streams_a_reply_from_a_vision_model_the_manager_holds(
     last = chunks[-1]
     assert last.done and last.stats.new_tokens >= 1 and last.stats.finish_reason in ("stop", "length")
     assert len(chunks) >= 2  # streamed: at least one update before the last chunk
-    assert last.stats.prompt_tokens > 16  # the 16 image tokens and the text
+    text_only = engine.complete(spec, [{"role": "user", "content": "What is in the picture?"}], GREEDY)
+    assert last.stats.prompt_tokens == text_only.stats.prompt_tokens + 16  # the image's 16 tokens
     held = engine.manager.models("vision")
     assert [s.name for _, s in held] == ["tiny-vlm"]  # loaded as kind "vision" through the registry's loader
     assert engine.is_loaded(spec)
@@ -206,6 +207,15 @@ def test_images_only_in_user_messages(engine, spec):
     ]
     with pytest.raises(InputError, match=r"only user messages may hold images, not assistant ones"):
         list(engine.stream(spec, messages, GREEDY))
+
+
+def test_checked_messages_keep_their_images_when_checked_again(engine, spec):
+    from studio.engines.chat import check_messages
+
+    once = check_messages(ask(data_url(png("red"))))  # as the API checks them before handing them on
+    assert len(once[0]["images"]) == 1
+    assert len(check_messages(once)[0]["images"]) == 1
+    assert first_logprobs(engine, spec, once) == first_logprobs(engine, spec, ask(data_url(png("red"))))
 
 
 def test_a_pil_image_part_and_an_image_without_text(engine, spec):
