@@ -453,6 +453,11 @@ class ChatEngine:
         if getattr(lm, "processor", None) is not None:  # a vision-language model: its processor's template
             from studio.engines.vision import vision_prompt
 
+            if tools:
+                raise InputError(
+                    f"{Path(lm.source).name} is a vision model; the studio does not give tools to vision models yet.",
+                    "Leave tools out, or use a text model for tool calls.",
+                )
             return vision_prompt(lm, messages, Path(lm.source).name)
         tokenizer = lm.tokenizer
         own = getattr(tokenizer, "chat_template", None)

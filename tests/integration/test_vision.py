@@ -222,3 +222,23 @@ def test_a_pil_image_part_and_an_image_without_text(engine, spec):
     image = Image.new("RGBA", (20, 30), (0, 255, 0, 128))
     last = engine.complete(spec, [{"role": "user", "content": [{"type": "image", "image": image}]}], GREEDY)
     assert last.done and image.mode == "RGBA"  # the caller's image is not changed
+
+
+def test_a_vision_model_parks_and_comes_back_like_any_other(engine, spec):
+    from studio.models.records import PARKED
+
+    held = vision_spec(spec)
+    before = first_logprobs(engine, spec, ask(data_url(png("red"))))
+    engine.manager.park(held.key)
+    assert engine.manager.record(held.key).state == PARKED
+    assert first_logprobs(engine, spec, ask(data_url(png("red")))) == before  # unparked, the same model
+    report = engine.manager.unload(held.key)  # freed and checked with a weakref like the others
+    assert report is not None and not engine.manager.is_loaded(held.key)
+    assert engine.complete(spec, ask(data_url(png("red"))), GREEDY).done  # loads again on the next question
+
+
+def test_tools_are_refused_on_a_vision_model_not_dropped(engine, spec):
+    tool = {"type": "function", "function": {"name": "look", "parameters": {"type": "object", "properties": {}}}}
+    params = ChatParams(temperature=0, max_new_tokens=4, tools=(tool,))
+    with pytest.raises(InputError, match="does not give tools to vision models yet"):
+        list(engine.stream(spec, ask(data_url(png("red"))), params))
