@@ -3,7 +3,7 @@ tokens an image costs at the model's resolution, and the memory estimate (vision
 model + KV cache, the image tokens counted in the context).
 
 Everything here reads the model's small JSON files (config.json, processor_config.json / preprocessor_config.json)
-or the catalog; nothing loads weights, and transformers is imported only for Qwen2-VL's resize rule.
+or the catalog; nothing loads weights or imports transformers.
 """
 
 from __future__ import annotations
@@ -133,15 +133,27 @@ def _llava_tokens(config: dict, settings: dict, vision: dict) -> int:
     return tokens
 
 
-def _qwen_tokens(settings: dict, vision: dict, width: int, height: int) -> int:
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+def _smart_resize(height: int, width: int, factor: int, low: int, high: int) -> tuple[int, int]:
+    """Qwen2-VL's resize rule (transformers' `smart_resize`, whose module needs torchvision): both sides a multiple
+    of `factor`, the pixel count within [low, high], the aspect kept as closely as possible."""
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > high:
+        beta = math.sqrt(height * width / high)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < low:
+        beta = math.sqrt(low / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h, w
 
+
+def _qwen_tokens(settings: dict, vision: dict, width: int, height: int) -> int:
     patch = int(settings.get("patch_size") or vision.get("patch_size") or 14)
     merge = int(settings.get("merge_size") or vision.get("spatial_merge_size") or 2)
     size = settings.get("size") or {}
     low = int(settings.get("min_pixels") or size.get("shortest_edge") or 56 * 56)
     high = int(settings.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280)
-    h, w = smart_resize(height or 448, width or 448, patch * merge, min_pixels=low, max_pixels=high)
+    h, w = _smart_resize(height or 448, width or 448, patch * merge, low, high)
     return (h // patch) * (w // patch) // (merge * merge)
 
 

@@ -242,3 +242,19 @@ def test_tools_are_refused_on_a_vision_model_not_dropped(engine, spec):
     params = ChatParams(temperature=0, max_new_tokens=4, tools=(tool,))
     with pytest.raises(InputError, match="does not give tools to vision models yet"):
         list(engine.stream(spec, ask(data_url(png("red"))), params))
+
+
+@pytest.mark.parametrize("size", [(64, 48), (448, 336), (1920, 1080), (5000, 300)])
+def test_qwen2_vl_image_tokens_match_its_image_processor(tmp_path, size):
+    """Qwen2-VL's count depends on the image's size: the studio's rule against the real image processor's."""
+    import json
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+    processor.save_pretrained(tmp_path)  # preprocessor_config.json, as Qwen's Hub folders have
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2_vl", "vision_config": {"patch_size": 14}}))
+    spec = ModelSpec("vision", str(tmp_path), "folder")
+    width, height = size
+    expected = processor.get_number_of_image_patches(height, width, {}) // processor.merge_size**2
+    assert image_tokens(spec, width, height) == expected
