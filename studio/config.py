@@ -44,6 +44,7 @@ class StudioConfig:
     auth_file: Path | None = None  # file with one "user:password" per line
     api_key: str | None = None  # key for /v1 (Authorization: Bearer KEY); generated when sharing/listening
     allow_remote_admin: bool = False  # let remote visitors load models by path/id, change the budget, fine-tune
+    allow_image_urls: bool = False  # /v1 chat: fetch http(s) image URLs of local requests (never remote visitors')
     allowed_origins: str | None = None  # comma-separated web origins besides the studio's own that may call /v1
     max_upload_mb: float = 512.0  # largest file a visitor may upload (datasets, audio, images)
     max_queue: int = 64  # requests that may wait for the GPU (page and API); one more is told "busy, try again"
@@ -85,7 +86,7 @@ _PATHS = {"auth_file", "data_dir", "config_file"}
 _PATH_LISTS = {"models_dir"}  # a list in the file, os.pathsep-separated in the environment, repeated on the CLI
 _FLOATS = {"budget_gb", "reserve_gb", "max_upload_mb", "keep_alive"}
 _INTS = {"port", "max_queue", "cpu_threads"}
-_BOOLS = {"share", "listen", "offline", "open_browser", "allow_remote_admin"}
+_BOOLS = {"share", "listen", "offline", "open_browser", "allow_remote_admin", "allow_image_urls"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -285,6 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-remote-admin",
         action="store_true",
         help="let remote visitors load models by path or id, change the budget and start fine-tuning",
+    )
+    p.add_argument(
+        "--allow-image-urls",
+        action="store_true",
+        help="let /v1/chat/completions fetch http(s) image URLs for requests from this machine (never remote ones)",
     )
     p.add_argument(
         "--allowed-origins",

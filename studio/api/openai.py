@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import fastapi
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from studio.api.image_urls import fetch_image_urls, web_image_parts
 from studio.engines import constrain
 from studio.engines.chat import MAX_TOP_LOGPROBS, ChatChunk, ChatParams, ChatStats, TokenLogprob, check_messages
 from studio.engines.tools import call_format, check_tool_choice, check_tools, names_of, parse_calls
@@ -49,6 +50,7 @@ from studio.errors import (
 )
 from studio.models.records import LOADED, PARKED, UNLOADED
 from studio.models.specs import ModelSpec
+from studio.security import request_facts
 from studio.text import json_limit
 
 if TYPE_CHECKING:
@@ -335,7 +337,9 @@ def api_id(spec: ModelSpec) -> str:
 
 def served_models(ctx: AppContext) -> list[ServedModel]:
     """Loaded or parked chat models (most recently used first), the starter, and "base:adapter" for adapters."""
-    bases = [(spec, int(rec.last_used)) for rec, spec in ctx.manager.models("chat", (LOADED, PARKED))]
+    held = [*ctx.manager.models("chat", (LOADED, PARKED)), *ctx.manager.models("vision", (LOADED, PARKED))]
+    held.sort(key=lambda pair: -pair[0].last_used)
+    bases = [(spec, int(rec.last_used)) for rec, spec in held]
     try:
         from studio.models.starter import starter_spec
     except ImportError:
@@ -401,7 +405,9 @@ def model_object(ctx: AppContext, m: ServedModel) -> dict[str, Any]:
     label = engine_label(m.spec).split(" · ctx")[0]  # "llama.cpp · Q4_1", "transformers · FP32"
     engine, _, detail = label.partition(" · ")
     precision = detail if engine == "llama.cpp" and detail else m.spec.precision
-    return _entry(ctx, m.id, "chat", m.spec, engine, precision, m.created)
+    entry = _entry(ctx, m.id, "chat", m.spec, engine, precision, m.created)
+    entry["input_modalities"] = ["text", "image"] if m.spec.kind == "vision" else ["text"]  # what messages may hold
+    return entry
 
 
 def speech_engine(spec: ModelSpec) -> str:
@@ -641,6 +647,13 @@ def register(app: fastapi.FastAPI, ctx: AppContext) -> None:
             body = json.loads(await request.body())
         except (ValueError, RecursionError) as exc:
             raise bad_json(exc) from None
+        if web_image_parts(body):  # fetched only for the owner's own requests, when the owner allows it
+            host, headers = request_facts(request)
+            allowed = ctx.config.allow_image_urls and not ctx.security.is_remote(host, headers)
+            try:
+                await asyncio.to_thread(fetch_image_urls, body, allowed)
+            except InputError as exc:
+                raise ApiError(400, str(exc), param="messages") from None
         req = parse(body)
         return req, resolve_model(ctx, req.model)
 

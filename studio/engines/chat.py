@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 from studio.engines import llamacpp
 from studio.engines.lane import GpuLane
 from studio.engines.llamacpp import LlamaCppLM, is_llamacpp, llamacpp_spec, transformers_twin
+from studio.engines.vision import is_image_part
 from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
 from studio.models.estimate import Workload
 from studio.models.specs import ModelSpec
+from studio.models.vision import is_vision_source, vision_spec
 from studio.text import blank, fmt_bytes, invalid_text
 
 if TYPE_CHECKING:  # the fine-tune worker imports this module for its template: it needs no manager
@@ -157,7 +159,7 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
             f"The conversation has {len(messages)} messages; one request takes at most {MAX_MESSAGES}.",
             "Start a new chat, or send only the recent messages.",
         )
-    clean, size = [], 0
+    clean, size, n_images = [], 0, 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise InputError(f"Message {i + 1} needs a 'role' and a 'content'.")
@@ -169,9 +171,17 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
             content = ""
         if role not in ROLES and role != "tool":
             raise InputError(f"Message {i + 1} has role {role!r}; use system, user, assistant or tool.")
-        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        images = []
+        for img in m.get("images") or ():  # a message checked before (its images decoded): check them again
+            images.append(_message_image({"type": "image", "image": img}, role, i, len(images), n_images))
+            n_images += 1
+        if isinstance(content, list):  # OpenAI content parts: the text ones, and the images (vision models)
             texts = []
             for j, part in enumerate(content):
+                if is_image_part(part):
+                    images.append(_message_image(part, role, i, len(images), n_images))
+                    n_images += 1
+                    continue
                 text = part.get("text", "") if isinstance(part, dict) else ""
                 if not isinstance(text, str):
                     shown = "null" if text is None else repr(text)[:40]
@@ -191,6 +201,8 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
                 "Start a new chat, or send shorter or fewer messages.",
             )
         turn = {"role": role, "content": content}
+        if images:
+            turn["images"] = images
         if calls:
             turn["tool_calls"] = calls
         if role == "tool":
@@ -202,9 +214,26 @@ def check_messages(messages: list[dict]) -> list[dict[str, str]]:
         return clean
     if clean[-1]["role"] != "user":
         raise InputError("The last message must be the user's.")
-    if blank(clean[-1]["content"]):
+    if blank(clean[-1]["content"]) and not clean[-1].get("images"):
         raise InputError("Type a message first: the message is empty.")
     return clean
+
+
+def _message_image(part: dict, role: str, i: int, j: int, seen: int) -> Any:
+    """The PIL image of content part `part` (the j-th image of message i), checked (studio/engines/vision.py)."""
+    from studio.engines.vision import MAX_IMAGES, image_from_part
+
+    what = f"Message {i + 1}'s image {j + 1}"
+    if role != "user":
+        raise InputError(f"{what}: only user messages may hold images, not {role} ones.")
+    if seen >= MAX_IMAGES:
+        raise InputError(f"The conversation has more than {MAX_IMAGES} images; one request takes at most that many.")
+    return image_from_part(part, what)
+
+
+def has_images(messages: list[dict]) -> bool:
+    """Whether any checked message holds images."""
+    return any(m.get("images") for m in messages)
 
 
 def _tool_calls(m: dict, i: int) -> list[dict] | None:
@@ -388,7 +417,9 @@ class ChatEngine:
     def context_limit(lm: Any, params: ChatParams) -> int:
         if isinstance(lm, LlamaCppLM):  # llama.cpp fixed the context when it loaded (from these params)
             return lm.context
-        model_max = int(getattr(lm.model.config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
+        config = lm.model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config  # vision: the LM's
+        model_max = int(getattr(config, "max_position_embeddings", 0) or DEFAULT_CONTEXT)
         return min(params.context_len or min(model_max, DEFAULT_CONTEXT), model_max)
 
     @classmethod
@@ -419,6 +450,15 @@ class ChatEngine:
         if isinstance(lm, LlamaCppLM):
             messages, listed = render(messages, tools, lm.template_source)
             return lm.template_ids(messages, listed)
+        if getattr(lm, "processor", None) is not None:  # a vision-language model: its processor's template
+            from studio.engines.vision import vision_prompt
+
+            if tools:
+                raise InputError(
+                    f"{Path(lm.source).name} is a vision model; the studio does not give tools to vision models yet.",
+                    "Leave tools out, or use a text model for tool calls.",
+                )
+            return vision_prompt(lm, messages, Path(lm.source).name)
         tokenizer = lm.tokenizer
         own = getattr(tokenizer, "chat_template", None)
         template = None if own else FALLBACK_TEMPLATE
@@ -456,10 +496,15 @@ class ChatEngine:
         fit = len(starts) - 1  # the fewest turns: only the last message
         ids = ids_from(fit)
         if len(ids) > budget:
+            count = getattr(ids, "image_tokens", 0)
+            images = getattr(ids, "images", 0)
+            of_them = f" ({count} of them for {images} image{'s' if images != 1 else ''})" if images else ""
             raise InputError(
-                f"The message is {len(ids)} tokens with the template, but the context holds "
+                f"The message is {len(ids)} tokens with the template{of_them}, but the context holds "
                 f"{limit} tokens including {params.max_new_tokens} for the reply.",
-                "Shorten the message, lower max new tokens, or raise the context length.",
+                "Send fewer images, shorten the message, lower max new tokens, or raise the context length."
+                if images
+                else "Shorten the message, lower max new tokens, or raise the context length.",
             )
         too_long, step = -1, 1  # starts[too_long] does not fit (-1: none known); starts[fit] does
         while fit - too_long > 1:
@@ -492,7 +537,7 @@ class ChatEngine:
     def is_loaded(self, spec: ModelSpec) -> bool:
         """Whether the model is loaded; for llama.cpp, with any context (each is its own spec)."""
         if not is_llamacpp(spec):
-            return self.manager.is_loaded(spec.key)
+            return self.manager.is_loaded(vision_spec(spec).key)
         if self.attached(spec):
             return self.manager.is_loaded(transformers_twin(spec).key)
         return bool(self._variants(spec, loaded_only=True))
@@ -502,7 +547,7 @@ class ChatEngine:
         its load-time options (context, KV cache type, flash attention); with LoRA adapters attached it runs on the
         transformers path (llama.cpp does not run PEFT adapters)."""
         if not is_llamacpp(spec):
-            return spec, ""
+            return vision_spec(spec), ""  # a vision-language model is held as kind "vision"
         if self.attached(spec):
             return transformers_twin(spec), (
                 f"{spec.name} answers through transformers while LoRA adapters are attached (llama.cpp runs the "
@@ -626,6 +671,8 @@ class ChatEngine:
         params = params or ChatParams()
         params.check_inputs()
         messages = check_messages(messages)
+        if has_images(messages):
+            self.check_takes_images(spec)
 
         def prepare(lm: Any, p: ChatParams, stop: Callable[[], bool]) -> tuple[list[int], str, ChatParams]:
             return self.fitted_prompt(lm, messages, p, stop)
@@ -672,6 +719,24 @@ class ChatEngine:
             return ids, "", p
 
         yield from self._stream_prepared(spec, prepare, params, adapter, should_stop)
+
+    def vision_models(self) -> list[ModelSpec]:
+        """The vision-language models the manager holds (loaded or parked), most recently used first."""
+        from studio.models.records import LOADED, PARKED
+
+        return [s for _rec, s in self.manager.models("vision", (LOADED, PARKED))]
+
+    def check_takes_images(self, spec: ModelSpec) -> None:
+        """Raise InputError when `spec` cannot see images, naming it and the vision models that are loaded."""
+        if not is_llamacpp(spec) and is_vision_source(spec):
+            return
+        loaded = [s.name for s in self.vision_models()]
+        tip = (
+            f"Pick a vision model that is loaded: {', '.join(loaded)}."
+            if loaded
+            else "Load a vision model (one marked as taking images, such as Qwen2.5-VL), or send the text alone."
+        )
+        raise InputError(f"{spec.name} is a text-only model: it cannot see images.", tip)
 
     @staticmethod
     def raw_ids(lm: Any, prompt: str | list[int]) -> list[int]:
@@ -838,6 +903,10 @@ class ChatEngine:
         }
         if params.ignore_eos:
             kwargs["min_new_tokens"] = params.max_new_tokens
+        for name, value in (getattr(prompt_ids, "inputs", None) or {}).items():  # a vision model's image tensors
+            if name == "pixel_values" and value.is_floating_point():
+                value = value.to(device=device, dtype=model.dtype)
+            kwargs[name] = value.to(device) if hasattr(value, "to") else value
         processors = _penalties_processor(params, len(prompt_ids))
         if params.response_format:  # constrained decoding (llguidance): after the penalties, before the warpers
             from transformers import LogitsProcessorList

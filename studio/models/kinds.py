@@ -54,6 +54,8 @@ class ModelKind:
     # an object with .estimate (what the device holds), .gpu_layers and .note, or None when nothing useful fits
     offload: Callable[[ModelSpec, Workload, int], Any] | None = None
     describe: Callable[[ModelSpec], str] | None = None  # what runs it ("llama.cpp · Q4_1"); None = its precision
+    # a sentence the plan adds before a load ("An image costs 576 tokens of the context."), or None
+    plan_note: Callable[[ModelSpec, Workload], str] | None = None
     description: str = ""
 
 
@@ -121,6 +123,24 @@ def _parkable_chat(spec: ModelSpec) -> bool:
     return spec.backend != "llama.cpp" and _parkable_default(spec)  # a llama.cpp model has no .to(); it reloads fast
 
 
+def _load_vision(spec: ModelSpec, opts: LoadOptions) -> Any:
+    from studio.models.loading import load_vision_lm
+
+    return load_vision_lm(spec, offline=opts.offline)
+
+
+def _estimate_vision(spec: ModelSpec, workload: Workload) -> Estimate:
+    from studio.models.vision import estimate_vision
+
+    return estimate_vision(spec, workload)
+
+
+def _vision_note(spec: ModelSpec, workload: Workload) -> str:
+    from studio.models.vision import image_tokens
+
+    return f"An image costs {image_tokens(spec)} tokens of the context at the model's size."
+
+
 def _load_image(spec: ModelSpec, opts: LoadOptions) -> Any:
     from studio.models.loading import load_diffusion_pipeline
 
@@ -149,8 +169,8 @@ def _load_embedding(spec: ModelSpec, opts: LoadOptions) -> Any:
 
 
 def default_registry() -> KindRegistry:
-    """The kinds the studio ships with: chat and training bases (transformers), image (diffusers), speech,
-    embedding (transformers encoders)."""
+    """The kinds the studio ships with: chat, vision (chat with images) and training bases (transformers), image
+    (diffusers), speech, embedding (transformers encoders)."""
     reg = KindRegistry()
     reg.register(
         ModelKind(
@@ -162,6 +182,15 @@ def default_registry() -> KindRegistry:
             offload=_offload_chat,
             describe=_describe_chat,
             description="causal language model (transformers, or llama.cpp for GGUF files)",
+        )
+    )
+    reg.register(
+        ModelKind(
+            "vision",
+            _load_vision,
+            estimate=_estimate_vision,
+            plan_note=_vision_note,
+            description="vision-language model: chat that takes images (transformers image-text-to-text)",
         )
     )
     reg.register(ModelKind("base-for-training", _load_lm, description="base model for fine-tuning"))

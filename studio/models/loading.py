@@ -23,6 +23,7 @@ class LoadedLM:
     model: Any
     tokenizer: Any
     source: str
+    processor: Any = None  # vision-language models: the processor (image processor + this tokenizer), else None
 
 
 def torch_dtype(spec: ModelSpec):
@@ -139,6 +140,45 @@ def load_causal_lm(spec: ModelSpec, offline: bool = False, *, models_dir: Path |
         model = model.to(spec.device)
     model.eval()
     return LoadedLM(model=model, tokenizer=tokenizer, source=where)
+
+
+def load_vision_lm(spec: ModelSpec, offline: bool = False) -> LoadedLM:
+    """A transformers image-text-to-text model (LLaVA, Qwen2-VL, Idefics3, Gemma 3 ...) with its processor; NF4 or
+    int8 through bitsandbytes as `load_causal_lm`, the vision tower and projector kept in 16-bit."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    where = model_location(spec)
+    kwargs = pretrained_kwargs(spec, offline)
+    if spec.source_type == "hub":
+        from studio.models.hub import local_snapshot
+
+        where = str(local_snapshot(spec, offline))
+        kwargs = {"trust_remote_code": False, "local_files_only": True}
+    model_kwargs: dict[str, Any] = {"dtype": torch_dtype(spec)}
+    if spec.precision in ("nf4", "int8"):
+        from transformers import BitsAndBytesConfig
+
+        config = nf4_config() if spec.precision == "nf4" else BitsAndBytesConfig(load_in_8bit=True)
+        # quantizing the image encoder costs accuracy for little memory (it is a small part of the model)
+        config.llm_int8_skip_modules = ["vision_tower", "visual", "vision_model", "multi_modal_projector", "lm_head"]
+        model_kwargs["quantization_config"] = config
+        model_kwargs["device_map"] = {"": 0 if spec.device == "cuda" else "cpu"}
+    try:
+        processor = AutoProcessor.from_pretrained(where, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(where, **kwargs, **model_kwargs)
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
+        raise ModelLoadError(
+            f"{spec.name}: not a loadable vision-language model ({_describe(exc)}).",
+            "Pick a folder with config.json, weights and the processor's files, or a Hub id.",
+        ) from None
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or getattr(processor, "image_processor", None) is None:
+        raise ModelLoadError(f"{spec.name}: its processor has no image processor or no tokenizer.")
+    if "quantization_config" not in model_kwargs:
+        model = model.to(spec.device)
+    model.eval()
+    return LoadedLM(model=model, tokenizer=tokenizer, source=where, processor=processor)
 
 
 def load_diffusion_pipeline(spec: ModelSpec, offline: bool = False) -> Any:

@@ -241,7 +241,10 @@ class ModelManager:
             est, offload = self._fit(spec, est, workload)
             need = est.total
         plan = self._plan_room(spec, est, need, exclude=spec.key)
-        return replace(plan, note=offload.note) if offload is not None else plan
+        if offload is not None:
+            return replace(plan, note=offload.note)
+        note = self.kinds.get(spec.kind).plan_note
+        return replace(plan, note=note(spec, workload or Workload())) if note is not None else plan
 
     def _fit(self, spec: ModelSpec, est: Estimate, workload: Workload | None) -> tuple[Estimate, Any]:
         """`est`, or a partial offload's estimate (and the offload) when the whole model does not fit what evicting

@@ -9,7 +9,7 @@ from pathlib import Path
 from studio.errors import InputError
 from studio.text import control_char, lone_surrogate
 
-KINDS = ("chat", "image", "speech", "embedding", "base-for-training")
+KINDS = ("chat", "image", "speech", "embedding", "base-for-training", "vision")
 PRECISIONS = ("nf4", "int8", "fp16", "bf16", "fp32")
 DEVICES = ("cuda", "cpu")
 SOURCE_TYPES = ("hub", "folder", "file", "starter")
@@ -23,7 +23,7 @@ BYTES_PER_PARAM = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0, "int8": 1.02, "nf4": 0
 class ModelSpec:
     """A model the manager can load. Hashable: two equal specs are the same cache entry."""
 
-    kind: str  # chat | image | speech | embedding | base-for-training
+    kind: str  # chat | image | speech | embedding | base-for-training | vision (a chat model that takes images)
     source: str  # Hub id, a local folder or file path, or a starter model name
     source_type: str = "folder"  # hub | folder | file | starter
     precision: str = "fp32"  # nf4 | int8 | fp16 | bf16 | fp32
@@ -87,6 +87,8 @@ class CatalogEntry:
     layers: int = 0
     kv_heads: int = 0
     head_dim: int = 0
+    images: bool = False  # a vision-language model: the chat takes images with the text (kind "vision" loaded)
+    image_tokens: int = 0  # context tokens one image costs at the model's default resolution (vision models)
 
 
 # Models that run well on a 12 GB card. Dimensions are from the models' published configs.
@@ -126,6 +128,72 @@ CATALOG: tuple[CatalogEntry, ...] = (
         24,
         32,
         64,
+    ),
+    # vision-language models (chat with images); image_tokens: one image at the processor's default size
+    CatalogEntry(
+        "Qwen/Qwen2.5-VL-3B-Instruct",
+        "chat",
+        3_754_622_976,
+        "Qwen2.5-VL 3B Instruct",
+        "takes images; about 1 token per 28x28 pixels",
+        "nf4",
+        36,
+        2,
+        128,
+        images=True,
+        image_tokens=256,
+    ),
+    CatalogEntry(
+        "Qwen/Qwen2.5-VL-7B-Instruct",
+        "chat",
+        8_292_166_656,
+        "Qwen2.5-VL 7B Instruct",
+        "takes images; about 1 token per 28x28 pixels",
+        "nf4",
+        28,
+        4,
+        128,
+        images=True,
+        image_tokens=256,
+    ),
+    CatalogEntry(
+        "google/gemma-3-4b-it",
+        "chat",
+        4_300_079_472,
+        "Gemma 3 4B it",
+        "takes images (256 tokens each); gated on the Hub",
+        "nf4",
+        34,
+        4,
+        256,
+        images=True,
+        image_tokens=256,
+    ),
+    CatalogEntry(
+        "HuggingFaceTB/SmolVLM-Instruct",
+        "chat",
+        2_246_272_880,
+        "SmolVLM Instruct",
+        "takes images; small and fast",
+        "bf16",
+        24,
+        32,
+        64,
+        images=True,
+        image_tokens=81,
+    ),
+    CatalogEntry(
+        "llava-hf/llava-1.5-7b-hf",
+        "chat",
+        7_063_427_072,
+        "LLaVA 1.5 7B",
+        "takes images (576 tokens each)",
+        "nf4",
+        32,
+        32,
+        128,
+        images=True,
+        image_tokens=576,
     ),
     CatalogEntry(
         "stable-diffusion-v1-5/stable-diffusion-v1-5",

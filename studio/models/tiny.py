@@ -169,6 +169,101 @@ def _chatml_tokenizer(model_max_length: int):
     )
 
 
+# The tiny vision-language model's chat template: ChatML whose content may be OpenAI-style parts, an image part
+# rendering as the processor's <image> placeholder (which it expands to one token per image patch).
+VLM_IMAGE_TOKEN = "<image>"
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_tiny_vlm(folder: Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8) -> Path:
+    """A random LLaVA (CLIP vision tower + projector + Llama) with its processor (CLIP image processor, the ChatML
+    tokenizer with an <image> token, a chat template that takes image parts), saved like a Hub model folder.
+    An image costs (image_size / patch_size)^2 tokens: 16 at the defaults."""
+    if image_size % patch_size:
+        raise ValueError(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.processing_llava import LlavaProcessor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _chatml_tokenizer(1024)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IM_START, IM_END, VLM_IMAGE_TOKEN]})
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in (BOS, IM_END, PAD, VLM_IMAGE_TOKEN)}
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",  # the CLS embedding is dropped: one token per patch
+        num_additional_image_tokens=1,
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=ids[BOS],
+        eos_token_id=ids[IM_END],
+        pad_token_id=ids[PAD],
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids[VLM_IMAGE_TOKEN],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_seq_length=(image_size // patch_size) ** 2,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS], eos_token_id=ids[IM_END], pad_token_id=ids[PAD], max_new_tokens=64
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)  # processor_config.json, tokenizer files, chat_template.jinja
+    return folder
+
+
+def ensure_tiny_vlm(root: Path, *, seed: int = 0) -> Path:
+    """The tiny vision-language model under `root`, built once (safe when several processes call it at once)."""
+    return _ensure(Path(root) / f"vlm-seed{seed}", "vlm", seed, lambda d: build_tiny_vlm(d, seed=seed))
+
+
 def build_tiny_encoder(
     folder: Path,
     *,

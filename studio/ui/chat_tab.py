@@ -60,7 +60,7 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     starter = _starter_choice(ctx)
     if starter:
         choices.append(starter)
-    for rec, spec in ctx.manager.models("chat"):
+    for rec, spec in [*ctx.manager.models("chat"), *ctx.manager.models("vision")]:
         if spec.source_type != "starter":
             choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}", spec.source))
     from studio.ui.export_panel import exported_models
@@ -70,7 +70,9 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
     choices.extend((_with_engine(ctx, label, value), value) for label, value in found)
     for entry in CATALOG:
         if entry.kind == "chat":
-            choices.append((f"{entry.label} — {entry.hub_id}", entry.hub_id))
+            choices.append(
+                (f"{entry.label}{' · takes images' if entry.images else ''} — {entry.hub_id}", entry.hub_id)
+            )
     seen, unique = set(), []
     for label, value in choices:
         if value not in seen:

@@ -55,7 +55,7 @@ def base_choices(ctx: AppContext) -> list[tuple[str, str]]:
     from studio.models.starter import STARTER_LABEL, STARTER_NAME
 
     choices = [(STARTER_LABEL, STARTER_PREFIX + STARTER_NAME)]
-    choices += [(f"{e.label} — {e.hub_id}", e.hub_id) for e in CATALOG if e.kind == "chat"]
+    choices += [(f"{e.label} — {e.hub_id}", e.hub_id) for e in CATALOG if e.kind == "chat" and not e.images]
     return choices
 
 

@@ -156,7 +156,8 @@ class ModelsTab:
     ) -> str:
         require_owner(self.ctx.security, request, "load models by path or Hub id")
         spec = self.form_spec(kind, source, precision)
-        engine = {"chat": self.ctx.chat, "image": self.ctx.image, "speech": self.ctx.speech}.get(spec.kind)
+        engines = {"chat": self.ctx.chat, "vision": self.ctx.chat, "image": self.ctx.image, "speech": self.ctx.speech}
+        engine = engines.get(spec.kind)
         if engine is self.ctx.image:
             self.ctx.image.prepare(spec)
         plan = self.manager.plan(spec)
