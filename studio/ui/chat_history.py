@@ -260,7 +260,7 @@ class PastChats:
 
     def _switch(self, current: Any, archive: Any, chosen: str | None, request: Any) -> tuple:
         """(archive, current, chatbot, side, stats, list) with `chosen` open (None: a new, empty conversation)."""
-        chatbot, side, stats = self.tab.clear_chat(request)  # a reply being written ends before the switch
+        self.tab.clear_chat(request)  # as Clear does: a reply being written ends (its last message comes first)
         chats = fold(clean_archive(archive), clean_current(current))
         opened = next((c for c in chats if c["id"] == chosen), None)
         if chosen is not None and opened is None:
@@ -272,7 +272,7 @@ class PastChats:
             new = {"id": opened["id"], "messages": opened["messages"], "updated": opened["updated"]}
         else:
             new = {"id": new_id(), "messages": [], "updated": time.time()}
-        return {"chats": chats}, new, new["messages"] or chatbot, side, stats, self.listed(chats, new)
+        return {"chats": chats}, new, new["messages"], [], "", self.listed(chats, new)
 
 
 # ----- layout and wiring --------------------------------------------------------------------------------------------
