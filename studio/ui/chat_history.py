@@ -260,11 +260,11 @@ class PastChats:
 
     def _switch(self, current: Any, archive: Any, chosen: str | None, request: Any) -> tuple:
         """(archive, current, chatbot, side, stats, list) with `chosen` open (None: a new, empty conversation)."""
-        self.tab.clear_chat(request)  # as Clear does: a reply being written ends (its last message comes first)
         chats = fold(clean_archive(archive), clean_current(current))
         opened = next((c for c in chats if c["id"] == chosen), None)
         if chosen is not None and opened is None:
             raise InputError(msg.CHAT_NOT_FOUND)
+        self.tab.clear_chat(request)  # as Clear does: a reply being written ends (its last message comes first)
         chats, dropped = cap(chats)
         if dropped:
             gr.Warning(msg.CHATS_DROPPED.format(count=dropped))
