@@ -22,6 +22,7 @@ from studio.models.formats import is_gguf
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
+from studio.ui import chat_history
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.inputs import optional
@@ -461,6 +462,7 @@ def layout(ctx: AppContext) -> dict[str, gr.components.Component]:
     w["plan"] = gr.Markdown(elem_id="chat-plan")
     with gr.Row():
         with gr.Column(scale=3):
+            chat_history.layout(w, ctx.paths.data_dir)  # Past chats, kept in the visitor's browser
             conversation_column(w)
         with gr.Column(scale=1):
             settings_column(ctx, w)
@@ -593,13 +595,15 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     tab = ChatTab(ctx)
     w = layout(ctx)
     wire(tab, w)
+    chat_history.wire(tab, w)  # the conversation and settings are kept in the browser
     w["tab"] = tab  # the handlers, for the page-load refresh and for tests
     return w
 
 
 def connect_page_load(ctx: AppContext, app: gr.Blocks, chat: dict[str, Any]) -> None:
     """On every page load (a reload too), refresh what the page was built with (see `ChatTab.refresh`)."""
-    app.load(
+    # first the conversation and settings this browser kept: the refresh then keeps an adapter still attached
+    chat_history.connect_page_load(app, chat).then(
         chat["tab"].refresh,
         [chat["model"], chat["precision"], chat["use_adapter"]],
         [chat["model"], chat["adapter_path"], chat["use_adapter"]],

@@ -85,6 +85,11 @@ NOTHING_TO_REGENERATE = "Nothing to regenerate yet."
 CHAT_NO_REPLY = "No reply: {error}"  # the stats line when a reply failed; the conversation is kept as it was
 CHAT_SIDE_STATS = "With adapter {adapter}: {with_stats} · without: {without_stats}"
 CHAT_SIDE_WAITING = "answering…"
+# Past chats (studio/ui/chat_history.py): conversations kept in the visitor's own browser
+CHAT_UNTITLED = "(no question yet)"
+CHAT_NOTHING_TO_DELETE = "Nothing to delete: this conversation is empty."
+CHAT_NOT_FOUND = "That conversation is no longer in this browser (deleted in another tab?)."
+CHATS_DROPPED = "Past chats: the {count} oldest conversation(s) were removed to stay within this browser's storage."
 PICK_RUN = "Pick a run in the Runs list first (or start one)."
 EXPORT_HELP = (
     "Convert a chat model into one GGUF file that llama.cpp, Ollama and LM Studio run, with an Ollama `Modelfile` "

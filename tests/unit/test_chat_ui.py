@@ -56,7 +56,10 @@ def test_page_load_offers_adapters_made_after_the_page_was_built(tmp_path):
     lm.mkdir()
     app = build_app(ctx)
     (wired,) = [f for f in app.fns.values() if f.api_name == "chat_refresh"]
-    assert "load" in [t[1] for t in wired.targets] and wired.fn.__name__ == "refresh"  # runs on every page load
+    # runs on every page load, once the browser's kept conversation and settings are back (studio/ui/chat_history.py)
+    restored = app.fns[wired.trigger_after]
+    assert "load" in [t[1] for t in restored.targets] and restored.fn.__name__ == "restore"
+    assert wired.fn.__name__ == "refresh"
     load = SimpleNamespace(fn=ChatTab(ctx).refresh)
     folder = _adapter(ctx.paths.runs / "run-1" / "adapter")  # trained after the page was built
     ctx.chat.adapters[resolve_spec(ctx, str(lm), "fp32").key] = {"run-1": str(folder)}  # attached on the server
