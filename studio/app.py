@@ -54,6 +54,9 @@ def start(config: StudioConfig, *, block: bool = True) -> tuple[Any, Any]:
     Returns (AppContext, gr.Blocks); the caller closes both (`blocks.close()`, `ctx.close()`)."""
     check_port_free(config.bind_host, config.port)
     auth, generated = resolve_auth(config)
+    from studio.paths import StudioPaths
+
+    StudioPaths.under(config.data_dir).create()  # a data dir we cannot write to says so before the slow imports
     from studio.api import serve
     from studio.context import build_context
     from studio.security import SecurityPolicy

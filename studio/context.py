@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.config import GIB, StudioConfig
@@ -14,7 +13,6 @@ from studio.engines.embedding import EmbeddingEngine
 from studio.engines.image import ImageEngine
 from studio.engines.lane import GpuLane
 from studio.engines.speech import SpeechEngine
-from studio.errors import ConfigError
 from studio.memory.probes import MemoryProbe, detect_probe
 from studio.memory.timeline import EventLog, MemoryMonitor
 from studio.models.calibration import Calibration
@@ -22,6 +20,7 @@ from studio.models.discover import ModelDiscovery
 from studio.models.keepalive import KeepAliveTimer
 from studio.models.kinds import KindRegistry, LoadOptions, default_registry
 from studio.models.manager import ModelManager
+from studio.paths import StudioPaths
 from studio.security import SecurityPolicy
 from studio.training.runs import RunManager
 
@@ -29,38 +28,6 @@ if TYPE_CHECKING:
     from studio.sharing import ShareLink
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StudioPaths:
-    """Where the studio keeps what it makes. Everything lives under the data dir."""
-
-    data_dir: Path
-    outputs: Path  # generated images, transcripts
-    runs: Path  # fine-tune run folders (job.json, adapter, metrics)
-    models: Path  # converted and downloaded models
-    calibration: Path  # measured sizes and peaks
-
-    @classmethod
-    def under(cls, data_dir: Path) -> StudioPaths:
-        data_dir = Path(data_dir).expanduser().resolve()
-        return cls(
-            data_dir, data_dir / "outputs", data_dir / "runs", data_dir / "models", data_dir / "calibration.json"
-        )
-
-    def create(self) -> None:
-        """Make the folders; a data dir that cannot be written is a ConfigError naming --data-dir."""
-        try:
-            for folder in (self.data_dir, self.outputs, self.runs, self.models):
-                folder.mkdir(parents=True, exist_ok=True)
-            probe = self.data_dir / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise ConfigError(
-                f"--data-dir {self.data_dir}: cannot write there ({exc.strerror or exc}).",
-                "Pick a folder you can write to.",
-            ) from None
 
 
 @dataclass
