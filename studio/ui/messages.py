@@ -81,6 +81,8 @@ CHAT_NO_REPLY = "No reply: {error}"  # the stats line when a reply failed; the c
 CHAT_SIDE_STATS = "With adapter {adapter}: {with_stats} · without: {without_stats}"
 CHAT_SIDE_WAITING = "answering…"
 PICK_RUN = "Pick a run in the Runs list first (or start one)."
+ADAPTER_ATTACHED = "Attached the adapter {adapter} to {model}: replies now come from it."
+ADAPTER_ATTACHED_NOTE = "The base model stays loaded: pick it in 'Answer with' to compare, or tick Side by side."
 EXPORT_HELP = (
     "Convert a chat model into one GGUF file that llama.cpp, Ollama and LM Studio run, with an Ollama `Modelfile` "
     "beside it, in the data dir's `outputs/exports/`. A fine-tune run is exported from the Fine-tune tab."
