@@ -368,6 +368,13 @@ class FinetuneTab:
             current = choices[0][1]
         return gr.Dropdown(choices=choices, value=current)
 
+    def relabel(self, current: str | None, state: str, labelled: str) -> tuple:
+        """After a poll or a pick: the Runs list again when the shown run's state is not the one last listed (so a
+        finished run reads "done 60/60", not "starting 0/0"); nothing is sent otherwise."""
+        if state == labelled:
+            return gr.skip(), labelled
+        return self.listed(current), state
+
     def export_source(self, name: str | None) -> str:
         """The run folder an export starts from, checked here first (no adapter yet, still training: one line)."""
         from studio.export.sources import resolve
@@ -521,13 +528,15 @@ def runs_section(ctx: AppContext, w: dict[str, Any]) -> None:
     with gr.Accordion("Export (merged safetensors, GGUF for llama.cpp / Ollama / LM Studio, GGUF LoRA)", open=True):
         export_panel.layout(w, "ft", for_run=True)
     w["seen"] = gr.State("")
-    w["run_state"] = gr.State("")  # the shown run's state: when it changes, the Runs list's labels are refreshed
+    w["run_state"] = gr.State("")  # the shown run's state, and the one the Runs list's labels were made with
+    w["labelled"] = gr.State("")
     w["timer"] = gr.Timer(1.0)
 
 
 COLUMNS = ("col_text", "col_instruction", "col_input", "col_output", "col_messages", "col_system")
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 QUICK = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
+LIGHT = {"queue": False, "show_progress": "hidden"}  # never queued behind the GPU lane
 
 
 def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
@@ -551,13 +560,14 @@ def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
     resumed = [w["result"], w["runs"], w["seen"]]
     w["resume"].click(tab.resume, [w["runs"]], resumed, api_name="ft_resume", **GPU)
     shown = [w["progress"], w["plot"], w["report"], w["seen"], w["run_state"]]
+    # a run that starts, stops, finishes or resumes reads so in the list (see `relabel`)
+    relabel = {"fn": tab.relabel, "inputs": [w["runs"], w["run_state"], w["labelled"]]}
+    relabel |= {"outputs": [w["runs"], w["labelled"]], "api_visibility": "private", **LIGHT}
     # the poller is never queued behind the GPU lane: the plot keeps moving while a model loads
     poll_inputs = [w["runs"], w["seen"]]
-    w["timer"].tick(tab.poll, poll_inputs, shown, queue=False, show_progress="hidden", api_name="ft_poll")
-    w["runs"].input(tab.select, [w["runs"]], shown, api_name="ft_select", **QUICK)
+    w["timer"].tick(tab.poll, poll_inputs, shown, api_name="ft_poll", **LIGHT).then(**relabel)
+    w["runs"].input(tab.select, [w["runs"]], shown, api_name="ft_select", **QUICK).then(**relabel)
     w["refresh"].click(tab.runs, None, [w["runs"]], api_name="ft_runs", **QUICK)
-    # a run that starts, stops, finishes or resumes reads so in the list ("done 60/60", not "starting 0/0")
-    w["run_state"].change(tab.listed, [w["runs"]], [w["runs"]], api_visibility="private", **QUICK)
     # the run is named by the Runs picker (which Start and Resume set), so a script names it too: /ft_export
     export_panel.wire(w["export_panel"], w, w["runs"], "ft")
 
