@@ -178,11 +178,20 @@ def drop_empty_reply(history: list[dict] | None, added: bool) -> list[dict]:
     return history
 
 
+def note(title: str, text: str) -> dict:
+    """A line the page shows in the conversation (an adapter attached by another tab) that the model never reads."""
+    return {"role": "assistant", "content": text, "metadata": {"title": title, "id": "studio-note"}}
+
+
+def is_note(message: dict) -> bool:
+    return (message.get("metadata") or {}).get("id") == "studio-note"
+
+
 def conversation(system: str, history: list[dict]) -> list[dict[str, str]]:
     msgs = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
     for m in history:
         role = m.get("role") if isinstance(m, dict) else None
-        if role in ("user", "assistant"):
+        if role in ("user", "assistant") and not is_note(m):
             msgs.append({"role": role, "content": _text(m.get("content"))})
     return msgs
 

@@ -31,11 +31,12 @@ from studio.ui import export_panel
 from studio.ui import messages as msg
 from studio.ui.finetune_views import (
     AUTO,
+    LOSS_TITLE,
     NONE,
     column_updates,
     compare_markdown,
     histogram_svg,
-    metrics_frame,
+    plot_update,
     preview_html,
     progress_text,
     report_text,
@@ -97,6 +98,7 @@ def upload_limit(ctx: AppContext) -> int:
 
 
 def run_choices(ctx: AppContext) -> list[tuple[str, str]]:
+    """The Runs list, newest first: each run's name with its state and steps as status.json says now."""
     out = []
     for run in ctx.training.runs()[:50]:
         status = ctx.training.state(run)
@@ -408,33 +410,53 @@ class FinetuneTab:
         return f"Resuming {run.name} {where}.", gr.Dropdown(choices=run_choices(self.ctx), value=run.name), ""
 
     def poll(self, name: str | None, last: str) -> tuple:
-        """Cheap: reads status.json and metrics.jsonl; sends nothing when neither changed."""
+        """Cheap: reads status.json and metrics.jsonl; sends nothing when neither changed. Outputs: progress, plot,
+        report, what was seen (the files' signature) and the run's state (a new state refreshes the Runs list)."""
+        unchanged = (gr.skip(), gr.skip(), gr.skip(), last, gr.skip())
         if not name:
-            return gr.skip(), gr.skip(), gr.skip(), last
+            return unchanged
         run = RunDir(self.ctx.training.root / name)
         try:
             size = run.metrics_file.stat().st_size if run.metrics_file.exists() else 0
             sig = f"{run.status_file.stat().st_mtime_ns}:{size}"
         except FileNotFoundError:
-            return gr.skip(), gr.skip(), gr.skip(), last
+            return unchanged
         if sig == last:
-            return gr.skip(), gr.skip(), gr.skip(), last
+            return unchanged
+        return self.shown(run, sig)
+
+    def shown(self, run: RunDir, seen: str) -> tuple:
+        """What the page shows of a run: the progress line, the loss plot, the report, then `seen` and the state."""
         status = self.ctx.training.state(run)
-        return progress_text(run, status), metrics_frame(run.metrics()), report_text(run), sig
+        return progress_text(run, status), plot_update(run.metrics()), report_text(run), seen, status.get("state", "")
 
     def select(self, name: str | None) -> tuple:
         if not name:
-            return "", metrics_frame([]), "", ""
-        run = RunDir(self.ctx.training.root / name)
-        status = self.ctx.training.state(run)
-        return progress_text(run, status), metrics_frame(run.metrics()), report_text(run), ""
+            return "", plot_update([]), "", "", ""
+        return self.shown(RunDir(self.ctx.training.root / name), "")
+
+    def page_load(self) -> tuple:
+        """A fresh page (a reload too): the Runs list as it is now with the newest run chosen, and that run shown."""
+        choices = run_choices(self.ctx)
+        newest = choices[0][1] if choices else None
+        return gr.Dropdown(choices=choices, value=newest), *self.select(newest)
 
     def runs(self) -> gr.Dropdown:
         return gr.Dropdown(choices=run_choices(self.ctx))
 
     def listed(self, current: str | None) -> gr.Dropdown:
-        """The runs list with the current run still chosen (after Start has named it)."""
-        return gr.Dropdown(choices=run_choices(self.ctx), value=current)
+        """The runs list with the current run still chosen (after Start has named it), else the newest."""
+        choices = run_choices(self.ctx)
+        if not current and choices:
+            current = choices[0][1]
+        return gr.Dropdown(choices=choices, value=current)
+
+    def relabel(self, current: str | None, state: str, labelled: str) -> tuple:
+        """After a poll or a pick: the Runs list again when the shown run's state is not the one last listed (so a
+        finished run reads "done 60/60", not "starting 0/0"); nothing is sent otherwise."""
+        if state == labelled:
+            return gr.skip(), labelled
+        return self.listed(current), state
 
     def export_source(self, name: str | None) -> str:
         """The run folder an export starts from, checked here first (no adapter yet, still training: one line)."""
@@ -445,9 +467,10 @@ class FinetuneTab:
         return str(run.path)
 
     @msg.user_errors
-    def try_in_chat(self, name: str | None, precision: str, request: gr.Request = None) -> tuple:
-        """'Try in Chat': attach the run's adapter to its base model in the Chat tab, then switch to that tab."""
-        from studio.ui.chat_tab import NO_ADAPTER, adapter_folders, resolve_spec
+    def try_in_chat(self, name: str | None, precision: str, history: list | None, request: gr.Request = None) -> tuple:
+        """'Try in Chat': attach the run's adapter to its base model in the Chat tab, then switch to that tab, where
+        'Answer with' shows the adapter and a line in the conversation says it is attached."""
+        from studio.ui.chat_tab import NO_ADAPTER, adapter_folders, note, resolve_spec
 
         owner_only(self.ctx, request, "attach adapters")
         run = self.run_named(name)
@@ -457,12 +480,15 @@ class FinetuneTab:
         choice = job.base_choice or job.base_model
         spec = resolve_spec(self.ctx, choice, precision)
         attached = self.ctx.chat.attach_adapter(spec, run.adapter, name=run.name)
+        line = msg.ADAPTER_ATTACHED.format(adapter=attached, model=spec.name)
         return (
             gr.Dropdown(value=choice),
             gr.Dropdown(choices=adapter_folders(self.ctx), value=str(run.adapter)),
             gr.Dropdown(choices=[NO_ADAPTER, *self.ctx.chat.attached(spec)], value=attached),
             gr.Tabs(selected="chat"),
             f"Attached {attached} to {spec.name} in the Chat tab.",
+            line,
+            [*(history or []), note(line, msg.ADAPTER_ATTACHED_NOTE)],
         )
 
     @msg.user_errors
@@ -591,7 +617,16 @@ def runs_section(ctx: AppContext, w: dict[str, Any]) -> None:
         w["resume"] = gr.Button("Resume", elem_id="ft-resume")
     w["progress"] = gr.Markdown(elem_id="ft-progress")
     w["plot"] = gr.LinePlot(
-        metrics_frame([]), x="step", y="loss", color="series", title="Loss", height=280, elem_id="ft-loss-plot"
+        None,  # no points yet (see `plot_update`: the chart is built from its first points)
+        x="step",
+        y="loss",
+        color="series",
+        title="Loss",
+        x_title="step",
+        y_title=LOSS_TITLE,
+        color_title="",
+        height=280,
+        elem_id="ft-loss-plot",
     )
     with gr.Row():
         # a script may name any run, also one made after the page was built (the name is checked when used)
@@ -609,12 +644,15 @@ def runs_section(ctx: AppContext, w: dict[str, Any]) -> None:
         export_panel.layout(w, "ft", for_run=True)
     w["seen"] = gr.State("")
     w["chosen"] = gr.State({})  # the settings last chosen from a dataset (see FinetuneTab.defaults)
+    w["run_state"] = gr.State("")  # the shown run's state, and the one the Runs list's labels were made with
+    w["labelled"] = gr.State("")
     w["timer"] = gr.Timer(1.0)
 
 
 COLUMNS = ("col_text", "col_instruction", "col_input", "col_output", "col_messages", "col_system")
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
 QUICK = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
+LIGHT = {"queue": False, "show_progress": "hidden"}  # never queued behind the GPU lane
 
 
 def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
@@ -645,11 +683,14 @@ def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
     w["stop"].click(tab.stop, [w["runs"]], [w["result"]], api_name="ft_stop", **QUICK)
     resumed = [w["result"], w["runs"], w["seen"]]
     w["resume"].click(tab.resume, [w["runs"]], resumed, api_name="ft_resume", **GPU)
-    shown = [w["progress"], w["plot"], w["report"], w["seen"]]
+    shown = [w["progress"], w["plot"], w["report"], w["seen"], w["run_state"]]
+    # a run that starts, stops, finishes or resumes reads so in the list (see `relabel`)
+    relabel = {"fn": tab.relabel, "inputs": [w["runs"], w["run_state"], w["labelled"]]}
+    relabel |= {"outputs": [w["runs"], w["labelled"]], "api_visibility": "private", **LIGHT}
     # the poller is never queued behind the GPU lane: the plot keeps moving while a model loads
     poll_inputs = [w["runs"], w["seen"]]
-    w["timer"].tick(tab.poll, poll_inputs, shown, queue=False, show_progress="hidden", api_name="ft_poll")
-    w["runs"].input(tab.select, [w["runs"]], shown, api_name="ft_select", **QUICK)
+    w["timer"].tick(tab.poll, poll_inputs, shown, api_name="ft_poll", **LIGHT).then(**relabel)
+    w["runs"].input(tab.select, [w["runs"]], shown, api_name="ft_select", **QUICK).then(**relabel)
     w["refresh"].click(tab.runs, None, [w["runs"]], api_name="ft_runs", **QUICK)
     # the run is named by the Runs picker (which Start and Resume set), so a script names it too: /ft_export
     export_panel.wire(w["export_panel"], w, w["runs"], "ft")
@@ -665,12 +706,19 @@ def build(ctx: AppContext) -> dict[str, Any]:
     return w
 
 
+def connect_page_load(app: gr.Blocks, ft: dict[str, Any]) -> None:
+    """Every page (re)load lists the runs as they are now, chooses the newest and shows it (see `page_load`)."""
+    outputs = [ft["runs"], ft["progress"], ft["plot"], ft["report"], ft["seen"], ft["run_state"]]
+    app.load(ft["tab"].page_load, None, outputs, api_name="ft_page", queue=False, show_progress="hidden")
+
+
 def connect_chat(ctx: AppContext, ft: dict[str, Any], chat: dict[str, Any], tabs: gr.Tabs) -> None:
     """'Try in Chat' (see `FinetuneTab.try_in_chat`) fills the Chat tab's pickers and opens it."""
     ft["try_chat"].click(
         ft["tab"].try_in_chat,
-        [ft["runs"], chat["precision"]],
-        [chat["model"], chat["adapter_path"], chat["use_adapter"], tabs, ft["result"]],
+        [ft["runs"], chat["precision"], chat["chatbot"]],
+        [chat["model"], chat["adapter_path"], chat["use_adapter"], tabs, ft["result"], chat["adapter_status"]]
+        + [chat["chatbot"]],
         api_name="ft_try_in_chat",
         concurrency_id="gpu",
         concurrency_limit=1,

@@ -4,6 +4,7 @@ the loss plot's points, the progress line and the report. Pure functions of data
 from __future__ import annotations
 
 import html
+import math
 from typing import Any
 
 import gradio as gr
@@ -20,6 +21,19 @@ AUTO = "auto"  # the shape dropdown's "detect it"
 NONE = ""  # a column dropdown's "no column"
 PREVIEW_ROWS = 3
 PLOT_COLUMNS = ["step", "loss", "series"]
+# metrics.jsonl keys drawn beside the losses when a run logs them: the preference metrics of DPO / ORPO / KTO (TRL's
+# names and the studio's own), each also as `eval_<key>` for an evaluation
+PREFERENCE_SERIES = {
+    "rewards/margins": "reward margin",
+    "reward_margin": "reward margin",
+    "rewards/accuracies": "reward accuracy",
+    "reward_accuracy": "reward accuracy",
+    "rewards/chosen": "reward chosen",
+    "rewards/rejected": "reward rejected",
+    "log_odds_ratio": "log odds ratio",
+    "kl": "KL",
+}
+LOSS_TITLE, METRIC_TITLE = "loss", "loss / metric"  # the plot's y title without and with preference metrics
 
 
 def histogram_svg(stats: rowlib.LengthStats, width: int = 520, height: int = 160) -> str:
@@ -70,11 +84,43 @@ def preview_html(dataset: Dataset, tokenizer: Any, train_on_prompt: bool) -> str
     )
 
 
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
 def metrics_frame(metrics: list[dict]) -> pd.DataFrame:
-    """Train and eval loss by step, for the live plot."""
-    points = [(m["step"], m["loss"], "train") for m in metrics if m.get("loss") is not None and "step" in m]
-    points += [(m["step"], m["eval_loss"], "eval") for m in metrics if m.get("eval_loss") is not None]
-    return pd.DataFrame(points, columns=PLOT_COLUMNS)
+    """The live plot's points: train loss, eval loss and any preference metric, by step and series. Typed columns
+    (integer steps, float values) even when empty: the plot takes its axis types from its first value, and an empty
+    untyped frame would make both axes categorical."""
+    keys = {"loss": "train", "eval_loss": "eval"}
+    keys |= PREFERENCE_SERIES | {f"eval_{k}": f"eval {label}" for k, label in PREFERENCE_SERIES.items()}
+    points = []
+    for m in metrics:
+        step = m.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or m.get("event"):
+            continue  # events (start, resume, stopped) mark a step but carry no value
+        for key, series in keys.items():
+            value = _number(m.get(key))
+            if value is not None:
+                points.append((step, value, series))
+    frame = pd.DataFrame(points, columns=PLOT_COLUMNS)
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})
+
+
+def plot_update(metrics: list[dict]) -> gr.LinePlot:
+    """The loss plot for a run's metrics. The page's plot builds its chart (axis types, series, their colours) from
+    the first value it gets and later only swaps the points, so: no value while there is no point (an empty chart
+    would keep empty axes), and the list of series in the legend, which rebuilds the chart when a series appears
+    (the first eval point, a preference metric). The y title says when preference metrics share the axis."""
+    frame = metrics_frame(metrics)
+    series = list(dict.fromkeys(["train", "eval", *frame["series"]]))
+    series = [s for s in series if s in set(frame["series"])]
+    title = LOSS_TITLE if set(series) <= {"train", "eval"} else METRIC_TITLE
+    if frame.empty:
+        return gr.LinePlot(value=None, colors_in_legend=None, y_title=title)
+    return gr.LinePlot(value=frame, colors_in_legend=series, y_title=title)
 
 
 def _seconds(s: float | None) -> str:

@@ -64,6 +64,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         chat_tab.connect_page_load(ctx, app, chat)  # lists built with the page are refreshed on every (re)load
         speech_tab.wire_send_to_chat(speech, chat["input"], tabs)  # "Send to Chat" opens the transcript there
         image_tab.connect_page_load(ctx, app, image)  # a reload shows images drawn and models added since start
+        finetune_tab.connect_page_load(app, finetune)  # the runs as they are now, the newest chosen and shown
         app.studio_components = {"memory_bar": bar, "memory_timer": timer, "chat": chat, "models": models}
         app.studio_components["finetune"] = finetune
         app.studio_components["sharing"] = sharing

@@ -91,6 +91,8 @@ CHAT_NOTHING_TO_DELETE = "Nothing to delete: this conversation is empty."
 CHAT_NOT_FOUND = "That conversation is no longer in this browser (deleted in another tab?)."
 CHATS_DROPPED = "Past chats: the {count} oldest conversation(s) were removed to stay within this browser's storage."
 PICK_RUN = "Pick a run in the Runs list first (or start one)."
+ADAPTER_ATTACHED = "Attached the adapter {adapter} to {model}: replies now come from it."
+ADAPTER_ATTACHED_NOTE = "The base model stays loaded: pick it in 'Answer with' to compare, or tick Side by side."
 EXPORT_HELP = (
     "Convert a chat model into one GGUF file that llama.cpp, Ollama and LM Studio run, with an Ollama `Modelfile` "
     "beside it, in the data dir's `outputs/exports/`. A fine-tune run is exported from the Fine-tune tab."
