@@ -484,7 +484,11 @@ class ImageEngine:
                 for b in range(params.batch_count):
                     seeds = [params.seed + b * params.batch_size + k for k in range(params.batch_size)]
                     self._set_progress(
-                        phase="drawing", image=b * params.batch_size + 1, batch_size=params.batch_size, step=0
+                        phase="drawing",
+                        image=b * params.batch_size + 1,
+                        batch_size=params.batch_size,
+                        step=0,
+                        steps=params.steps_per_batch,
                     )
                     images = self.manager.run_with_recovery(
                         lambda seeds=seeds: run.batch(seeds), name=spec.name, exclude=spec.key, degrade=run.degrade()
