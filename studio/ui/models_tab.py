@@ -12,7 +12,8 @@ from studio.config import GIB
 from studio.context import AppContext
 from studio.engines import llamacpp
 from studio.errors import InputError
-from studio.models.records import ModelRecord
+from studio.models.leases import Reservation
+from studio.models.records import FreeReport, ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec, spec_from_form
 from studio.security import require_owner
 from studio.text import fmt_bytes
@@ -35,6 +36,23 @@ COLUMNS = [
     "Key",
 ]
 EVENT_COLUMNS = ["Time", "Event", "Model", "Size", "Detail"]
+# headers stay on one line (a long key used to squeeze them to "I n u s e"); a wide table scrolls sideways
+CSS = """
+#models-table th, #models-table th *, #models-events th, #models-events th * {
+  white-space: nowrap !important; word-break: keep-all !important; overflow-wrap: normal !important;}
+"""
+
+
+def budget_value(ctx: AppContext) -> float:
+    """The budget field: the configured budget in GB, else the default's figure (a Number shows an empty value as
+    0, which would read as no budget at all)."""
+    return round((ctx.manager.configured_budget or ctx.manager.default_budget()) / GIB, 2)
+
+
+def budget_hint(ctx: AppContext) -> str:
+    """The budget field's hint: the default, in GB, and where it comes from."""
+    where = "12 GB capped by the device" if ctx.device == "cuda" else "12 GB capped at 75% of the RAM"
+    return f"default {round(ctx.manager.default_budget() / GIB, 2):g} GB here ({where}); empty = the default"
 
 
 def _ago(t: float) -> str:
@@ -44,7 +62,15 @@ def _ago(t: float) -> str:
     return f"{s:.0f} s ago" if s < 90 else f"{s / 60:.0f} min ago" if s < 5400 else f"{s / 3600:.1f} h ago"
 
 
-def model_rows(records: list[ModelRecord]) -> list[list[str]]:
+def reservation_rows(reservations: list[tuple[Reservation, int]]) -> list[list[str]]:
+    """Memory set aside for another process (a fine-tune worker), as the bar shows it: a row of its own."""
+    return [
+        [r.owner, "reservation", "—", "—", "reserved", fmt_bytes(r.nbytes), "—", fmt_bytes(n), "", _ago(r.created), ""]
+        for r, n in reservations
+    ]
+
+
+def model_rows(records: list[ModelRecord], reservations: list[tuple[Reservation, int]] = ()) -> list[list[str]]:
     return [
         [
             r.name,
@@ -60,7 +86,13 @@ def model_rows(records: list[ModelRecord]) -> list[list[str]]:
             r.key,
         ]
         for r in records
-    ]
+    ] + reservation_rows(list(reservations))
+
+
+def freed_bytes(report: FreeReport) -> int:
+    """What unloading gave back, as the event log says it: what the probe saw come back when it could tell (a
+    parked model is no longer accounted on the device, but its RAM comes back), else what was accounted."""
+    return report.observed if report.observed is not None else report.accounted
 
 
 class ModelsTab:
@@ -82,7 +114,7 @@ class ModelsTab:
             value = current if current in keys else (records[0].key if records else None)
             dropdown = gr.Dropdown(choices=choices, value=value)
         return (
-            model_rows(records),
+            model_rows(records, self.manager.reservations()),
             dropdown,
             timeline.render(self.ctx.monitor.samples(), self.ctx.events.since()),
             timeline.event_rows(self.ctx.events.last(50)),
@@ -104,7 +136,7 @@ class ModelsTab:
         if not key:
             raise InputError(msg.SELECT_MODEL)
         report = self.manager.unload(key)
-        text = msg.UNLOADED.format(name=report.name, freed=fmt_bytes(report.accounted))
+        text = msg.UNLOADED.format(name=report.name, freed=fmt_bytes(freed_bytes(report)))
         return text + (msg.LEAK.format(name=report.name) if report.leaked else "")
 
     @msg.user_errors
@@ -162,6 +194,8 @@ class ModelsTab:
         for name, value in (("Budget", budget_gb), ("Reserve", reserve_gb)):
             if value is not None and value > MAX_GB:
                 raise InputError(f"{name} must be at most {MAX_GB} GB, not {value:g}; no device has more.")
+        if budget_gb is not None and budget_gb == round(self.manager.default_budget() / GIB, 2):
+            budget_gb = None  # the default's figure as the field shows it: the default (it follows the device)
         self.manager.set_budget(int(budget_gb * GIB) if budget_gb else None, int(reserve_gb * GIB))
         return msg.BUDGET_SET.format(
             budget=fmt_bytes(self.manager.configured_budget) if self.manager.configured_budget else "default",
@@ -202,7 +236,7 @@ def layout(ctx: AppContext) -> dict[str, Any]:
     gr.Markdown(msg.MODELS_INTRO)
     table = gr.Dataframe(
         headers=COLUMNS,
-        value=model_rows(manager.records()),
+        value=model_rows(manager.records(), manager.reservations()),
         interactive=False,
         wrap=True,
         elem_id="models-table",
@@ -258,9 +292,9 @@ def layout(ctx: AppContext) -> dict[str, Any]:
         with gr.Row():
             budget = gr.Number(
                 label="Budget (GB)",
-                value=round((manager.configured_budget or 0) / GIB, 2) or None,
+                value=budget_value(ctx),
                 elem_id="budget-gb",
-                info="empty = 12 GB capped by the device",
+                info=budget_hint(ctx),
             )
             reserve = gr.Number(
                 label="Reserve (GB)", value=round(manager.reserve_bytes / GIB, 2), elem_id="reserve-gb"
