@@ -11,7 +11,7 @@ import gradio as gr
 from studio.config import GIB
 from studio.context import AppContext
 from studio.engines import llamacpp
-from studio.errors import InputError
+from studio.errors import InputError, ModelLoadError
 from studio.models.leases import Reservation
 from studio.models.records import FreeReport, ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec, spec_from_form
@@ -146,7 +146,32 @@ class ModelsTab:
         spec = self.form_spec(kind, source, precision)
         fallback = llamacpp.fallback_notice(spec)
         engine = f"Engine: {llamacpp.engine_label(spec)}. " if spec.kind == "chat" else ""
-        return engine + self.manager.plan(spec).message + (f" {fallback}" if fallback else "")
+        try:
+            planned = self.manager.plan(spec).message
+        except ModelLoadError as exc:
+            raise self.not_downloaded(spec, exc) from None
+        return engine + planned + (f" {fallback}" if fallback else "")
+
+    def not_downloaded(self, spec: ModelSpec, error: ModelLoadError) -> ModelLoadError:
+        """Why a Hub id whose size is unknown (not downloaded) cannot be planned, with what to do: offline, the Hub
+        out of reach, or reachable (then how to download it). Anything but a Hub id keeps its own error."""
+        from studio.models.hub import NO_NETWORK_TIP, OFFLINE_TIP, hub_unreachable
+
+        if spec.source_type != "hub":
+            return error
+        if self.ctx.config.offline:
+            return ModelLoadError(
+                f"{spec.source} is not downloaded yet and the studio runs offline (--offline).", OFFLINE_TIP
+            )
+        why = hub_unreachable()
+        if why:
+            return ModelLoadError(
+                f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
+            )
+        return ModelLoadError(
+            f"{spec.source} is not downloaded yet; the Hugging Face Hub is reachable.",
+            f"Download it with `hf download {spec.source}` (its size is known once it is here), then Load.",
+        )
 
     def form_spec(self, kind: str, source: str, precision: str) -> ModelSpec:
         """The load form's model. Precision auto: llama.cpp for a GGUF chat model, else the device's default
@@ -171,7 +196,10 @@ class ModelsTab:
         engine = {"chat": self.ctx.chat, "image": self.ctx.image, "speech": self.ctx.speech}.get(spec.kind)
         if engine is self.ctx.image:
             self.ctx.image.prepare(spec)
-        plan = self.manager.plan(spec)
+        try:
+            plan = self.manager.plan(spec)
+        except ModelLoadError as exc:
+            raise self.not_downloaded(spec, exc) from None
         rec = engine.load(spec) if engine is not None else self.manager.load(spec)  # a chat model gets its adapters
         loaded = msg.LOADED.format(
             name=rec.name,

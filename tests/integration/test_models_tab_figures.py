@@ -81,3 +81,40 @@ def test_each_model_keeps_its_colour_whatever_else_is_loaded(ctx):
     together = {s.label: s.color for s in memory_bar.segments(snap, [_record(k) for k in reversed(keys)], [])}
     assert alone == together
     assert len(set(alone.values())) > 1  # not one colour for all
+
+
+@pytest.mark.parametrize("hub", ["unreachable", "reachable", "offline"])
+def test_a_made_up_hub_id_says_whether_the_hub_can_be_reached(ctx, tmp_path, monkeypatch, hub):
+    import socket
+
+    from huggingface_hub import constants
+
+    listener = socket.create_server(("127.0.0.1", 0))  # a Hub that answers connections
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there
+    port = listener.getsockname()[1] if hub == "reachable" else closed_port
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    if hub == "offline":
+        offline = build_context(
+            StudioConfig(device="cpu", data_dir=tmp_path / "offline", offline=True), start_monitor=False
+        )
+        ctx = offline
+    tab = models_tab.ModelsTab(ctx)
+    try:
+        for action in (tab.plan, tab.load):
+            with pytest.raises(Exception) as err:
+                action("chat", "someone/made-up-model-42", "fp32", request=LOCAL)
+            text = str(err.value)
+            assert "someone/made-up-model-42 is not downloaded yet" in text, text
+            assert "Download it first" not in text
+            if hub == "unreachable":
+                assert "Hugging Face Hub is out of reach: 127.0.0.1 cannot be reached" in text, text
+            elif hub == "reachable":
+                assert "the Hugging Face Hub is reachable" in text and "hf download someone/made-up-model-42" in text
+            else:
+                assert "the studio runs offline (--offline)" in text, text
+    finally:
+        listener.close()
+        if hub == "offline":
+            offline.close()
