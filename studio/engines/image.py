@@ -1,8 +1,10 @@
 """Images: Stable Diffusion text-to-image and image-to-image on the shared model manager.
 
 No gradio here. The Image tab and /v1/images/generations both call `ImageEngine.generate()`, a generator that
-yields after every finished batch; per-step progress goes to an `on_step` callback, and `should_stop` is checked
-after every step (Stop ends after the current step and keeps the images already finished).
+yields after every finished batch; per-step progress goes to an `on_step` callback and to `progress()` (what any
+page shows, a page opened mid-run too), and `should_stop` is checked after every step: Stop ends after the current
+step, keeps the images already finished and, as AUTOMATIC1111 does, decodes the latents where it landed and saves
+them as partial images (`NNNNN-SEED-partial.png`, "Stopped at: step S of N" in their parameters).
 
 Every image is written to `outputs/images/YYYY-MM-DD/NNNNN-SEED.png` before it is handed out, with a `parameters`
 text chunk in the AUTOMATIC1111 format (`studio.engines.image_params`), which `parse_infotext` reads back. It is
@@ -19,6 +21,7 @@ StudioOutOfMemory.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -56,6 +59,8 @@ from studio.models.manager import ModelManager
 from studio.models.records import LOADED, ModelRecord
 from studio.models.specs import ModelSpec, catalog_entry
 from studio.text import fmt_bytes
+
+log = logging.getLogger(__name__)
 
 # ----- models: defaults, sizes, names --------------------------------------------------------------------------
 
@@ -166,6 +171,8 @@ class RunReport:
     stopped: bool
     seconds: float
     planned: int  # images asked for
+    partial: tuple[int, ...] = ()  # seeds of the partially denoised images saved where Stop landed
+    stopped_at: tuple[int, int] | None = None  # (step, steps) of the batch Stop ended
 
     def summary(self) -> str:
         n = len(self.seeds)
@@ -173,9 +180,47 @@ class RunReport:
         text = f"{n} image{'s' if n != 1 else ''} in {self.seconds:.1f} s · seed {seeds or self.first_seed}"
         if self.stopped:
             text += f" · stopped after {n} of {self.planned}"
+        if self.partial and self.stopped_at:
+            k = len(self.partial)
+            text += (
+                f" · {k} partial image{'s' if k != 1 else ''} kept (step {self.stopped_at[0]} of {self.stopped_at[1]})"
+            )
         text += " · memory: " + (", ".join(self.measures) if self.measures else "no measures needed")
         if self.recovered:
             text += " · out of memory, recovered with: " + ", ".join(self.recovered)
+        return text
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Where the run being drawn stands (the engine draws one run at a time); `idle` when none runs."""
+
+    phase: str = "idle"  # idle | waiting (for another run) | loading (the model) | drawing
+    image: int = 0  # first image of the batch being drawn, from 1
+    batch_size: int = 1
+    images: int = 0  # images the run draws
+    step: int = 0  # steps done in this batch
+    steps: int = 0  # steps per batch
+    eta: float | None = None  # seconds left for the whole run, once a step has been timed
+    finished_runs: int = 0  # runs ended since the engine started: a page refreshes its gallery when this moves
+
+    @property
+    def running(self) -> bool:
+        return self.phase != "idle"
+
+    def line(self) -> str:
+        """One line: "Image 2 of 4 · step 3 of 10 · about 5 s left" ("" when idle)."""
+        if self.phase == "waiting":
+            return "Waiting for another run to finish…"
+        if self.phase == "loading":
+            return "Loading the model…"
+        if self.phase != "drawing":
+            return ""
+        last = min(self.images, self.image + self.batch_size - 1)
+        which = f"Image {self.image}" if last == self.image else f"Images {self.image}–{last}"
+        text = f"{which} of {self.images} · step {self.step} of {self.steps}"
+        if self.eta is not None:
+            text += f" · about {self.eta:.0f} s left" if self.eta < 90 else f" · about {self.eta / 60:.0f} min left"
         return text
 
 
@@ -195,7 +240,11 @@ class ImageUpdate:
 
 
 class _Stopped(Exception):
-    """Raised from the step callback to end a pipeline call after the current step."""
+    """Raised from the step callback to end a pipeline call after the current step; carries the latents there."""
+
+    def __init__(self, latents: Any = None, step: int = 0, steps: int = 0) -> None:
+        super().__init__("stopped")
+        self.latents, self.step, self.steps = latents, step, steps
 
 
 # ----- the engine ----------------------------------------------------------------------------------------------
@@ -229,6 +278,7 @@ class ImageEngine:
     offline: bool = False
     lane: GpuLane = field(default_factory=GpuLane, repr=False)  # shared with the other engines in a studio
     _save_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _progress: RunProgress = field(default_factory=RunProgress, repr=False)
 
     # ----- models --------------------------------------------------------------------------------------------
 
@@ -335,7 +385,14 @@ class ImageEngine:
 
     # ----- outputs -------------------------------------------------------------------------------------------
 
-    def save(self, image: Any, seed: int, text: str) -> SavedImage:
+    def progress(self) -> RunProgress:
+        """Where the run being drawn stands, for any page (one opened mid-run too)."""
+        return self._progress
+
+    def _set_progress(self, **changes: Any) -> None:
+        self._progress = replace(self._progress, **changes)
+
+    def save(self, image: Any, seed: int, text: str, suffix: str = "") -> SavedImage:
         """Write a PNG with its parameters chunk to today's folder (atomically: no half-written file is seen)."""
         from PIL import PngImagePlugin
 
@@ -347,7 +404,7 @@ class ImageEngine:
             try:
                 day.mkdir(parents=True, exist_ok=True)
                 numbers = [int(m.group(1)) for f in day.iterdir() if (m := re.match(r"(\d{5,})-", f.name))]
-                path = day / f"{max(numbers, default=0) + 1:05d}-{seed}.png"
+                path = day / f"{max(numbers, default=0) + 1:05d}-{seed}{suffix}.png"
                 tmp = day / f".{path.name}.tmp"
                 image.save(tmp, format="PNG", pnginfo=info)
                 os.replace(tmp, path)
@@ -400,8 +457,10 @@ class ImageEngine:
             yield ImageUpdate([], 0, 0, "Stopped before it started.", report)
             return
         try:
+            self._set_progress(phase="drawing" if self.is_loaded(spec) else "loading", images=params.images, eta=None)
             yield from self._generate(spec, params, init, should_stop, on_step, t0)
         finally:
+            self._set_progress(phase="idle", finished_runs=self._progress.finished_runs + 1, eta=None)
             self.lane.release()
 
     def _generate(
@@ -415,12 +474,22 @@ class ImageEngine:
     ) -> Iterator[ImageUpdate]:
         choice = self.plan_memory(spec, params)
         saved: list[SavedImage] = []
-        stopped = False
+        partial: list[SavedImage] = []
+        stopped, stopped_at = False, None
         with self.manager.acquire(spec, choice.accounted) as lease:
             run = _Run(lease.model, spec, params, init, choice.measures, self.manager.device, should_stop, on_step)
+            run.on_progress = self._step_progress(params, time.perf_counter())
+            seeds: list[int] = []
             try:
                 for b in range(params.batch_count):
                     seeds = [params.seed + b * params.batch_size + k for k in range(params.batch_size)]
+                    self._set_progress(
+                        phase="drawing",
+                        image=b * params.batch_size + 1,
+                        batch_size=params.batch_size,
+                        step=0,
+                        steps=params.steps_per_batch,
+                    )
                     images = self.manager.run_with_recovery(
                         lambda seeds=seeds: run.batch(seeds), name=spec.name, exclude=spec.key, degrade=run.degrade()
                     )
@@ -431,8 +500,11 @@ class ImageEngine:
                     if should_stop():
                         stopped = b + 1 < params.batch_count
                         break
-            except _Stopped:
-                stopped = True
+            except _Stopped as stop:
+                stopped, stopped_at = True, (stop.step, stop.steps)
+                for image, seed in zip(run.decode(stop.latents), seeds, strict=False):
+                    text = infotext(params, seed, model_name(spec)) + f", Stopped at: step {stop.step} of {stop.steps}"
+                    partial.append(self.save(image, seed, text, suffix="-partial"))
             finally:
                 run.restore()
         report = RunReport(
@@ -444,8 +516,19 @@ class ImageEngine:
             stopped,
             time.perf_counter() - t0,
             params.images,
+            tuple(s.seed for s in partial),
+            stopped_at,
         )
-        yield ImageUpdate(saved, run.done, run.total, report.summary(), report)
+        yield ImageUpdate(saved + partial, run.done, run.total, report.summary(), report)
+
+    def _step_progress(self, params: ImageParams, t0: float) -> Callable[[int, int, int, int], None]:
+        """The step callback's report to `progress()`: the step in this batch and the time left for the run."""
+
+        def report(done: int, total: int, step: int, steps: int) -> None:
+            eta = (time.perf_counter() - t0) / done * (total - done) if done else None
+            self._set_progress(phase="drawing", step=step, steps=steps, eta=eta)
+
+        return report
 
 
 def _number_of(path: Path) -> int:
@@ -475,6 +558,7 @@ class _Run:
 
         self.base, self.params, self.init, self.device = pipe, params, init, device
         self.should_stop, self.on_step = should_stop, on_step
+        self.on_progress: Callable[[int, int, int, int], None] | None = None  # done, total, batch's step, steps
         self.one_at_a_time = False
         self.recovered: list[str] = []
         self.done = 0
@@ -526,11 +610,31 @@ class _Run:
 
     def _callback(self, pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
         self.done += 1
+        steps = getattr(pipe, "num_timesteps", None) or self.params.steps_per_batch
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total, step + 1, steps)
         if self.on_step is not None:
             self.on_step(self.done, self.total)
         if self.should_stop():
-            raise _Stopped
+            raise _Stopped(kwargs.get("latents"), step + 1, steps)
         return kwargs
+
+    def decode(self, latents: Any) -> list[Any]:
+        """The partially denoised images (PIL) of latents a Stop left, or [] when there are none or they cannot be
+        decoded (a partial image is a courtesy: the finished images are kept either way)."""
+        if latents is None:
+            return []
+        import torch
+
+        vae = self.pipe.vae
+        try:
+            with torch.inference_mode():
+                scaled = latents.to(vae.dtype) / vae.config.scaling_factor
+                decoded = vae.decode(scaled, return_dict=False)[0]
+                return list(self.pipe.image_processor.postprocess(decoded, output_type="pil"))
+        except (RuntimeError, ValueError, AttributeError) as exc:  # out of memory or an unusual pipeline
+            log.warning("the partial image could not be decoded: %s", exc)
+            return []
 
     def batch(self, seeds: list[int]) -> list[Any]:
         """The images of one batch (PIL), one per seed."""

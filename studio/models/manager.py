@@ -128,6 +128,14 @@ class ModelManager:
     def configured_budget(self) -> int | None:
         return self._configured_budget
 
+    def default_budget(self) -> int:
+        """The budget when none is configured, before the reserve: 12 GiB capped by the device (CUDA), or by 75% of
+        the host RAM."""
+        snap = self.probe.snapshot()
+        if snap.device_kind == "cuda":
+            return min(snap.total, DEFAULT_CUDA_BUDGET)
+        return min(DEFAULT_CUDA_BUDGET, int(snap.host_total * 0.75))
+
     def budget_bytes(self) -> int:
         """min(device, configured or 12 GiB) - reserve - memory other processes hold (on CUDA)."""
         snap = self.probe.snapshot()

@@ -23,7 +23,7 @@ from studio.security import require_loaded_choice_or_owner, require_loaded_or_ow
 from studio.text import fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
-from studio.ui.session import StopFlags
+from studio.ui.session import StopFlags, stop_off, stop_on
 
 IMAGE_PRECISIONS = ("fp16", "bf16", "fp32")
 MODEL_HELP = "Model (pick one, or type a diffusers folder, a .safetensors checkpoint or a Hugging Face id)"
@@ -206,11 +206,26 @@ class ImageTab:
 
     def page_load(self) -> tuple:
         """Every page (re)load shows the gallery and the model picker as they are now, not as they were when the
-        studio started: images drawn since (by another page or /v1), models loaded or copied into models/ since."""
-        return gallery_items(self.ctx), gr.Dropdown(choices=model_choices(self.ctx))
+        studio started: images drawn since (by another page or /v1), models loaded or copied into models/ since;
+        and a run being drawn (started before the reload, or by another page) shows its progress."""
+        progress = self.ctx.image.progress()
+        return (
+            gallery_items(self.ctx),
+            gr.Dropdown(choices=model_choices(self.ctx)),
+            progress.line(),
+            progress.finished_runs,
+        )
 
     def gallery(self) -> list[tuple[str, str]]:
         return gallery_items(self.ctx)
+
+    def poll(self, seen_runs: int | None) -> tuple:
+        """Every second: the line of the run being drawn (whichever page started it), and the gallery again when a
+        run has ended since the page last showed it (a page reloaded mid-run sees the images when it ends)."""
+        progress = self.ctx.image.progress()
+        if seen_runs == progress.finished_runs:
+            return progress.line(), gr.skip(), gr.skip()
+        return progress.line(), gallery_items(self.ctx), progress.finished_runs
 
     def visitor_spec(self, choice: str | None, precision: str, request: Any) -> ModelSpec:
         """The chosen model. A remote visitor's typed path is refused before it is looked at, with one answer
@@ -268,21 +283,17 @@ class ImageTab:
 
     @msg.user_errors(final=not_drawn, warn=True)
     def generate(self, form: DrawForm, request: gr.Request = None, progress: Any = None):
-        """Generator: the gallery grows batch by batch; the progress bar moves per step (the engine keeps the
-        pipeline's own per-step tqdm bar out of it). A failure mid-run is reported in the status (and a warning) so
-        the gallery keeps showing what was drawn."""
+        """Generator: the gallery grows batch by batch; the run's one progress line (image i of n, step, time left)
+        is drawn by `poll`, so every page shows it (`progress` only relays a download's or a load's tqdm bars to API
+        clients; the engine keeps the pipeline's per-step bar out). The status holds the result: what was drawn, or
+        why not (a failure mid-run is reported there, and as a warning, so the gallery keeps what was drawn)."""
         spec = self.visitor_spec(form.model, form.precision, request)
         require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
         params = form.params()
         stop = self.flags.start(request)
-        yield gr.update(), "Starting…" if self.ctx.image.is_loaded(spec) else "Loading the model first…"
-
-        def on_step(done: int, total: int) -> None:
-            if progress is not None:
-                progress((min(done, total), total), desc="Denoising", unit="steps")
-
-        for update in self.ctx.image.generate(spec, params, should_stop=stop.is_set, on_step=on_step):
-            yield gallery_items(self.ctx), update.message
+        yield gr.update(), ""
+        for update in self.ctx.image.generate(spec, params, should_stop=stop.is_set):
+            yield gallery_items(self.ctx), update.message if update.finished else gr.update()
 
     def request_stop(self, request: gr.Request = None) -> None:
         self.flags.stop(request)  # ends after the current step
@@ -375,7 +386,7 @@ def settings_column(w: dict[str, Any], start: Any) -> None:
     w["negative"] = gr.Textbox("", label="Negative prompt", lines=2, elem_id="image-negative")
     with gr.Row():
         w["generate"] = gr.Button("Generate", variant="primary", elem_id="image-generate")
-        w["stop"] = gr.Button("Stop", variant="stop", elem_id="image-stop")
+        w["stop"] = gr.Button("Stop", variant="stop", elem_id="image-stop", interactive=False)  # on while drawing
     with gr.Accordion("Settings", open=True):
         with gr.Row():
             w["sampler"] = gr.Dropdown(
@@ -403,6 +414,7 @@ def settings_column(w: dict[str, Any], start: Any) -> None:
 
 
 def gallery_column(ctx: AppContext, w: dict[str, Any]) -> None:
+    w["progress"] = gr.Markdown(ctx.image.progress().line(), elem_id="image-progress")
     w["status"] = gr.Markdown(elem_id="image-status")
     w["gallery"] = gr.Gallery(
         value=gallery_items(ctx),
@@ -419,9 +431,12 @@ def gallery_column(ctx: AppContext, w: dict[str, Any]) -> None:
         label="Parameters of the selected image", lines=4, interactive=False, elem_id="image-params"
     )
     w["selected_path"] = gr.State("")
+    w["seen_runs"] = gr.State(ctx.image.progress().finished_runs)  # the runs ended when the gallery was last listed
+    w["timer"] = gr.Timer(1.0)
 
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
+PRIVATE = {"api_visibility": "private"}
 LIGHT = {"queue": False, "show_progress": "hidden"}
 QUICK = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
 
@@ -431,14 +446,16 @@ def wire(tab: ImageTab, w: dict[str, Any]) -> None:
     check, draw_inputs = bind(tab.check, DrawForm, w)
     generate, _ = bind(tab.generate, DrawForm, w, progress=gr.Progress(track_tqdm=True))
     drawn = [w["gallery"], w["status"]]
-    drawing = {"show_progress_on": [w["status"]], **GPU}  # the gallery stays visible while a run draws
-    w["generate"].click(check, draw_inputs, None, api_name="image_check", **QUICK).success(
-        generate, draw_inputs, drawn, api_name="image_generate", **drawing
-    )
-    w["prompt"].submit(check, draw_inputs, None, api_visibility="private", **QUICK).success(
-        generate, draw_inputs, drawn, api_visibility="private", **drawing
-    )
+    drawing = {"show_progress": "hidden", **GPU}  # the gallery stays visible; the progress line is `poll`'s
+    stop = [w["stop"]]
+    named = ({"api_name": "image_check"}, {"api_name": "image_generate"})
+    for trigger, (check_api, draw_api) in ((w["generate"].click, named), (w["prompt"].submit, (PRIVATE, PRIVATE))):
+        checked = trigger(check, draw_inputs, None, **check_api, **QUICK)
+        on = checked.success(stop_on, None, stop, **PRIVATE, **LIGHT)
+        on.then(generate, draw_inputs, drawn, **draw_api, **drawing).then(stop_off, None, stop, **PRIVATE, **LIGHT)
     w["stop"].click(tab.request_stop, None, None, api_name="image_stop", **QUICK)
+    polled = [w["progress"], w["gallery"], w["seen_runs"]]
+    w["timer"].tick(tab.poll, [w["seen_runs"]], polled, **PRIVATE, **LIGHT)
     defaults = [w[n] for n in ("steps", "cfg", "width", "height", "sampler", "note", "restored_model")]
     choice = [w["model"], w["precision"], w["restored_model"]]
     w["model"].change(tab.apply_defaults, choice, defaults, api_name="image_model", **QUICK)
@@ -465,5 +482,5 @@ def build(ctx: AppContext) -> dict[str, Any]:
 
 def connect_page_load(ctx: AppContext, app: gr.Blocks, image: dict[str, Any]) -> None:
     """Every page (re)load shows the gallery and the model picker as they are now (see `ImageTab.page_load`)."""
-    outputs = [image["gallery"], image["model"]]
+    outputs = [image["gallery"], image["model"], image["progress"], image["seen_runs"]]
     app.load(image["tab"].page_load, None, outputs, api_name="image_page", queue=False, show_progress="hidden")

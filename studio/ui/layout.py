@@ -11,6 +11,7 @@ from studio.ui.inputs import StudioBlocks
 
 CSS = (
     memory_bar.CSS
+    + models_tab.CSS
     + """
 #studio-title h1 {margin: 0; font-size: 22px;}
 #studio-title p {margin: 0; color: var(--body-text-color-subdued);}

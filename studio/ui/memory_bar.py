@@ -6,6 +6,7 @@ Pure rendering: a MemorySnapshot and the manager's records in, HTML out. No grad
 from __future__ import annotations
 
 import html
+import zlib
 from dataclasses import dataclass
 
 from studio.memory.probes import MemorySnapshot
@@ -15,6 +16,11 @@ from studio.text import fmt_bytes
 COLORS = ("#6366f1", "#f59e0b", "#10b981", "#ec4899", "#0ea5e9", "#a855f7", "#84cc16", "#f97316")
 OTHER_COLOR = "#9ca3af"
 RESERVED_COLOR = "#ef4444"
+
+
+def color_for(key: str) -> str:
+    """A model's colour, the same in every view and whatever else is loaded: from a hash of its key."""
+    return COLORS[zlib.crc32(key.encode("utf-8")) % len(COLORS)]
 
 
 @dataclass(frozen=True)
@@ -30,8 +36,8 @@ def segments(
     """What the bar is made of: each loaded model, each external reservation, then other processes."""
     out = []
     loaded = [r for r in records if r.state == LOADED]
-    for i, rec in enumerate(loaded):
-        out.append(BarSegment(rec.name, rec.accounted_bytes, COLORS[i % len(COLORS)]))
+    for rec in loaded:
+        out.append(BarSegment(rec.name, rec.accounted_bytes, color_for(rec.key)))
     for owner, nbytes in reservations:
         out.append(BarSegment(owner, nbytes, RESERVED_COLOR))
     if snap.device_kind == "cuda" and snap.other_processes:

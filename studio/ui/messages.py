@@ -35,7 +35,7 @@ KEEP_ALIVE_INFO = (
 )
 KEEP_ALIVE_SET = "{name}: idle unload {idle}."
 KEEP_ALIVE_RANGE = "Idle unload must be from 0 to {most} minutes, not {minutes:g}; leave it empty for the default."
-UNLOADED = "{name} unloaded: {freed} no longer accounted."
+UNLOADED = "{name} unloaded: {freed} came back."
 LEAK = " Warning: something still holds {name}; its memory is not free yet (see the timeline)."
 LOADED = "{name} loaded: {measured} measured (estimated {estimated}, {method}) in {seconds:.1f} s."
 UNEXPECTED = "Something went wrong: {error}. The studio keeps running; details are in the console."

@@ -11,8 +11,9 @@ import gradio as gr
 from studio.config import GIB, MAX_KEEP_ALIVE_MIN
 from studio.context import AppContext
 from studio.engines import llamacpp
-from studio.errors import InputError
-from studio.models.records import ModelRecord
+from studio.errors import InputError, ModelLoadError
+from studio.models.leases import Reservation
+from studio.models.records import FreeReport, ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec, spec_from_form
 from studio.security import require_owner
 from studio.text import fmt_bytes, fmt_idle
@@ -36,6 +37,23 @@ COLUMNS = [
     "Key",
 ]
 EVENT_COLUMNS = ["Time", "Event", "Model", "Size", "Detail"]
+# headers stay on one line (a long key used to squeeze them to "I n u s e"); a wide table scrolls sideways
+CSS = """
+#models-table th, #models-table th *, #models-events th, #models-events th * {
+  white-space: nowrap !important; word-break: keep-all !important; overflow-wrap: normal !important;}
+"""
+
+
+def budget_value(ctx: AppContext) -> float:
+    """The budget field: the configured budget in GB, else the default's figure (a Number shows an empty value as
+    0, which would read as no budget at all)."""
+    return round((ctx.manager.configured_budget or ctx.manager.default_budget()) / GIB, 2)
+
+
+def budget_hint(ctx: AppContext) -> str:
+    """The budget field's hint: the default, in GB, and where it comes from."""
+    where = "12 GB capped by the device" if ctx.device == "cuda" else "12 GB capped at 75% of the RAM"
+    return f"default {round(ctx.manager.default_budget() / GIB, 2):g} GB here ({where}); empty = the default"
 
 
 def _ago(t: float) -> str:
@@ -51,7 +69,28 @@ def _idle(r: ModelRecord) -> str:
     return f"{text} (default)" if r.keep_alive_default else text
 
 
-def model_rows(records: list[ModelRecord]) -> list[list[str]]:
+def reservation_rows(reservations: list[tuple[Reservation, int]]) -> list[list[str]]:
+    """Memory set aside for another process (a fine-tune worker), as the bar shows it: a row of its own."""
+    return [
+        [
+            r.owner,
+            "reservation",
+            "—",
+            "—",
+            "reserved",
+            fmt_bytes(r.nbytes),
+            "—",
+            fmt_bytes(n),
+            "",
+            _ago(r.created),
+            "—",
+            "",
+        ]
+        for r, n in reservations
+    ]
+
+
+def model_rows(records: list[ModelRecord], reservations: list[tuple[Reservation, int]] = ()) -> list[list[str]]:
     return [
         [
             r.name,
@@ -68,7 +107,13 @@ def model_rows(records: list[ModelRecord]) -> list[list[str]]:
             r.key,
         ]
         for r in records
-    ]
+    ] + reservation_rows(list(reservations))
+
+
+def freed_bytes(report: FreeReport) -> int:
+    """What unloading gave back, as the event log says it: what the probe saw come back when it could tell (a
+    parked model is no longer accounted on the device, but its RAM comes back), else what was accounted."""
+    return report.observed if report.observed is not None else report.accounted
 
 
 class ModelsTab:
@@ -90,7 +135,7 @@ class ModelsTab:
             value = current if current in keys else (records[0].key if records else None)
             dropdown = gr.Dropdown(choices=choices, value=value)
         return (
-            model_rows(records),
+            model_rows(records, self.manager.reservations()),
             dropdown,
             timeline.render(self.ctx.monitor.samples(), self.ctx.events.since()),
             timeline.event_rows(self.ctx.events.last(50)),
@@ -112,7 +157,7 @@ class ModelsTab:
         if not key:
             raise InputError(msg.SELECT_MODEL)
         report = self.manager.unload(key)
-        text = msg.UNLOADED.format(name=report.name, freed=fmt_bytes(report.accounted))
+        text = msg.UNLOADED.format(name=report.name, freed=fmt_bytes(freed_bytes(report)))
         return text + (msg.LEAK.format(name=report.name) if report.leaked else "")
 
     @msg.user_errors
@@ -134,7 +179,32 @@ class ModelsTab:
         spec = self.form_spec(kind, source, precision)
         fallback = llamacpp.fallback_notice(spec)
         engine = f"Engine: {llamacpp.engine_label(spec)}. " if spec.kind == "chat" else ""
-        return engine + self.manager.plan(spec).message + (f" {fallback}" if fallback else "")
+        try:
+            planned = self.manager.plan(spec).message
+        except ModelLoadError as exc:
+            raise self.not_downloaded(spec, exc) from None
+        return engine + planned + (f" {fallback}" if fallback else "")
+
+    def not_downloaded(self, spec: ModelSpec, error: ModelLoadError) -> ModelLoadError:
+        """Why a Hub id whose size is unknown (not downloaded) cannot be planned, with what to do: offline, the Hub
+        out of reach, or reachable (then how to download it). Anything but a Hub id keeps its own error."""
+        from studio.models.hub import NO_NETWORK_TIP, OFFLINE_TIP, hub_unreachable
+
+        if spec.source_type != "hub":
+            return error
+        if self.ctx.config.offline:
+            return ModelLoadError(
+                f"{spec.source} is not downloaded yet and the studio runs offline (--offline).", OFFLINE_TIP
+            )
+        why = hub_unreachable()
+        if why:
+            return ModelLoadError(
+                f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
+            )
+        return ModelLoadError(
+            f"{spec.source} is not downloaded yet; the Hugging Face Hub is reachable.",
+            f"Download it with `hf download {spec.source}` (its size is known once it is here), then Load.",
+        )
 
     def form_spec(self, kind: str, source: str, precision: str) -> ModelSpec:
         """The load form's model. Precision auto: llama.cpp for a GGUF chat model, else the device's default
@@ -160,7 +230,10 @@ class ModelsTab:
         engine = engines.get(spec.kind)
         if engine is self.ctx.image:
             self.ctx.image.prepare(spec)
-        plan = self.manager.plan(spec)
+        try:
+            plan = self.manager.plan(spec)
+        except ModelLoadError as exc:
+            raise self.not_downloaded(spec, exc) from None
         rec = engine.load(spec) if engine is not None else self.manager.load(spec)  # a chat model gets its adapters
         loaded = msg.LOADED.format(
             name=rec.name,
@@ -183,6 +256,8 @@ class ModelsTab:
         for name, value in (("Budget", budget_gb), ("Reserve", reserve_gb)):
             if value is not None and value > MAX_GB:
                 raise InputError(f"{name} must be at most {MAX_GB} GB, not {value:g}; no device has more.")
+        if budget_gb is not None and budget_gb == round(self.manager.default_budget() / GIB, 2):
+            budget_gb = None  # the default's figure as the field shows it: the default (it follows the device)
         self.manager.set_budget(int(budget_gb * GIB) if budget_gb else None, int(reserve_gb * GIB))
         return msg.BUDGET_SET.format(
             budget=fmt_bytes(self.manager.configured_budget) if self.manager.configured_budget else "default",
@@ -223,7 +298,7 @@ def layout(ctx: AppContext) -> dict[str, Any]:
     gr.Markdown(msg.MODELS_INTRO)
     table = gr.Dataframe(
         headers=COLUMNS,
-        value=model_rows(manager.records()),
+        value=model_rows(manager.records(), manager.reservations()),
         interactive=False,
         wrap=True,
         elem_id="models-table",
@@ -288,9 +363,9 @@ def layout(ctx: AppContext) -> dict[str, Any]:
         with gr.Row():
             budget = gr.Number(
                 label="Budget (GB)",
-                value=round((manager.configured_budget or 0) / GIB, 2) or None,
+                value=budget_value(ctx),
                 elem_id="budget-gb",
-                info="empty = 12 GB capped by the device",
+                info=budget_hint(ctx),
             )
             reserve = gr.Number(
                 label="Reserve (GB)", value=round(manager.reserve_bytes / GIB, 2), elem_id="reserve-gb"

@@ -9,6 +9,20 @@ from contextlib import contextmanager
 from typing import Any
 
 
+def stop_on() -> Any:
+    """A Stop button is enabled only while its page's run goes (Image and Speech tabs): on as the run starts..."""
+    import gradio as gr
+
+    return gr.Button(interactive=True)
+
+
+def stop_off() -> Any:
+    """...and off when it ends, however it ends."""
+    import gradio as gr
+
+    return gr.Button(interactive=False)
+
+
 def session_key(request: Any | None) -> str:
     """The browser session a request comes from ("local" for a direct call): stop flags are kept per session."""
     return request.session_hash if request else "local"

@@ -23,7 +23,7 @@ from studio.security import require_loaded_choice_or_owner, require_loaded_or_ow
 from studio.text import blank, fmt_bytes
 from studio.ui import messages as msg
 from studio.ui.forms import bind
-from studio.ui.session import StopFlags
+from studio.ui.session import StopFlags, stop_off, stop_on
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def layout(ctx: AppContext) -> dict[str, Any]:
             )
             with gr.Row():
                 run_btn = gr.Button("Transcribe", variant="primary", elem_id="speech-run")
-                stop_btn = gr.Button("Stop", variant="stop", elem_id="speech-stop")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="speech-stop", interactive=False)
             with gr.Accordion("Options", open=False, elem_id="speech-options"):
                 language = gr.Dropdown(language_choices(), value=AUTO, label="Language", elem_id="speech-language")
                 task = gr.Radio(
@@ -372,7 +372,11 @@ def wire(tab: SpeechTab, w: dict[str, Any]) -> None:
     quick = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hidden"}
     transcribe, inputs = bind(tab.transcribe, TranscribeForm, w, progress=gr.Progress())
     outputs = [w["status"], w["text"], w["segments"], w["files"]]
-    w["run"].click(transcribe, inputs, outputs, api_name="speech_transcribe", **gpu)
+    private = {"api_visibility": "private"}
+    stop = [w["stop"]]  # enabled only while a transcription runs
+    w["run"].click(stop_on, None, stop, **private, **light).then(
+        transcribe, inputs, outputs, api_name="speech_transcribe", **gpu
+    ).then(stop_off, None, stop, **private, **light)
     w["stop"].click(tab.request_stop, None, None, api_name="speech_stop", **quick)
     w["video"].upload(lambda: None, None, [w["audio"]], api_visibility="private", **light)  # one source at a time
     w["audio"].input(lambda: None, None, [w["video"]], api_visibility="private", **light)

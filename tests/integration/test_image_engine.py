@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -113,10 +114,47 @@ def test_stop_mid_run_keeps_the_finished_images(ctx, spec):
 
     before = set(ctx.image.gallery())
     last = run(ctx, spec, replace(BASE, seed=50, batch_count=3), should_stop=lambda: flag["stop"], on_step=on_step)
-    assert last.report.stopped and [s.seed for s in last.images] == [50]
+    assert last.report.stopped and last.report.seeds == (50,)
     assert "stopped after 1 of 3" in last.report.summary()
-    new = set(ctx.image.gallery()) - before
-    assert new == {last.images[0].path}
+    # the finished image, and the one Stop landed in, decoded at its first step and marked as partial
+    assert [s.seed for s in last.images] == [50, 51] and last.report.partial == (51,)
+    assert "1 partial image kept (step 1 of 3)" in last.report.summary()
+    finished, partial = (s.path for s in last.images)
+    assert set(ctx.image.gallery()) - before == {finished, partial}
+    assert partial.name.endswith("-51-partial.png") and not finished.name.endswith("partial.png")
+    assert read_png_parameters(partial).endswith("Stopped at: step 1 of 3")
+    assert "Stopped at" not in read_png_parameters(finished)
+    with Image.open(partial) as img:
+        assert img.size == (64, 64)
+    assert params_from_infotext(read_png_parameters(partial), BASE).params.seed == 51  # it restores like any PNG
+
+
+def test_progress_reads_image_step_and_time_left_and_ends_idle(ctx, spec):
+    seen = []
+
+    def on_step(done: int, total: int) -> None:
+        seen.append(ctx.image.progress())
+
+    before = ctx.image.progress().finished_runs
+    run(ctx, spec, replace(BASE, seed=70, batch_size=2, batch_count=2), on_step=on_step)
+    # every step of each batch, image numbers per batch, a time left once a step is timed
+    assert [(p.image, p.step, p.steps) for p in seen] == [(1, s, 3) for s in (1, 2, 3)] + [
+        (3, s, 3) for s in (1, 2, 3)
+    ]
+    assert all(p.phase == "drawing" and p.eta is not None for p in seen)
+    assert re.fullmatch(r"Images 3–4 of 4 · step 2 of 3 · about \d+ s left", seen[4].line())
+    end = ctx.image.progress()
+    assert not end.running and end.line() == "" and end.finished_runs == before + 1
+
+
+def test_progress_line_is_one_clean_line():
+    from studio.engines.image import RunProgress
+
+    p = RunProgress(phase="drawing", image=2, images=3, step=13, steps=20, eta=5.4)
+    assert p.line() == "Image 2 of 3 · step 13 of 20 · about 5 s left"
+    assert RunProgress(phase="drawing", image=1, images=1, step=1, steps=180, eta=600).line().endswith("10 min left")
+    assert RunProgress(phase="loading").line() == "Loading the model…"
+    assert RunProgress().line() == "" and not RunProgress().running
 
 
 def test_small_budget_switches_memory_measures_on(ctx, spec):
