@@ -134,7 +134,11 @@ def resolve_spec(ctx: AppContext, choice: str | None, precision: str) -> ModelSp
         from studio.models.starter import starter_spec
 
         spec = starter_spec(ctx.device)
-        return llamacpp.auto_engine(spec) if precision == llamacpp.AUTO else spec
+        if precision == llamacpp.AUTO:
+            return llamacpp.auto_engine(spec)
+        if precision not in PRECISIONS:
+            raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+        return replace(spec, precision=precision)  # nf4, int8, ...: the converted starter at that precision
     spec = llamacpp.chat_spec(ctx.device, choice, precision)
     found = dict((value, label) for label, value in ctx.discovery.chat_models(ctx.config.models_dir))
     if choice in found:  # an Ollama blob is named by its hash: call it what Ollama calls it

@@ -118,3 +118,28 @@ def test_a_made_up_hub_id_says_whether_the_hub_can_be_reached(ctx, tmp_path, mon
         listener.close()
         if hub == "offline":
             offline.close()
+
+
+def test_the_starter_picked_at_another_precision_loads_at_it(tmp_path, starter_folder):
+    """Chat's precision for the starter was dropped (fp32 whatever was picked): nf4 now loads an nf4 copy."""
+    from studio.models.starter import starter_folder as folder_in
+    from studio.ui.chat_tab import STARTER_PREFIX, resolve_spec
+
+    data = tmp_path / "data"
+    link = folder_in(data / "models")  # the converted starter, not converted again
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(starter_folder, target_is_directory=True)
+    c = build_context(StudioConfig(device="cpu", data_dir=data), start_monitor=False)
+    try:
+        choice = STARTER_PREFIX + "starter"
+        fp32, nf4 = resolve_spec(c, choice, "fp32"), resolve_spec(c, choice, "nf4")
+        assert (fp32.precision, nf4.precision) == ("fp32", "nf4") and fp32.key != nf4.key
+        with pytest.raises(Exception, match="Precision must be one of"):
+            resolve_spec(c, choice, "fp8-ish")
+        c.manager.load(fp32)
+        c.manager.load(nf4)
+        loaded = {r.key: r for r in c.manager.records()}
+        assert loaded[nf4.key].precision == "nf4" and loaded[nf4.key].state == LOADED
+        assert loaded[nf4.key].measured_bytes < loaded[fp32.key].measured_bytes / 2
+    finally:
+        c.close()
