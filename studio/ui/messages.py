@@ -80,6 +80,18 @@ NOTHING_TO_REGENERATE = "Nothing to regenerate yet."
 CHAT_NO_REPLY = "No reply: {error}"  # the stats line when a reply failed; the conversation is kept as it was
 CHAT_SIDE_STATS = "With adapter {adapter}: {with_stats} · without: {without_stats}"
 CHAT_SIDE_WAITING = "answering…"
+# what the reply's bubble says until its first token (updated every second), by what the reply waits for
+CHAT_WAITING = {
+    "convert": "⏳ Converting the starter model once (first use only), then loading it: {seconds:.0f} s",
+    "unpark": "⏳ Bringing {name} back from CPU RAM: {seconds:.0f} s",
+    "load": "⏳ Loading {name}: {seconds:.0f} s",
+}
+CHAT_STOPPED_MARK = " — stopped"  # ends a reply cut by Stop or Clear (left out of the next prompt)
+CHAT_STOPPED_EMPTY = "— stopped before the first word"
+CHAT_BUSY = "A reply is still being written: wait for it or press Stop. Your message stays in the box."
+CHAT_DEFAULTS = "Defaults from {source}: {values}."
+CHAT_DEFAULTS_IGNORED = " Not taken (out of range here): {ignored}."
+CHAT_DEFAULTS_NONE = "{name} names no sampling defaults of its own: the studio's are set."
 PICK_RUN = "Pick a run in the Runs list first (or start one)."
 EXPORT_HELP = (
     "Convert a chat model into one GGUF file that llama.cpp, Ollama and LM Studio run, with an Ollama `Modelfile` "
