@@ -226,18 +226,23 @@ def buttons(replying: bool) -> tuple:
     )
 
 
+def hold_buttons(asked_after: int | None) -> tuple:
+    """A reply is about to run (unless its question was refused): Stop usable, Send and Regenerate not."""
+    return (gr.skip(),) * 3 if asked_after == NOT_ASKED else buttons(True)
+
+
+def release_buttons() -> tuple:
+    """The reply has ended, however it ended."""
+    return buttons(False)
+
+
 def reply_failed(tab: Any, last: tuple | None, text: str, line: str) -> tuple:
     """The page after a failed reply: the conversation as it was (what the reply wrote is kept, an empty bubble it
-    added goes), the reason on the stats line, and Send usable again."""
+    added goes) and the reason on the stats line."""
     if last is None:  # failed before it added anything
-        return gr.skip(), gr.skip(), msg.CHAT_NO_REPLY.format(error=line), *buttons(False)
-    history, side = last[0], last[1]
-    return (
-        drop_empty_reply(history, True),
-        drop_empty_reply(side, True),
-        msg.CHAT_NO_REPLY.format(error=line),
-        *buttons(False),
-    )
+        return gr.skip(), gr.skip(), msg.CHAT_NO_REPLY.format(error=line)
+    history, side, _ = last
+    return drop_empty_reply(history, True), drop_empty_reply(side, True), msg.CHAT_NO_REPLY.format(error=line)
 
 
 NOT_ASKED = -1  # `asked_after` of a question that a Clear overtook: no count of Clears matches it
@@ -429,24 +434,19 @@ class ChatTab:
     def respond(self, form: ReplyForm, request: gr.Request = None, progress: Any = None):
         """Generator: the reply streams into the chatbot. A reply that fails before writing anything leaves the
         conversation as it was (the user's message stays, no empty bubble to feed the next prompt); what a reply
-        wrote before failing is kept. While it runs, Stop is usable and Send and Regenerate are not."""
+        wrote before failing is kept."""
         session = session_key(request)
         if form.asked_after is not None and form.asked_after != self.flags.clears(session):
             # asked before a Clear (or refused), and waited in the queue: the chat stays as it is
-            yield (gr.skip(),) * 6
+            yield gr.skip(), gr.skip(), gr.skip()
             return
         with self.flags.running(session):  # Clear waits for this to end
             cleared = self.flags.clears(session)
-            last, held = None, False
-            for last in self._respond(form, request):  # noqa: B007 - the last update ends the reply
-                yield (*last, *(gr.skip(),) * 3) if held else (*last, *buttons(True))
-                held = True
+            yield from self._respond(form, request)
             if self.flags.clears(session) != cleared:
                 # a Clear ended this reply: its last message (which Gradio sends again when the reply ends, maybe
                 # after Clear's own) is the empty chat too, so the page stays clear whichever arrives last
-                yield [], [], "", *buttons(False)
-            elif last is not None:
-                yield (*last, *buttons(False))
+                yield [], [], ""
 
     def _respond(self, form: ReplyForm, request: Any):
         """The reply itself (see `respond`)."""
@@ -665,26 +665,31 @@ QUICK = {"concurrency_id": "ui", "concurrency_limit": None, "show_progress": "hi
 def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     """The tab's events."""
     respond, reply_inputs = bind(tab.respond, ReplyForm, w, progress=gr.Progress(track_tqdm=True))
-    # the reply holds Send and Regenerate (and frees Stop) while it runs
-    reply_outputs = [w["chatbot"], w["side"], w["stats"], w["send"], w["stop"], w["regenerate"]]
+    reply_outputs = [w["chatbot"], w["side"], w["stats"]]
     # progress (a download) and errors show on the stats line: the conversation stays in view, after an error too
     replying = {"show_progress_on": [w["stats"]], **GPU}
     asked = [w["input"], w["chatbot"], w["asked_after"]]
     # the page asks through `ask` (a refusal is a warning, never an error over the conversation); API clients through
     # `chat_add_user`, whose refusals are errors
     gr.on([], tab.add_user, [w["input"], w["chatbot"]], asked, api_name="chat_add_user", **QUICK)
-    w["send"].click(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK).success(
-        respond, reply_inputs, reply_outputs, api_name="chat", **replying
-    )
-    w["input"].submit(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK).success(
-        respond, reply_inputs, reply_outputs, api_visibility="private", **replying
-    )
+    # while a reply runs Stop is usable, Send and Regenerate are not (Enter is refused by `ask`)
+    held = [w["send"], w["stop"], w["regenerate"]]
+    hold = {"fn": hold_buttons, "inputs": [w["asked_after"]], "outputs": held, "api_visibility": "private", **LIGHT}
+    release = {"fn": release_buttons, "inputs": None, "outputs": held, "api_visibility": "private", **LIGHT}
+    sent = w["send"].click(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
+    sent.success(**hold)
+    sent.success(respond, reply_inputs, reply_outputs, api_name="chat", **replying).then(**release)
+    entered = w["input"].submit(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
+    entered.success(**hold)
+    entered.success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying).then(**release)
     # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
     w["ask"] = {"fn": tab.ask, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
     w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
-    w["regenerate"].click(
+    dropped = w["regenerate"].click(
         tab.drop_last_reply, [w["chatbot"]], [w["chatbot"], w["asked_after"]], api_name="drop_last_reply", **QUICK
-    ).success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying)
+    )
+    dropped.success(**hold)
+    dropped.success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying).then(**release)
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
     w["stop"].click(tab.request_stop, None, None, api_name="chat_stop", **QUICK)
     # no `cancels=`: a cancelled reply's last message can still arrive after Clear's; waiting for it orders them
