@@ -678,10 +678,14 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     release = {"fn": release_buttons, "inputs": None, "outputs": held, "api_visibility": "private", **LIGHT}
     sent = w["send"].click(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
     sent.success(**hold)
-    sent.success(respond, reply_inputs, reply_outputs, api_name="chat", **replying).then(**release)
+    answered = sent.success(respond, reply_inputs, reply_outputs, api_name="chat", **replying)
+    answered.then(**release)
+    answered.failure(**release)  # `then` follows a reply that ended; a failed one is followed by `failure` only
     entered = w["input"].submit(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
     entered.success(**hold)
-    entered.success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying).then(**release)
+    answered = entered.success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying)
+    answered.then(**release)
+    answered.failure(**release)
     # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
     w["ask"] = {"fn": tab.ask, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
     w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
@@ -689,7 +693,9 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
         tab.drop_last_reply, [w["chatbot"]], [w["chatbot"], w["asked_after"]], api_name="drop_last_reply", **QUICK
     )
     dropped.success(**hold)
-    dropped.success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying).then(**release)
+    answered = dropped.success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying)
+    answered.then(**release)
+    answered.failure(**release)
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
     w["stop"].click(tab.request_stop, None, None, api_name="chat_stop", **QUICK)
     # no `cancels=`: a cancelled reply's last message can still arrive after Clear's; waiting for it orders them
