@@ -1,5 +1,6 @@
-"""A chat model's own sampling defaults: its generation_config.json (a folder, or a Hub snapshot already in the cache),
-its GGUF metadata (`general.sampling.*`), or for the starter the studio's settings for it; else none (the studio's defaults apply).
+"""A chat model's own sampling defaults: its generation_config.json (a folder, or a Hub snapshot already in the
+cache), its GGUF metadata (`general.sampling.*`), or for the starter the studio's settings for it; else none (the
+studio's defaults apply).
 
 No gradio, no torch: the Chat tab shows (and applies) these when a model is picked.
 """
