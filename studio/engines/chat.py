@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studio.engines import llamacpp
+from studio.engines.chat_defaults import SamplingDefaults, sampling_defaults
 from studio.engines.lane import GpuLane
 from studio.engines.llamacpp import LlamaCppLM, is_llamacpp, llamacpp_spec, transformers_twin
 from studio.engines.vision import is_image_part
@@ -524,15 +525,40 @@ class ChatEngine:
 
     # ----- models ------------------------------------------------------------------------------------------
 
-    def load(self, spec: ModelSpec, workload: Workload | None = None) -> ModelRecord:
-        """Load the model (with the adapters attached to it) and leave it loaded; its record afterwards."""
-        spec, _ = self.runtime_spec(spec, ChatParams(context_len=workload.context_len if workload else 0))
+    def load(self, spec: ModelSpec, workload: Workload | None = None, params: ChatParams | None = None) -> ModelRecord:
+        """Load the model (with the adapters attached to it) and leave it loaded; its record afterwards. With `params`,
+        the variant a reply with them runs on (llama.cpp's KV cache type and flash attention are load-time)."""
+        params = params or ChatParams(context_len=workload.context_len if workload else 0)
+        spec, _ = self.runtime_spec(spec, params)
         self._unload_other_variants(spec)
         with self.manager.acquire(spec, workload) as lease:
             self._sync_adapters(spec, lease.model)
         record = self.manager.record(spec.key)
         assert record is not None
         return record
+
+    def waiting_for(self, spec: ModelSpec, params: ChatParams) -> str:
+        """What a reply with `params` waits for before its first token: "convert" (the starter's one-time conversion
+        into safetensors, then its load), "unpark" (back from CPU RAM), "load", or "" (loaded already)."""
+        from studio.models.records import LOADED, PARKED
+
+        spec, _ = self.runtime_spec(spec, params)
+        record = self.manager.record(spec.key)
+        if record is not None and record.state == LOADED:
+            return ""
+        if record is not None and record.state == PARKED:
+            return "unpark"
+        if spec.source_type == "starter" and not is_llamacpp(spec):
+            from studio.models.starter import cache_root, is_converted
+
+            if not is_converted(self.manager.load_options.cache_dir or cache_root() / "models"):
+                return "convert"
+        return "load"
+
+    @staticmethod
+    def sampling_defaults(spec: ModelSpec) -> SamplingDefaults:
+        """The model's own sampling defaults (its generation_config.json or GGUF metadata), without loading it."""
+        return sampling_defaults(spec)
 
     def is_loaded(self, spec: ModelSpec) -> bool:
         """Whether the model is loaded; for llama.cpp, with any context (each is its own spec)."""

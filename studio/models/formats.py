@@ -291,6 +291,22 @@ def gguf_info(path: Path) -> WeightsInfo:
     return tally.info("gguf metadata", config)
 
 
+def gguf_sampling(path: Path) -> dict[str, float]:
+    """The sampling defaults a GGUF file names in its metadata (`general.sampling.*`, as llama.cpp reads them), by
+    their key's last part ("temp", "top_p", "top_k", "penalty_repeat", ...); numbers only."""
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            meta, _tensors = _GGUFCursor(buf).parse()
+    except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: not a readable GGUF file ({exc}).", BAD_FILE_TIP) from None
+    prefix = "general.sampling."
+    return {
+        key.removeprefix(prefix): float(value)
+        for key, value in meta.items()
+        if key.startswith(prefix) and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
 def _gguf_file_type(value: object) -> str:
     """The quantization a GGUF file names for itself ("Q4_1", "Q4_K_M", "F16"), from general.file_type."""
     if not isinstance(value, int):

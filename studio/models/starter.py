@@ -210,6 +210,12 @@ def ensure_starter(models_dir: Path, *, fetch: bool = True) -> Path:
     return target
 
 
+def is_converted(models_dir: Path) -> bool:
+    """Whether `ensure_starter(models_dir)` would reuse a converted folder (no conversion to wait for)."""
+    stamp = {"model": STARTER_NAME, "wheel_sha256": WHEEL_SHA256, "format": FORMAT_VERSION}
+    return _is_complete(starter_folder(models_dir), stamp)
+
+
 def starter_gguf(models_dir: Path) -> Path:
     """Where `ensure_starter_gguf` puts the starter's GGUF file under a models folder."""
     return Path(models_dir).expanduser() / "starter" / Path(GGUF_MEMBER).name

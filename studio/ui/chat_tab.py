@@ -6,6 +6,7 @@ Thin handlers: widgets -> ChatParams -> ctx.chat.stream() -> widgets. No torch h
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ import gradio as gr
 from studio.context import AppContext
 from studio.engines import llamacpp
 from studio.engines.chat import ChatParams
+from studio.engines.chat_defaults import SamplingDefaults
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.formats import is_gguf
@@ -191,12 +193,28 @@ def is_note(message: dict) -> bool:
     return (message.get("metadata") or {}).get("id") == "studio-note"
 
 
+def mark_stopped(text: str) -> str:
+    """A reply cut by Stop or Clear, marked as such in the conversation."""
+    return text.rstrip() + msg.CHAT_STOPPED_MARK if not blank(text) else msg.CHAT_STOPPED_EMPTY
+
+
+def unmarked(text: str) -> str:
+    """A reply as the model wrote it: the stopped mark is the page's, not the model's (see `mark_stopped`)."""
+    return "" if text == msg.CHAT_STOPPED_EMPTY else text.removesuffix(msg.CHAT_STOPPED_MARK)
+
+
 def conversation(system: str, history: list[dict]) -> list[dict[str, str]]:
     msgs = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
     for m in history:
         role = m.get("role") if isinstance(m, dict) else None
-        if role in ("user", "assistant") and not is_note(m):
+        if isinstance(m, dict) and is_note(
+            m
+        ):  # the page's own lines (an adapter attached from the Fine-tune tab): never the model's
+            continue
+        if role == "user":
             msgs.append({"role": role, "content": _text(m.get("content"))})
+        elif role == "assistant" and not blank(text := unmarked(_text(m.get("content")))):
+            msgs.append({"role": role, "content": text})
     return msgs
 
 
@@ -217,6 +235,25 @@ def export_conversation(ctx: AppContext, system: str, history: list[dict], model
         json.dumps({"model": model_name, "messages": msgs}, indent=2, ensure_ascii=False), encoding="utf-8"
     )
     return [str(md_path), str(json_path)]
+
+
+def buttons(replying: bool) -> tuple:
+    """Send, Stop and Regenerate while a reply runs (Stop only) and after it (Send and Regenerate only)."""
+    return (
+        gr.Button(interactive=not replying),
+        gr.Button(interactive=replying),
+        gr.Button(interactive=not replying),
+    )
+
+
+def hold_buttons(asked_after: int | None) -> tuple:
+    """A reply is about to run (unless its question was refused): Stop usable, Send and Regenerate not."""
+    return (gr.skip(),) * 3 if asked_after == NOT_ASKED else buttons(True)
+
+
+def release_buttons() -> tuple:
+    """The reply has ended, however it ended."""
+    return buttons(False)
 
 
 def reply_failed(tab: Any, last: tuple | None, text: str, line: str) -> tuple:
@@ -277,6 +314,33 @@ def workload_for(context: int | None) -> Workload:
     return Workload(context_len=max(int(context or 0), 0))
 
 
+WAIT_TICK = 1.0  # seconds between updates of the bubble's wait line
+
+
+def defaults_line(name: str, found: SamplingDefaults) -> str:
+    """The line under the settings that says which sampling defaults were set, and from where."""
+    if not found.values and not found.ignored:
+        return msg.CHAT_DEFAULTS_NONE.format(name=name)
+    values = ", ".join(f"{field} {value:g}" for field, value in found.values) or "none the studio can take"
+    line = msg.CHAT_DEFAULTS.format(source=f"{name}'s {found.source}", values=values)
+    return line + (msg.CHAT_DEFAULTS_IGNORED.format(ignored=", ".join(found.ignored)) if found.ignored else "")
+
+
+def sampling_values(found: SamplingDefaults) -> dict[str, float | int]:
+    """The Sampling widgets' values for a model: its own defaults, the studio's for what it does not set."""
+    studio = ChatParams()
+    return {
+        "temperature": found.get("temperature", studio.temperature),
+        "top_p": found.get("top_p", studio.top_p),
+        "top_k": found.get("top_k", studio.top_k),
+        "rep": found.get("repetition_penalty", studio.repetition_penalty),
+        "max_new": found.get("max_new_tokens", studio.max_new_tokens),
+    }
+
+
+SAMPLING_WIDGETS = ("temperature", "top_p", "top_k", "rep", "max_new")
+
+
 class ChatTab:
     """The Chat tab's handlers. One per page build; `flags` are per browser session."""
 
@@ -332,8 +396,20 @@ class ChatTab:
         require_loaded_or_owner(self.ctx.security, self.ctx.manager, spec, request)
         return spec
 
+    @msg.user_errors
+    def model_defaults(self, choice: str | None, precision: str) -> tuple:
+        """A model picked: its own sampling defaults in the Sampling widgets (the user can change them), and the line
+        that says which were taken. A choice that is not a model (yet) leaves them as they are."""
+        try:
+            spec = resolve_spec(self.ctx, choice, precision)
+        except StudioError:
+            return (*(gr.skip() for _ in SAMPLING_WIDGETS), "")
+        found = self.ctx.chat.sampling_defaults(spec)
+        values = sampling_values(found)
+        return (*(values[name] for name in SAMPLING_WIDGETS), defaults_line(spec.name, found))
+
     def stream_reply(self, spec, msgs, params, adapter, stop, history, side, prefix=""):
-        """Stream into history[-1]; yields (history, side, stats)."""
+        """Stream into history[-1]; yields (history, side, stats). A stopped reply is marked as such."""
         stats = prefix
         for chunk in self.ctx.chat.stream(spec, msgs, params, adapter=adapter, should_stop=stop.is_set):
             history[-1]["content"] = chunk.text
@@ -341,7 +417,38 @@ class ChatTab:
                 stats = f"{prefix}{chunk.notice} "
             if chunk.done and chunk.stats:
                 stats += chunk.stats.summary()
+                if chunk.stats.finish_reason == "stopped":
+                    history[-1]["content"] = mark_stopped(chunk.text)
             yield history, side, stats
+
+    def wait_for_load(self, spec, params, stop, history, side, stats):
+        """Before the first token: load the model in a worker thread while the reply's bubble says what it waits for
+        and for how long (the starter's one-time conversion takes a minute). Yields (history, side, stats) every
+        WAIT_TICK seconds; a Stop ends the wait (the load goes on, and the model is there for the next reply)."""
+        step = self.ctx.chat.waiting_for(spec, params)
+        if not step:
+            return
+        failed: list[BaseException] = []
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                self.ctx.chat.load(spec, workload_for(params.context_len), params)
+            except BaseException as exc:  # noqa: BLE001 - raised again in the handler's thread
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="chat-load", daemon=True).start()
+        t0 = time.monotonic()
+        while True:
+            history[-1]["content"] = msg.CHAT_WAITING[step].format(name=spec.name, seconds=time.monotonic() - t0)
+            yield history, side, stats
+            if done.wait(WAIT_TICK) or stop.is_set():
+                break
+        history[-1]["content"] = ""  # the wait line is not a reply: a failure leaves no bubble behind
+        if failed:
+            raise failed[0]
 
     @msg.user_errors(final=reply_failed)
     def respond(self, form: ReplyForm, request: gr.Request = None, progress: Any = None):
@@ -350,11 +457,8 @@ class ChatTab:
         wrote before failing is kept."""
         session = session_key(request)
         if form.asked_after is not None and form.asked_after != self.flags.clears(session):
-            yield (
-                gr.skip(),
-                gr.skip(),
-                gr.skip(),
-            )  # asked before a Clear, and waited in the queue: the chat stays clear
+            # asked before a Clear (or refused), and waited in the queue: the chat stays as it is
+            yield gr.skip(), gr.skip(), gr.skip()
             return
         with self.flags.running(session):  # Clear waits for this to end
             cleared = self.flags.clears(session)
@@ -375,6 +479,7 @@ class ChatTab:
         prefix = "" if self.ctx.chat.is_loaded(spec) else self.ctx.manager.plan(spec).message + " "
         history, side = [*(form.chatbot or []), {"role": "assistant", "content": ""}], form.side
         yield history, side, prefix + "Thinking…"
+        yield from self.wait_for_load(spec, params, stop, history, side, prefix + "Thinking…")
         with_stats = ""
         for _, _, with_stats in self.stream_reply(spec, msgs, params, adapter, stop, history, side, prefix):
             yield history, side, with_stats
@@ -388,8 +493,7 @@ class ChatTab:
                 )
                 yield history, side, prefix + both
 
-    @msg.user_errors
-    def add_user(self, text: str | None, history: list | None, request: gr.Request = None) -> tuple:
+    def _add_user(self, text: str | None, history: list | None, request: Any) -> tuple:
         session = session_key(request)
         if self.flags.clearing(session):
             # sent just before a Clear that is still ending the reply: the Clear wins, the text stays in the box and
@@ -397,7 +501,23 @@ class ChatTab:
             return gr.skip(), gr.skip(), NOT_ASKED
         if blank(text):
             raise InputError(msg.TYPE_FIRST)
+        if self.flags.busy(session):  # Enter while a reply runs (Send is disabled then): nothing is cut
+            raise InputError(msg.CHAT_BUSY)
         return "", [*(history or []), {"role": "user", "content": text}], self.flags.clears(session)
+
+    @msg.user_errors
+    def add_user(self, text: str | None, history: list | None, request: gr.Request = None) -> tuple:
+        """The API's step one: the user's message joins the conversation (refusals are errors)."""
+        return self._add_user(text, history, request)
+
+    def ask(self, text: str | None, history: list | None, request: gr.Request = None) -> tuple:
+        """The page's Send and Enter: as `add_user`, but a refusal (an empty message, a reply still running) is a
+        warning that leaves the conversation in view, and the reply step that follows does nothing."""
+        try:
+            return self._add_user(text, history, request)
+        except StudioError as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), gr.skip(), NOT_ASKED
 
     def request_stop(self, request: gr.Request = None) -> None:
         self.flags.stop(request)  # the reply ends after its current token
@@ -495,7 +615,7 @@ def conversation_column(w: dict[str, Any]) -> None:
     )
     with gr.Row():
         w["send"] = gr.Button("Send", variant="primary", elem_id="chat-send")
-        w["stop"] = gr.Button("Stop", variant="stop", elem_id="chat-stop")
+        w["stop"] = gr.Button("Stop", variant="stop", elem_id="chat-stop", interactive=False)  # only while replying
         w["regenerate"] = gr.Button("Regenerate", elem_id="chat-regenerate")
         w["clear"] = gr.Button("Clear", elem_id="chat-clear")
         w["export"] = gr.Button("Export", elem_id="chat-export")
@@ -505,20 +625,32 @@ def conversation_column(w: dict[str, Any]) -> None:
     )
 
 
+def initial_defaults(ctx: AppContext, choice: str | None) -> tuple[dict[str, float | int], str]:
+    """The Sampling widgets' first values and the defaults line: those of the model the picker starts on."""
+    try:
+        spec = resolve_spec(ctx, choice, llamacpp.AUTO)
+    except StudioError:
+        return sampling_values(SamplingDefaults()), ""
+    found = ctx.chat.sampling_defaults(spec)
+    return sampling_values(found), defaults_line(spec.name, found)
+
+
 def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
     w["system"] = gr.Textbox("", label="System prompt", lines=3, elem_id="chat-system")
+    first, line = initial_defaults(ctx, w["model"].value)
     with gr.Accordion("Sampling", open=False):
         w["temperature"] = gr.Slider(
-            0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)", elem_id="chat-temperature"
+            0, 2, value=first["temperature"], step=0.05, label="Temperature (0 = greedy)", elem_id="chat-temperature"
         )
-        w["top_p"] = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p", elem_id="chat-top-p")
-        w["top_k"] = gr.Slider(0, 200, value=50, step=1, label="Top-k (0 = off)", elem_id="chat-top-k")
-        w["rep"] = gr.Slider(0.5, 2, value=1.1, step=0.05, label="Repetition penalty", elem_id="chat-rep")
-        w["max_new"] = gr.Number(value=512, precision=0, label="Max new tokens", elem_id="chat-max-new")
+        w["top_p"] = gr.Slider(0.05, 1, value=first["top_p"], step=0.05, label="Top-p", elem_id="chat-top-p")
+        w["top_k"] = gr.Slider(0, 200, value=first["top_k"], step=1, label="Top-k (0 = off)", elem_id="chat-top-k")
+        w["rep"] = gr.Slider(0.5, 2, value=first["rep"], step=0.05, label="Repetition penalty", elem_id="chat-rep")
+        w["max_new"] = gr.Number(value=first["max_new"], precision=0, label="Max new tokens", elem_id="chat-max-new")
         w["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="chat-seed")
         w["context"] = gr.Number(
             value=0, precision=0, label="Context length (0 = the model's)", elem_id="chat-context"
         )
+    w["defaults"] = gr.Markdown(line, elem_id="chat-defaults")  # which sampling defaults the model gave
     with gr.Accordion("llama.cpp", open=False):
         w["kv_type"] = optional(
             gr.Dropdown(
@@ -558,18 +690,33 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     # progress (a download) and errors show on the stats line: the conversation stays in view, after an error too
     replying = {"show_progress_on": [w["stats"]], **GPU}
     asked = [w["input"], w["chatbot"], w["asked_after"]]
-    w["send"].click(tab.add_user, [w["input"], w["chatbot"]], asked, api_name="chat_add_user", **QUICK).success(
-        respond, reply_inputs, reply_outputs, api_name="chat", **replying
-    )
-    w["input"].submit(tab.add_user, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK).success(
-        respond, reply_inputs, reply_outputs, api_visibility="private", **replying
-    )
+    # the page asks through `ask` (a refusal is a warning, never an error over the conversation); API clients through
+    # `chat_add_user`, whose refusals are errors
+    gr.on([], tab.add_user, [w["input"], w["chatbot"]], asked, api_name="chat_add_user", **QUICK)
+    # while a reply runs Stop is usable, Send and Regenerate are not (Enter is refused by `ask`)
+    held = [w["send"], w["stop"], w["regenerate"]]
+    hold = {"fn": hold_buttons, "inputs": [w["asked_after"]], "outputs": held, "api_visibility": "private", **LIGHT}
+    release = {"fn": release_buttons, "inputs": None, "outputs": held, "api_visibility": "private", **LIGHT}
+    sent = w["send"].click(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
+    sent.success(**hold)
+    answered = sent.success(respond, reply_inputs, reply_outputs, api_name="chat", **replying)
+    answered.then(**release)
+    answered.failure(**release)  # `then` follows a reply that ended; a failed one is followed by `failure` only
+    entered = w["input"].submit(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
+    entered.success(**hold)
+    answered = entered.success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying)
+    answered.then(**release)
+    answered.failure(**release)
     # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
-    w["ask"] = {"fn": tab.add_user, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
+    w["ask"] = {"fn": tab.ask, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
     w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
-    w["regenerate"].click(
+    dropped = w["regenerate"].click(
         tab.drop_last_reply, [w["chatbot"]], [w["chatbot"], w["asked_after"]], api_name="drop_last_reply", **QUICK
-    ).success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying)
+    )
+    dropped.success(**hold)
+    answered = dropped.success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying)
+    answered.then(**release)
+    answered.failure(**release)
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
     w["stop"].click(tab.request_stop, None, None, api_name="chat_stop", **QUICK)
     # no `cancels=`: a cancelled reply's last message can still arrive after Clear's; waiting for it orders them
@@ -582,6 +729,13 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     )
     plan_inputs = [w["model"], w["precision"], w["context"]]
     w["model"].change(tab.show_plan, plan_inputs, [w["plan"]], api_name="chat_plan", **LIGHT)
+    w["model"].change(  # a model picked: its own sampling defaults (the user can still change them)
+        tab.model_defaults,
+        [w["model"], w["precision"]],
+        [*(w[name] for name in SAMPLING_WIDGETS), w["defaults"]],
+        api_name="chat_model_defaults",
+        **LIGHT,
+    )
     for name in ("precision", "context"):
         w[name].change(tab.show_plan, plan_inputs, [w["plan"]], **LIGHT)
     for name in ("model", "precision"):

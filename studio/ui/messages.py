@@ -90,6 +90,18 @@ CHAT_UNTITLED = "(no question yet)"
 CHAT_NOTHING_TO_DELETE = "Nothing to delete: this conversation is empty."
 CHAT_NOT_FOUND = "That conversation is no longer in this browser (deleted in another tab?)."
 CHATS_DROPPED = "Past chats: the {count} oldest conversation(s) were removed to stay within this browser's storage."
+# what the reply's bubble says until its first token (updated every second), by what the reply waits for
+CHAT_WAITING = {
+    "convert": "⏳ Converting the starter model once (first use only), then loading it: {seconds:.0f} s",
+    "unpark": "⏳ Bringing {name} back from CPU RAM: {seconds:.0f} s",
+    "load": "⏳ Loading {name}: {seconds:.0f} s",
+}
+CHAT_STOPPED_MARK = " — stopped"  # ends a reply cut by Stop or Clear (left out of the next prompt)
+CHAT_STOPPED_EMPTY = "— stopped before the first word"
+CHAT_BUSY = "A reply is still being written: wait for it or press Stop. Your message stays in the box."
+CHAT_DEFAULTS = "Defaults from {source}: {values}."
+CHAT_DEFAULTS_IGNORED = " Not taken (out of range here): {ignored}."
+CHAT_DEFAULTS_NONE = "{name} names no sampling defaults of its own: the studio's are set."
 PICK_RUN = "Pick a run in the Runs list first (or start one)."
 ADAPTER_ATTACHED = "Attached the adapter {adapter} to {model}: replies now come from it."
 ADAPTER_ATTACHED_NOTE = "The base model stays loaded: pick it in 'Answer with' to compare, or tick Side by side."

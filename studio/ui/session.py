@@ -66,6 +66,11 @@ class StopFlags:
                     del self._running[session]
                 self._lock.notify_all()
 
+    def busy(self, session: str) -> bool:
+        """True while a reply of this session is being written."""
+        with self._lock:
+            return self._running[session] > 0
+
     def clears(self, session: str) -> int:
         with self._lock:
             return self._clears[session]

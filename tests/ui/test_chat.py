@@ -6,6 +6,7 @@ import re
 import shutil
 import struct
 import warnings
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
@@ -19,6 +20,8 @@ def _set_model(page, folder: str) -> None:
     box = page.locator("#chat-model input")
     box.fill(folder)
     box.press("Enter")
+    # picking a model sets its sampling defaults: settle them before a test sets its own
+    expect(page.locator("#chat-defaults")).to_contain_text(Path(folder).name)
 
 
 def _open_sampling(page) -> None:
@@ -95,7 +98,7 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
     _send(page, "tell me a long story")
     expect(_bots(page)).to_have_count(2, timeout=30_000)
     reply = _bots(page).nth(1)
-    expect(reply).to_have_text(re.compile(r"\S"), timeout=30_000)  # tokens have started
+    expect(reply).to_have_text(re.compile(r"^\s*[^\s⏳]"), timeout=30_000)  # tokens have started (not the load's line)
     first = reply.inner_text()
     expect(reply).not_to_have_text(first)
     second = reply.inner_text()
@@ -111,7 +114,7 @@ def test_chat_streams_and_stops(page, studio, tiny_models, long_lm):
     _send(page, "another long story")
     expect(_bots(page)).to_have_count(3, timeout=30_000)
     expect(_bots(page).nth(2)).to_have_text(re.compile(r"\S"), timeout=30_000)
-    # a question sent with Enter meanwhile (Send is held while its own reply runs) waits for the GPU behind the reply
+    # a question sent with Enter meanwhile (Send is disabled while a reply runs) is refused with a warning
     page.locator("#chat-input textarea").fill("and a question asked meanwhile")
     page.locator("#chat-input textarea").press("Enter")
     page.wait_for_timeout(500)
