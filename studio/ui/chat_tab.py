@@ -729,7 +729,9 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     )
     plan_inputs = [w["model"], w["precision"], w["context"]]
     w["model"].change(tab.show_plan, plan_inputs, [w["plan"]], api_name="chat_plan", **LIGHT)
-    w["model"].change(  # a model picked: its own sampling defaults (the user can still change them)
+    # a model picked by the user (not set by a page-load restore, which brings back the user's own settings): its
+    # own sampling defaults (the user can still change them)
+    w["model"].input(
         tab.model_defaults,
         [w["model"], w["precision"]],
         [*(w[name] for name in SAMPLING_WIDGETS), w["defaults"]],
