@@ -63,8 +63,8 @@ def test_openai_errors_have_openai_shape(client):
 
 def test_a_client_that_leaves_stops_the_run_and_frees_the_gpu_for_the_next_request(studio):
     """Eight 128x128 images of 150 steps take minutes here; the client gives up after 3 s. The run ends after its
-    current step (the batch is one pipeline call: none of its images is written) and the next request is served
-    at once."""
+    current step (the batch is one pipeline call: its images are kept only as partly denoised ones, named
+    -partial) and the next request is served at once."""
     folder = studio.data_dir / "outputs" / "images"
     quick = {"model": "tiny-sd", "prompt": "right after", "size": "64x64", "steps": 1, "seed": 4100}
     httpx.post(studio.url + "v1/images/generations", json=quick, timeout=180).raise_for_status()  # built, loaded
@@ -76,7 +76,8 @@ def test_a_client_that_leaves_stops_the_run_and_frees_the_gpu_for_the_next_reque
     assert r.status_code == 200 and len(r.json()["data"]) == 1 and time.monotonic() - t0 < 30
     # the GPU lane is first come, first served: the abandoned run had ended, and written what it kept
     abandoned = [p for p in folder.glob("*/*.png") if 4000 <= int(re.match(r"\d+-(\d+)", p.name).group(1)) < 4008]
-    assert len(abandoned) < 8, abandoned
+    finished = [p for p in abandoned if not p.stem.endswith("-partial")]
+    assert len(finished) < 8, abandoned  # the partly denoised ones are kept, marked as such (as Stop keeps them)
     stopped = r"images API: .*stopped after \d+ of 8 .*\(the client left\)"
     assert _log_lines(studio, stopped), studio.log.read_text()[-3000:]
 
