@@ -22,7 +22,7 @@ from studio.models.formats import is_gguf
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
-from studio.ui import chat_history
+from studio.ui import chat_history, chat_images
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.inputs import optional
@@ -178,12 +178,15 @@ def drop_empty_reply(history: list[dict] | None, added: bool) -> list[dict]:
     return history
 
 
-def conversation(system: str, history: list[dict]) -> list[dict[str, str]]:
+def conversation(system: str, history: list[dict], images: bool = False) -> list[dict]:
+    """The chat as the engine reads it; with `images`, a user message's images go as image parts (chat_images)."""
     msgs = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
     for m in history:
         role = m.get("role") if isinstance(m, dict) else None
         if role in ("user", "assistant"):
-            msgs.append({"role": role, "content": _text(m.get("content"))})
+            text = _text(m.get("content"))
+            paths = chat_images.image_paths(m.get("content")) if images and role == "user" else []
+            msgs.append({"role": role, "content": chat_images.engine_content(text, paths)})
     return msgs
 
 
@@ -196,14 +199,20 @@ def export_conversation(ctx: AppContext, system: str, history: list[dict], model
     folder.mkdir(parents=True, exist_ok=True)
     stem = time.strftime("chat-%Y%m%d-%H%M%S")
     md = [f"# Chat with {model_name}", ""]
+    shown = [m for m in history if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+    copied = chat_images.export_images(shown, folder, stem)  # the images beside the Markdown, linked from it
+    pictures = iter(copied)  # one list per message of `msgs` after the system prompt (the same roles)
     for m in msgs:
-        md += [f"**{m['role']}**", "", m["content"], ""]
+        links = [] if m["role"] == "system" else next(pictures, [])
+        md += [f"**{m['role']}**", "", *(f"![image]({link})" for link in links), m["content"], ""]
+        if links:
+            m["images"] = links
     md_path, json_path = folder / f"{stem}.md", folder / f"{stem}.json"
     md_path.write_text("\n".join(md), encoding="utf-8")
     json_path.write_text(
         json.dumps({"model": model_name, "messages": msgs}, indent=2, ensure_ascii=False), encoding="utf-8"
     )
-    return [str(md_path), str(json_path)]
+    return [str(md_path), str(json_path), *(str(folder / link) for links in copied for link in links)]
 
 
 def reply_failed(tab: Any, last: tuple | None, text: str, line: str) -> tuple:
@@ -355,8 +364,8 @@ class ChatTab:
         """The reply itself (see `respond`)."""
         spec = self.owned_spec(form.model, form.precision, request)
         params, adapter = form.params(), form.adapter
-        msgs = conversation(form.system or "", form.chatbot or [])
-        if not msgs or msgs[-1]["role"] != "user" or blank(msgs[-1]["content"]):
+        msgs = conversation(form.system or "", form.chatbot or [], images=True)
+        if not msgs or msgs[-1]["role"] != "user" or blank(_text(msgs[-1]["content"])):
             raise InputError(msg.TYPE_FIRST)
         stop = self.flags.start(request)
         prefix = "" if self.ctx.chat.is_loaded(spec) else self.ctx.manager.plan(spec).message + " "
@@ -385,6 +394,15 @@ class ChatTab:
         if blank(text):
             raise InputError(msg.TYPE_FIRST)
         return "", [*(history or []), {"role": "user", "content": text}], self.flags.clears(session)
+
+    @msg.user_errors
+    def add_images(self, history: list | None, files: list | None, asked_after: int | None) -> tuple:
+        """The images dropped beside the message join the question `add_user` just added (then the box empties)."""
+        history = list(history or [])
+        if not files or asked_after == NOT_ASKED or not history or history[-1].get("role") != "user":
+            return gr.skip(), gr.skip()
+        history[-1] = chat_images.user_message(_text(history[-1].get("content")), files)
+        return history, None
 
     def request_stop(self, request: gr.Request = None) -> None:
         self.flags.stop(request)  # the reply ends after its current token
@@ -473,6 +491,12 @@ def conversation_column(w: dict[str, Any]) -> None:
     w["chatbot"] = gr.Chatbot(label="Conversation", elem_id="chat-history", height=460, buttons=["copy"])
     w["asked_after"] = gr.State(None)  # how many Clears the session had when its last question was asked
     w["side"] = gr.Chatbot(label="Same prompt without the adapter", elem_id="chat-side", height=300, visible=False)
+    w["images"] = gr.File(
+        label="Images for the next message (drop or upload; for a model marked as taking images)",
+        file_count="multiple",
+        height=120,
+        elem_id="chat-images",
+    )
     w["input"] = gr.Textbox(
         label="Message",
         placeholder="Type a message and press Enter (Shift+Enter: new line)",
@@ -545,12 +569,13 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     # progress (a download) and errors show on the stats line: the conversation stays in view, after an error too
     replying = {"show_progress_on": [w["stats"]], **GPU}
     asked = [w["input"], w["chatbot"], w["asked_after"]]
+    with_images = [w["chatbot"], w["images"], w["asked_after"]]
     w["send"].click(tab.add_user, [w["input"], w["chatbot"]], asked, api_name="chat_add_user", **QUICK).success(
-        respond, reply_inputs, reply_outputs, api_name="chat", **replying
-    )
+        tab.add_images, with_images, [w["chatbot"], w["images"]], api_name="chat_add_images", **QUICK
+    ).success(respond, reply_inputs, reply_outputs, api_name="chat", **replying)
     w["input"].submit(tab.add_user, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK).success(
-        respond, reply_inputs, reply_outputs, api_visibility="private", **replying
-    )
+        tab.add_images, with_images, [w["chatbot"], w["images"]], api_visibility="private", **QUICK
+    ).success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying)
     # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
     w["ask"] = {"fn": tab.add_user, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
     w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
