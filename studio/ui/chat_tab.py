@@ -20,6 +20,7 @@ from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.formats import is_gguf
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
+from studio.models.vision import is_vision_config
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
 from studio.ui import chat_history, chat_images
@@ -30,6 +31,7 @@ from studio.ui.session import StopFlags, session_key
 
 STARTER_PREFIX = "starter:"
 NO_ADAPTER = "(none: base model)"
+TAKES_IMAGES = " · takes images"  # the picker's mark of a vision model
 
 
 def _starter_choice(ctx: AppContext) -> tuple[str, str] | None:
@@ -63,7 +65,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
         choices.append(starter)
     for rec, spec in [*ctx.manager.models("chat"), *ctx.manager.models("vision")]:
         if spec.source_type != "starter":
-            choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}", spec.source))
+            sees = TAKES_IMAGES if spec.kind == "vision" else ""
+            choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}{sees}", spec.source))
     from studio.ui.export_panel import exported_models
 
     found = [*exported_models(ctx), *local_chat_models(ctx.paths.models)]
@@ -83,8 +86,9 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
 
 
 def local_chat_models(models: Path) -> list[tuple[str, str]]:
-    """Causal LM folders (config.json naming a *ForCausalLM architecture) and .gguf files put in the data dir's
-    models/ folder by hand; the converted starter is offered as the starter already."""
+    """Causal LM folders (config.json naming a *ForCausalLM architecture), vision-language model folders (marked as
+    taking images) and .gguf files put in the data dir's models/ folder by hand; the converted starter is offered as
+    the starter already."""
     found: list[tuple[str, str]] = []
     if not models.is_dir():
         return found
@@ -92,10 +96,13 @@ def local_chat_models(models: Path) -> list[tuple[str, str]]:
         if config.parent.name == "starter":
             continue
         try:
-            architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+            data = json.loads(config.read_text(encoding="utf-8"))
+            architectures = data.get("architectures") or []
         except (OSError, ValueError, AttributeError):
             continue
-        if any(str(a).endswith("ForCausalLM") for a in architectures):
+        if is_vision_config(data):
+            found.append((f"{config.parent.name} (folder){TAKES_IMAGES}", str(config.parent)))
+        elif any(str(a).endswith("ForCausalLM") for a in architectures):
             found.append((f"{config.parent.name} (folder)", str(config.parent)))
     for gguf in sorted(models.glob("*.gguf")):
         found.append((f"{gguf.name} (single file)", str(gguf)))

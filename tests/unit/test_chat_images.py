@@ -12,7 +12,7 @@ from PIL import Image
 from studio.config import StudioConfig
 from studio.context import build_context
 from studio.ui.chat_images import engine_content, export_images, image_paths, user_message
-from studio.ui.chat_tab import NOT_ASKED, ChatTab, conversation, export_conversation
+from studio.ui.chat_tab import NOT_ASKED, ChatTab, conversation, export_conversation, local_chat_models
 from studio.ui.image_describe import chosen_image, describe_messages, prompt_from_reply
 from tests.fakes import FakeGpuProbe
 
@@ -93,3 +93,16 @@ def test_describe_helpers():
     assert prompt_from_reply('\n\n Prompt: "a red fox, oil painting" \nmore') == "a red fox, oil painting"
     assert prompt_from_reply("a\x03b\x1dc") == "abc"  # control characters never reach the prompt box
     assert prompt_from_reply("\n\n") == ""
+
+
+def test_the_picker_marks_vision_model_folders_as_taking_images(tmp_path):
+    for name, config in {
+        "my-vlm": {"architectures": ["LlavaForConditionalGeneration"], "vision_config": {"model_type": "clip"}},
+        "my-lm": {"architectures": ["LlamaForCausalLM"]},
+    }.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    assert local_chat_models(tmp_path) == [
+        ("my-lm (folder)", str(tmp_path / "my-lm")),
+        ("my-vlm (folder) · takes images", str(tmp_path / "my-vlm")),
+    ]
