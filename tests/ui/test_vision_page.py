@@ -114,6 +114,15 @@ def test_an_image_in_chat_is_shown_answered_and_exported(page, vstudio, vlm, pic
     expect(_bots(page).last).to_have_text(re.compile(r"\S"))
     expect(page.locator("#chat-images")).not_to_contain_text(picture.stem)  # the box is empty for the next one
 
+    # Regenerate answers the same image again (a random seed each time: the figures line changes)
+    first = page.locator("#chat-stats").inner_text()
+    page.locator("#chat-regenerate").click()
+    expect(page.locator("#chat-stats")).not_to_have_text(first, timeout=120_000)
+    expect(page.locator("#chat-stats")).to_contain_text("tokens", timeout=120_000)
+    expect(page.locator("#chat-stats")).not_to_contain_text("No reply")
+    expect(_bots(page)).to_have_count(1)
+    expect(_shown_images(page, picture.name)).to_have_count(1)
+
     page.locator("#chat-export").click()
     expect(page.locator("#chat-export-files")).to_contain_text(".md")
     md = sorted((vstudio.data_dir / "outputs" / "chats").glob("chat-*.md"))[-1]
