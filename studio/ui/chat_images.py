@@ -87,3 +87,26 @@ def export_images(history: list[dict], folder: Path, stem: str) -> list[list[str
             names.append(f"{images.name}/{dest.name}")
         copied.append(names)
     return copied
+
+
+# An image pasted into the message box goes into the images box (as if dropped there); pasted text is left alone.
+PASTE_JS = """
+() => {
+  document.addEventListener("paste", (event) => {
+    if (!event.target.closest || !event.target.closest("#chat-input")) return;
+    const images = [...(event.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
+    const box = document.querySelector("#chat-images input[type=file]");
+    if (!images.length || !box) return;
+    event.preventDefault();
+    const files = new DataTransfer();
+    images.forEach((f, i) => files.items.add(new File([f], f.name || `pasted-${i + 1}.png`, {type: f.type})));
+    box.files = files.files;
+    box.dispatchEvent(new Event("change", {bubbles: true}));
+  });
+}
+"""
+
+
+def connect_paste(app: Any) -> None:
+    """Once per page load: pasting an image into the Chat tab's message box adds it to the images box."""
+    app.load(None, None, None, js=PASTE_JS, api_visibility="private", queue=False, show_progress="hidden")

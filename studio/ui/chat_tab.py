@@ -499,7 +499,7 @@ def conversation_column(w: dict[str, Any]) -> None:
     w["asked_after"] = gr.State(None)  # how many Clears the session had when its last question was asked
     w["side"] = gr.Chatbot(label="Same prompt without the adapter", elem_id="chat-side", height=300, visible=False)
     w["images"] = gr.File(
-        label="Images for the next message (drop or upload; for a model marked as taking images)",
+        label="Images for the next message (drop, upload or paste; for a model marked as taking images)",
         file_count="multiple",
         height=120,
         elem_id="chat-images",
@@ -634,6 +634,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
 
 def connect_page_load(ctx: AppContext, app: gr.Blocks, chat: dict[str, Any]) -> None:
     """On every page load (a reload too), refresh what the page was built with (see `ChatTab.refresh`)."""
+    chat_images.connect_paste(app)  # an image pasted into the message box joins the images box
     # first the conversation and settings this browser kept: the refresh then keeps an adapter still attached
     chat_history.connect_page_load(app, chat).then(
         chat["tab"].refresh,

@@ -186,3 +186,23 @@ def test_describe_fills_the_prompt_with_the_vlms_reply_and_ask_in_chat_hands_the
     _send(page, "What is this?")
     expect(_shown_images(page)).to_have_count(1)
     expect(page.locator("#chat-stats")).to_contain_text("tokens", timeout=120_000)
+
+
+def test_an_image_pasted_into_the_message_box_joins_the_images(page, vstudio, picture):
+    import base64
+
+    page.goto(vstudio.url)
+    box = page.locator("#chat-input textarea")
+    box.click()
+    data = base64.b64encode(picture.read_bytes()).decode()
+    box.evaluate(
+        """(el, data) => {
+          const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+          const files = new DataTransfer();
+          files.items.add(new File([bytes], "pasted.png", {type: "image/png"}));
+          el.dispatchEvent(new ClipboardEvent("paste", {clipboardData: files, bubbles: true, cancelable: true}));
+        }""",
+        data,
+    )
+    expect(page.locator("#chat-images")).to_contain_text("pasted")
+    expect(box).to_have_value("")  # the image went to the images box, not as text into the message
