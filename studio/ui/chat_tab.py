@@ -634,7 +634,6 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
 
 def connect_page_load(ctx: AppContext, app: gr.Blocks, chat: dict[str, Any]) -> None:
     """On every page load (a reload too), refresh what the page was built with (see `ChatTab.refresh`)."""
-    chat_images.connect_paste(app)  # an image pasted into the message box joins the images box
     # first the conversation and settings this browser kept: the refresh then keeps an adapter still attached
     chat_history.connect_page_load(app, chat).then(
         chat["tab"].refresh,
@@ -651,3 +650,4 @@ def connect_page_load(ctx: AppContext, app: gr.Blocks, chat: dict[str, Any]) -> 
         queue=False,
         show_progress="hidden",
     )
+    chat_images.connect_paste(app)  # after the restore: an image pasted into the message box joins the images box
