@@ -22,9 +22,10 @@ from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.formats import is_gguf
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
+from studio.models.vision import is_vision_config
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
-from studio.ui import chat_history
+from studio.ui import chat_history, chat_images
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.inputs import optional
@@ -32,6 +33,7 @@ from studio.ui.session import StopFlags, session_key
 
 STARTER_PREFIX = "starter:"
 NO_ADAPTER = "(none: base model)"
+TAKES_IMAGES = " · takes images"  # the picker's mark of a vision model
 
 
 def _starter_choice(ctx: AppContext) -> tuple[str, str] | None:
@@ -65,7 +67,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
         choices.append(starter)
     for rec, spec in [*ctx.manager.models("chat"), *ctx.manager.models("vision")]:
         if spec.source_type != "starter":
-            choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}", spec.source))
+            sees = TAKES_IMAGES if spec.kind == "vision" else ""
+            choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}{sees}", spec.source))
     from studio.ui.export_panel import exported_models
 
     found = [*exported_models(ctx), *local_chat_models(ctx.paths.models)]
@@ -85,8 +88,9 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
 
 
 def local_chat_models(models: Path) -> list[tuple[str, str]]:
-    """Causal LM folders (config.json naming a *ForCausalLM architecture) and .gguf files put in the data dir's
-    models/ folder by hand; the converted starter is offered as the starter already."""
+    """Causal LM folders (config.json naming a *ForCausalLM architecture), vision-language model folders (marked as
+    taking images) and .gguf files put in the data dir's models/ folder by hand; the converted starter is offered as
+    the starter already."""
     found: list[tuple[str, str]] = []
     if not models.is_dir():
         return found
@@ -94,10 +98,13 @@ def local_chat_models(models: Path) -> list[tuple[str, str]]:
         if config.parent.name == "starter":
             continue
         try:
-            architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+            data = json.loads(config.read_text(encoding="utf-8"))
+            architectures = data.get("architectures") or []
         except (OSError, ValueError, AttributeError):
             continue
-        if any(str(a).endswith("ForCausalLM") for a in architectures):
+        if is_vision_config(data):
+            found.append((f"{config.parent.name} (folder){TAKES_IMAGES}", str(config.parent)))
+        elif any(str(a).endswith("ForCausalLM") for a in architectures):
             found.append((f"{config.parent.name} (folder)", str(config.parent)))
     for gguf in sorted(models.glob("*.gguf")):
         found.append((f"{gguf.name} (single file)", str(gguf)))
@@ -203,16 +210,18 @@ def unmarked(text: str) -> str:
     return "" if text == msg.CHAT_STOPPED_EMPTY else text.removesuffix(msg.CHAT_STOPPED_MARK)
 
 
-def conversation(system: str, history: list[dict]) -> list[dict[str, str]]:
+def conversation(system: str, history: list[dict], images: bool = False) -> list[dict]:
+    """The chat as the engine reads it; with `images`, a user message's images go as image parts (chat_images).
+    The page's own lines (notes from other tabs) and the stopped mark are never the model's."""
     msgs = [{"role": "system", "content": system.strip()}] if system and system.strip() else []
     for m in history:
-        role = m.get("role") if isinstance(m, dict) else None
-        if isinstance(m, dict) and is_note(
-            m
-        ):  # the page's own lines (an adapter attached from the Fine-tune tab): never the model's
+        if not isinstance(m, dict) or is_note(m):
             continue
+        role = m.get("role")
         if role == "user":
-            msgs.append({"role": role, "content": _text(m.get("content"))})
+            text = _text(m.get("content"))
+            paths = chat_images.image_paths(m.get("content")) if images else []
+            msgs.append({"role": role, "content": chat_images.engine_content(text, paths)})
         elif role == "assistant" and not blank(text := unmarked(_text(m.get("content")))):
             msgs.append({"role": role, "content": text})
     return msgs
@@ -227,14 +236,20 @@ def export_conversation(ctx: AppContext, system: str, history: list[dict], model
     folder.mkdir(parents=True, exist_ok=True)
     stem = time.strftime("chat-%Y%m%d-%H%M%S")
     md = [f"# Chat with {model_name}", ""]
+    shown = [m for m in history if isinstance(m, dict) and m.get("role") in ("user", "assistant")]
+    copied = chat_images.export_images(shown, folder, stem)  # the images beside the Markdown, linked from it
+    pictures = iter(copied)  # one list per message of `msgs` after the system prompt (the same roles)
     for m in msgs:
-        md += [f"**{m['role']}**", "", m["content"], ""]
+        links = [] if m["role"] == "system" else next(pictures, [])
+        md += [f"**{m['role']}**", "", *(f"![image]({link})" for link in links), m["content"], ""]
+        if links:
+            m["images"] = links
     md_path, json_path = folder / f"{stem}.md", folder / f"{stem}.json"
     md_path.write_text("\n".join(md), encoding="utf-8")
     json_path.write_text(
         json.dumps({"model": model_name, "messages": msgs}, indent=2, ensure_ascii=False), encoding="utf-8"
     )
-    return [str(md_path), str(json_path)]
+    return [str(md_path), str(json_path), *(str(folder / link) for links in copied for link in links)]
 
 
 def buttons(replying: bool) -> tuple:
@@ -472,8 +487,8 @@ class ChatTab:
         """The reply itself (see `respond`)."""
         spec = self.owned_spec(form.model, form.precision, request)
         params, adapter = form.params(), form.adapter
-        msgs = conversation(form.system or "", form.chatbot or [])
-        if not msgs or msgs[-1]["role"] != "user" or blank(msgs[-1]["content"]):
+        msgs = conversation(form.system or "", form.chatbot or [], images=True)
+        if not msgs or msgs[-1]["role"] != "user" or blank(_text(msgs[-1]["content"])):
             raise InputError(msg.TYPE_FIRST)
         stop = self.flags.start(request)
         prefix = "" if self.ctx.chat.is_loaded(spec) else self.ctx.manager.plan(spec).message + " "
@@ -518,6 +533,14 @@ class ChatTab:
         except StudioError as exc:
             gr.Warning(str(exc))
             return gr.skip(), gr.skip(), NOT_ASKED
+
+    def add_images(self, history: list | None, files: list | None, asked_after: int | None) -> tuple:
+        """The images dropped beside the message join the question `add_user` just added (then the box empties)."""
+        history = list(history or [])
+        if not files or asked_after == NOT_ASKED or not history or history[-1].get("role") != "user":
+            return gr.skip(), gr.skip()
+        history[-1] = chat_images.user_message(_text(history[-1].get("content")), files)
+        return history, None
 
     def request_stop(self, request: gr.Request = None) -> None:
         self.flags.stop(request)  # the reply ends after its current token
@@ -606,6 +629,12 @@ def conversation_column(w: dict[str, Any]) -> None:
     w["chatbot"] = gr.Chatbot(label="Conversation", elem_id="chat-history", height=460, buttons=["copy"])
     w["asked_after"] = gr.State(None)  # how many Clears the session had when its last question was asked
     w["side"] = gr.Chatbot(label="Same prompt without the adapter", elem_id="chat-side", height=300, visible=False)
+    w["images"] = gr.File(
+        label="Images for the next message (drop, upload or paste; for a model marked as taking images)",
+        file_count="multiple",
+        height=120,
+        elem_id="chat-images",
+    )
     w["input"] = gr.Textbox(
         label="Message",
         placeholder="Type a message and press Enter (Shift+Enter: new line)",
@@ -697,16 +726,26 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     held = [w["send"], w["stop"], w["regenerate"]]
     hold = {"fn": hold_buttons, "inputs": [w["asked_after"]], "outputs": held, "api_visibility": "private", **LIGHT}
     release = {"fn": release_buttons, "inputs": None, "outputs": held, "api_visibility": "private", **LIGHT}
+    # the images dropped beside the message join the question just asked (`add_images`), then the reply runs
+    with_images = [w["chatbot"], w["images"], w["asked_after"]]
     sent = w["send"].click(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
     sent.success(**hold)
-    answered = sent.success(respond, reply_inputs, reply_outputs, api_name="chat", **replying)
+    imaged = sent.success(
+        tab.add_images, with_images, [w["chatbot"], w["images"]], api_name="chat_add_images", **QUICK
+    )
+    answered = imaged.success(respond, reply_inputs, reply_outputs, api_name="chat", **replying)
     answered.then(**release)
     answered.failure(**release)  # `then` follows a reply that ended; a failed one is followed by `failure` only
+    imaged.failure(**release)
     entered = w["input"].submit(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
     entered.success(**hold)
-    answered = entered.success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying)
+    imaged = entered.success(
+        tab.add_images, with_images, [w["chatbot"], w["images"]], api_visibility="private", **QUICK
+    )
+    answered = imaged.success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying)
     answered.then(**release)
     answered.failure(**release)
+    imaged.failure(**release)
     # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
     w["ask"] = {"fn": tab.ask, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
     w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
@@ -787,3 +826,4 @@ def connect_page_load(ctx: AppContext, app: gr.Blocks, chat: dict[str, Any]) -> 
         queue=False,
         show_progress="hidden",
     )
+    chat_images.connect_paste(app)  # after the restore: an image pasted into the message box joins the images box

@@ -21,6 +21,7 @@ from studio.models.estimate import Workload
 from studio.models.specs import CATALOG, ModelSpec, spec_from_form
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner
 from studio.text import fmt_bytes
+from studio.ui import image_describe
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.session import StopFlags, stop_off, stop_on
@@ -433,6 +434,7 @@ def gallery_column(ctx: AppContext, w: dict[str, Any]) -> None:
     w["selected_path"] = gr.State("")
     w["seen_runs"] = gr.State(ctx.image.progress().finished_runs)  # the runs ended when the gallery was last listed
     w["timer"] = gr.Timer(1.0)
+    image_describe.layout(w)  # Describe (a prompt from an image) and Ask in Chat
 
 
 GPU = {"concurrency_id": "gpu", "concurrency_limit": 1}
@@ -476,6 +478,7 @@ def build(ctx: AppContext) -> dict[str, Any]:
     tab = ImageTab(ctx)
     w = layout(ctx)
     wire(tab, w)
+    image_describe.wire(ctx, w)
     w["tab"] = tab
     return w
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.context import AppContext
-from studio.ui import chat_tab, export_panel, finetune_tab, image_tab, memory_bar, models_tab, share_panel, speech_tab
+from studio.ui import (
+    chat_tab,
+    export_panel,
+    finetune_tab,
+    image_describe,
+    image_tab,
+    memory_bar,
+    models_tab,
+    share_panel,
+    speech_tab,
+)
 from studio.ui import messages as msg
 from studio.ui.inputs import StudioBlocks
 
@@ -64,6 +74,7 @@ def build_app(ctx: AppContext) -> gr.Blocks:
         export_panel.connect_chat(models["export_panel"], models, models["export_source"], chat, tabs)
         chat_tab.connect_page_load(ctx, app, chat)  # lists built with the page are refreshed on every (re)load
         speech_tab.wire_send_to_chat(speech, chat["input"], tabs)  # "Send to Chat" opens the transcript there
+        image_describe.wire_ask_in_chat(image, chat["images"], tabs)  # a gallery image into Chat's images
         image_tab.connect_page_load(ctx, app, image)  # a reload shows images drawn and models added since start
         finetune_tab.connect_page_load(app, finetune)  # the runs as they are now, the newest chosen and shown
         app.studio_components = {"memory_bar": bar, "memory_timer": timer, "chat": chat, "models": models}

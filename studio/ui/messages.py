@@ -203,3 +203,19 @@ def user_errors(
         return call
 
     return decorate(fn) if fn is not None else decorate
+
+
+# ----- vision in the page (Chat images, the Image tab's Describe and Ask in Chat)
+DESCRIBE_NO_IMAGE = "Nothing to describe: drop an image, or click one in the gallery first."
+DESCRIBE_NO_VISION = "No vision model is loaded: Describe needs one to see the image."
+DESCRIBE_NO_VISION_TIP = (
+    "Load a vision model (one marked as taking images, such as Qwen2.5-VL) in the Models tab or the Chat tab."
+)
+DESCRIBE_EMPTY = "{model} gave no description for this image; try Describe again or another vision model."
+DESCRIBED = "Described by {model}: edit the prompt, then Generate."
+ASK_NO_IMAGE = "Nothing to ask about: drop an image, or click one in the gallery first."
+# what Describe asks the vision model (AUTOMATIC1111's Interrogate)
+DESCRIBE_ASK = (
+    "Describe this image as a Stable Diffusion prompt: one line of comma-separated phrases naming the subject, "
+    "the setting, the style, the lighting and the colours. Answer with the prompt only."
+)
