@@ -547,6 +547,19 @@ class ChatTab:
 
     @msg.user_errors
     def drop_last_reply(self, history: list | None, request: gr.Request = None) -> tuple:
+        """The API's first step of Regenerate: the last reply leaves the conversation (refusals are errors)."""
+        return self._drop_last_reply(history, request)
+
+    def redo(self, history: list | None, request: gr.Request = None) -> tuple:
+        """The page's Regenerate: as `drop_last_reply`, but nothing to regenerate is a warning that leaves the
+        conversation in view, and the reply step that follows does nothing."""
+        try:
+            return self._drop_last_reply(history, request)
+        except StudioError as exc:
+            gr.Warning(str(exc))
+            return gr.skip(), NOT_ASKED
+
+    def _drop_last_reply(self, history: list | None, request: gr.Request = None) -> tuple:
         if self.flags.clearing(session_key(request)):  # pressed just before a Clear: the Clear wins (see add_user)
             return gr.skip(), NOT_ASKED
         history = list(history or [])
@@ -749,9 +762,9 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     # for other tabs that ask a question here (Try the export in Chat): the same two steps as Send
     w["ask"] = {"fn": tab.ask, "inputs": [w["input"], w["chatbot"]], "outputs": asked, **QUICK}
     w["reply"] = {"fn": respond, "inputs": reply_inputs, "outputs": reply_outputs, **replying}
-    dropped = w["regenerate"].click(
-        tab.drop_last_reply, [w["chatbot"]], [w["chatbot"], w["asked_after"]], api_name="drop_last_reply", **QUICK
-    )
+    dropped_outputs = [w["chatbot"], w["asked_after"]]
+    gr.on([], tab.drop_last_reply, [w["chatbot"]], dropped_outputs, api_name="drop_last_reply", **QUICK)
+    dropped = w["regenerate"].click(tab.redo, [w["chatbot"]], dropped_outputs, api_visibility="private", **QUICK)
     dropped.success(**hold)
     answered = dropped.success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying)
     answered.then(**release)

@@ -128,6 +128,10 @@ def test_an_empty_message_is_a_warning_not_an_error_over_the_conversation(page, 
     expect(_users(page)).to_have_count(0)
     expect(_bots(page)).to_have_count(0)
     expect(page.locator("#chat-send")).to_be_enabled()
+    page.locator("#chat-regenerate").click()  # nothing to regenerate: the same, a warning
+    expect(page.get_by_text("Nothing to regenerate yet").first).to_be_visible()
+    expect(page.locator("#chat-history [data-testid=status-tracker] .error")).to_have_count(0)
+    expect(page.locator("#chat-send")).to_be_enabled()
 
 
 def test_picking_a_model_sets_its_own_sampling_defaults_and_says_so(page, studio, tiny_models, tmp_path):
