@@ -27,6 +27,12 @@ def _run_option(run) -> re.Pattern:
     return re.compile(re.escape(run.name) + " —")  # not the run named like it with a -1 after
 
 
+def _page_loaded(page) -> None:
+    """The page load has listed the runs and chosen the newest: a pick made before it arrives would be undone."""
+    expect(page.locator("#ft-runs input")).not_to_have_value("", timeout=30_000)
+    expect(page.locator("#ft-progress")).not_to_be_empty(timeout=30_000)
+
+
 def _type(page, elem_id: str, value: str) -> None:
     box = page.locator(f"#{elem_id} input").first
     box.fill(value)
@@ -70,6 +76,7 @@ def test_a_run_exports_to_gguf_with_a_modelfile_and_answers_in_chat_through_llam
     trained, _ = runs
     page.goto(studio.url)
     page.get_by_role("tab", name="Fine-tune").click()
+    _page_loaded(page)
     page.locator("#ft-refresh").click()
     _pick(page, "ft-runs", _run_option(trained))
     expect(page.locator("#ft-progress")).to_contain_text(trained.name)
@@ -126,10 +133,8 @@ def test_bad_exports_are_one_line_in_the_page_and_the_studio_keeps_serving(page,
     _, untrained = runs
     page.goto(studio.url)
     page.get_by_role("tab", name="Fine-tune").click()
-    page.locator("#ft-export").click()  # no run picked
-    expect(page.locator("#ft-export-result")).to_contain_text("Pick a run")
-    page.locator("#ft-refresh").click()
-    _pick(page, "ft-runs", _run_option(untrained))
+    _page_loaded(page)  # the newest run (the untrained one) is chosen on load
+    expect(page.locator("#ft-runs input")).to_have_value(_run_option(untrained))
     page.locator("#ft-export").click()
     expect(page.locator("#ft-export-result")).to_contain_text(f"The run {untrained.name} has no adapter yet")
     assert not (untrained.path / "export").exists()
