@@ -18,18 +18,24 @@ class StudioPaths:
     runs: Path  # fine-tune run folders (job.json, adapter, metrics)
     models: Path  # converted and downloaded models
     calibration: Path  # measured sizes and peaks
+    preferences: Path  # preference datasets collected from votes in the Chat tab (JSONL, one line per vote)
 
     @classmethod
     def under(cls, data_dir: Path) -> StudioPaths:
         data_dir = Path(data_dir).expanduser().resolve()
         return cls(
-            data_dir, data_dir / "outputs", data_dir / "runs", data_dir / "models", data_dir / "calibration.json"
+            data_dir,
+            data_dir / "outputs",
+            data_dir / "runs",
+            data_dir / "models",
+            data_dir / "calibration.json",
+            data_dir / "preferences",
         )
 
     def create(self) -> None:
         """Make the folders; a data dir that cannot be written is a ConfigError naming --data-dir."""
         try:
-            for folder in (self.data_dir, self.outputs, self.runs, self.models):
+            for folder in (self.data_dir, self.outputs, self.runs, self.models, self.preferences):
                 folder.mkdir(parents=True, exist_ok=True)
             probe = self.data_dir / ".write-test"
             probe.write_text("ok")

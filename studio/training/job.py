@@ -34,6 +34,9 @@ MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")  # a LoRA target: 
 METHODS = ("lora", "qlora")
 MIN_CUTOFF, MAX_CUTOFF = 16, 131072  # tokens per training sequence
 SCHEDULERS = ("cosine", "linear", "constant")
+OBJECTIVES = ("sft", "dpo", "orpo", "kto")  # sft: learn the answers; the others learn from preferences (TRL)
+PREFERENCE_OBJECTIVES = OBJECTIVES[1:]
+DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
 ACTIVE_STATES = ("starting", "loading", "evaluating", "training", "saving", "stopping")
 FINAL_STATES = ("done", "stopped", "failed", "interrupted")
 # LoRA targets per architecture (config.json model_type); anything else uses peft's "all-linear".
@@ -94,6 +97,11 @@ class TrainJob:
     dataset_shape: str = ""  # text | alpaca | messages | sharegpt
     train_rows: int = 0
     eval_rows: int = 0
+    # what is learned: sft (the answers, as today), dpo / orpo (chosen over rejected pairs), kto (good/bad labels);
+    # the preference objectives train with TRL's trainers (see worker.py)
+    objective: str = "sft"
+    beta: float = 0.1  # DPO / KTO: how far from the reference (the base, adapter off) the policy may move; ORPO: λ
+    loss_type: str = "sigmoid"  # DPO's loss: sigmoid (the paper's), ipo, hinge, robust
     created: float = field(default_factory=time.time)
 
     def check(self) -> None:
@@ -105,6 +113,12 @@ class TrainJob:
 
         need(bool(self.base_model.strip()), "Pick a base model.")
         need(self.method in METHODS, f"Method must be one of {', '.join(METHODS)}, not {self.method!r}.")
+        need(
+            self.objective in OBJECTIVES,
+            f"Objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}.",
+        )
+        need(0 < self.beta <= 10, f"Beta must be in (0, 10], not {self.beta}.")
+        need(self.loss_type in DPO_LOSSES, f"DPO loss must be one of {', '.join(DPO_LOSSES)}, not {self.loss_type!r}.")
         need(self.scheduler in SCHEDULERS, f"Schedule must be one of {', '.join(SCHEDULERS)}.")
         need(self.device in ("cpu", "cuda"), f"Device must be cpu or cuda, not {self.device!r}.")
         need(1 <= self.rank <= 1024, f"LoRA rank must be between 1 and 1024, not {self.rank}.")

@@ -127,6 +127,24 @@ def openai_client(studio: Studio, timeout: float = 120):
     return OpenAI(base_url=studio.url + "v1", api_key="not-needed", max_retries=0, timeout=timeout)
 
 
+def endless_lm(folder: Path) -> Path:
+    """A tiny LM with a long context whose sampled replies (top-k 5) never end by themselves, so a reply runs until
+    it is stopped by hand: the end token's embedding row (tied to the output layer) is zero, so its logit is 0 while
+    the five likeliest of 640 random logits are well above it. A random model otherwise ends some replies after a
+    few hundred tokens, which on a fast machine is before the test's Stop."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from studio.models.tiny import build_tiny_causal_lm
+
+    folder = build_tiny_causal_lm(folder, max_position_embeddings=32768)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[model.generation_config.eos_token_id].zero_()
+    model.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory) -> Iterator[Studio]:
     s = start_studio(tmp_path_factory.mktemp("studio-data"), "--device", "cpu", "--budget-gb", "2")

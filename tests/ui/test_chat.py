@@ -49,9 +49,9 @@ def _set_value(page, elem_id: str, value: str) -> None:
 @pytest.fixture(scope="module")
 def long_lm(tmp_path_factory):
     """A tiny LM with a long context, so a reply can run long enough to be stopped by hand."""
-    from studio.models.tiny import build_tiny_causal_lm
+    from tests.ui.conftest import endless_lm
 
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("long") / "long-lm", max_position_embeddings=32768)
+    return endless_lm(tmp_path_factory.mktemp("long") / "long-lm")
 
 
 def _bots(page, pane: str = "#chat-history"):

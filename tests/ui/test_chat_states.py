@@ -46,9 +46,9 @@ def studio(tmp_path_factory):
 @pytest.fixture(scope="module")
 def long_lm(tmp_path_factory):
     """A tiny LM with a long context, so that a reply runs until it is stopped."""
-    from studio.models.tiny import build_tiny_causal_lm
+    from tests.ui.conftest import endless_lm
 
-    return build_tiny_causal_lm(tmp_path_factory.mktemp("states") / "long-states-lm", max_position_embeddings=32768)
+    return endless_lm(tmp_path_factory.mktemp("states") / "long-states-lm")
 
 
 def _long_reply_settings(page) -> None:
