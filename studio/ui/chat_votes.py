@@ -32,7 +32,7 @@ UNVOTED = (
     "Only un-marked in the page: the vote saved before stays in {name} ({rows} rows). Each 👍/👎 click adds a row."
 )
 TWO_SAMPLES_STATS = "Left: {first} · right (next seed): {second}"
-SIDE_LABEL = "Same prompt without the adapter (or, with no adapter, a second sample)"
+SIDE_LABEL = "Without the adapter (no adapter: a second sample)"
 
 
 class ChatVotes:
@@ -184,8 +184,9 @@ def show_buttons(on: bool) -> gr.Row:
 
 
 def _pair_vote(votes: ChatVotes, choice: str) -> Any:
-    def vote(history, side, system, model, precision, use_adapter, request: gr.Request = None) -> str:
-        return votes.pair(choice, history, side, system, model, precision, use_adapter, request=request)
+    # named as /chat names the same widgets, for API clients
+    def vote(chatbot, side, system, model, precision, use_adapter, request: gr.Request = None) -> str:
+        return votes.pair(choice, chatbot, side, system, model, precision, use_adapter, request=request)
 
     return vote
 

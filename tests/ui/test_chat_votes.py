@@ -84,6 +84,7 @@ def test_left_is_better_on_a_side_by_side_answer_saves_the_pair(page, studio, ti
     assert row["rejected"][0]["role"] == "assistant" and row["rejected"][0]["content"] != left["content"]
     assert row["meta"]["source"] == "side-by-side" and row["meta"]["adapter"] == "votes"
     assert row["meta"]["model"] == Path(tiny_models.causal_lm).name
+    page.screenshot(path=str(studio.data_dir.parent / "chat-votes.png"), full_page=True)
 
 
 def test_thumbs_down_on_a_reply_and_two_samples_of_one_model(page, studio, tiny_models):
