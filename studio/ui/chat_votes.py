@@ -31,7 +31,7 @@ NO_SUCH_MESSAGE = "Message {n} is no longer in the conversation: vote on a reply
 UNVOTED = (
     "Only un-marked in the page: the vote saved before stays in {name} ({rows} rows). Each 👍/👎 click adds a row."
 )
-TWO_SAMPLES_STATS = "Left: {first} · right (next seed): {second}"
+TWO_SAMPLES_STATS = "Left: {first} · right, a second sample: {second}"
 SIDE_LABEL = "Without the adapter (no adapter: a second sample)"
 
 
@@ -104,7 +104,12 @@ class ChatVotes:
             raise InputError(NOTHING_YET)
         n = index[0] if isinstance(index, (tuple, list)) else index
         if not isinstance(n, int) or not 0 <= n < len(history):
-            raise InputError(NO_SUCH_MESSAGE.format(n=n))
+            raise InputError(NO_SUCH_MESSAGE.format(n=n + 1 if isinstance(n, int) else n))
+        # the page groups a note with the replies beside it and names the group by its first message: the reply
+        while isinstance(history[n], dict) and _is_note(history[n]) and n + 1 < len(history):
+            if history[n + 1].get("role") != "assistant":
+                break
+            n += 1
         message = history[n]
         if not isinstance(message, dict) or message.get("role") != "assistant" or _is_note(message):
             raise InputError(NOT_A_MODEL_REPLY.format(n=n + 1))

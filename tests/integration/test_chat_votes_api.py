@@ -33,7 +33,7 @@ def test_a_script_votes_on_two_samples_of_one_model(studio, tiny_models):
         side_by_side=True,
         api_name="/chat",
     )
-    assert "seed 3" in stats and "right (next seed)" in stats and "seed 4" in stats, stats
+    assert "seed 3" in stats and "right, a second sample" in stats and "seed 4" in stats, stats
     text = [m["content"][0]["text"] for m in (history[-1], side[-1])]
     saved = client.predict(chatbot=history, side=side, model=model, api_name="/chat_vote_left")
     assert saved == "Saved: chat-votes.jsonl now has 1 pair."

@@ -119,7 +119,7 @@ def test_thumbs_down_on_a_reply_and_two_samples_of_one_model(page, studio, tiny_
     expect(page.locator("#chat-side")).to_be_visible()
     _send(page, "and another thing")
     expect(page.locator("#chat-stats")).to_contain_text(
-        re.compile(r"Left: .*seed 3.* · right \(next seed\): .*seed 4"), timeout=60_000
+        re.compile(r"Left: .*seed 3.* · right, a second sample: .*seed 4"), timeout=60_000
     )
     expect(_bots(page, "#chat-side")).to_have_count(2)
     before = len(_rows(studio, "chat-votes.jsonl"))

@@ -107,11 +107,16 @@ def test_thumbs_keep_the_reply_clicked_and_the_conversation_before_it(votes):
     assert good["prompt"] == Q[:1] and good["completion"][0]["content"] == "hello" and good["label"] is True
     with pytest.raises(InputError, match="Only the model's replies"):
         votes.thumbs(True, 0, history, "", None, "auto", NO_ADAPTER)
-    with pytest.raises(InputError, match="no longer in the conversation"):
+    with pytest.raises(InputError, match="Message 10 is no longer in the conversation"):
         votes.thumbs(True, 9, history, "", None, "auto", NO_ADAPTER)
+    # a note and the reply after it are one bubble group, named by the note's index: the vote is the reply's
+    grouped = [*Q, note("Adapter", "attached"), {"role": "assistant", "content": "four"}]
+    assert votes.thumbs(True, 3, grouped, "", None, "auto", NO_ADAPTER).endswith("(2 good, 1 bad).")
+    assert _rows(votes, FEEDBACK_FILE)[-1]["completion"][0]["content"] == "four"
+    assert _rows(votes, FEEDBACK_FILE)[-1]["prompt"] == Q
     # the thumb clicked again: un-marked in the page, nothing written or removed
-    assert "stays in chat-feedback.jsonl (2 rows)" in votes.thumbs("", 3, history, "", None, "auto", NO_ADAPTER)
-    assert len(_rows(votes, FEEDBACK_FILE)) == 2
+    assert "stays in chat-feedback.jsonl (3 rows)" in votes.thumbs("", 3, history, "", None, "auto", NO_ADAPTER)
+    assert len(_rows(votes, FEEDBACK_FILE)) == 3
 
 
 def test_api_clients_get_the_votes_with_refusals_as_errors(tmp_path):
