@@ -25,7 +25,7 @@ from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.models.vision import is_vision_config
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
-from studio.ui import chat_history, chat_images
+from studio.ui import chat_history, chat_images, chat_votes
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.inputs import optional
@@ -507,6 +507,13 @@ class ChatTab:
                     adapter=adapter, with_stats=with_stats, without_stats=without_stats or msg.CHAT_SIDE_WAITING
                 )
                 yield history, side, prefix + both
+        elif form.side_by_side:  # no adapter: the same question answered again with the next seed (two samples)
+            first = with_stats.removeprefix(prefix)
+            side, second = [dict(m) for m in history[:-1]] + [{"role": "assistant", "content": ""}], ""
+            again = replace(params, seed=(params.seed + 1) % 2**63) if params.seed >= 0 else params
+            for _, _, second in self.stream_reply(spec, msgs, again, None, stop, side, None):
+                both = chat_votes.TWO_SAMPLES_STATS.format(first=first, second=second or msg.CHAT_SIDE_WAITING)
+                yield history, side, prefix + both
 
     def _add_user(self, text: str | None, history: list | None, request: Any) -> tuple:
         session = session_key(request)
@@ -639,9 +646,11 @@ def layout(ctx: AppContext) -> dict[str, gr.components.Component]:
 
 
 def conversation_column(w: dict[str, Any]) -> None:
-    w["chatbot"] = gr.Chatbot(label="Conversation", elem_id="chat-history", height=460, buttons=["copy"])
+    with gr.Row():  # side by side: the conversation on the left, the other reply on the right
+        w["chatbot"] = gr.Chatbot(label="Conversation", elem_id="chat-history", height=460, buttons=["copy"])
+        w["side"] = gr.Chatbot(label=chat_votes.SIDE_LABEL, elem_id="chat-side", height=460, visible=False)
     w["asked_after"] = gr.State(None)  # how many Clears the session had when its last question was asked
-    w["side"] = gr.Chatbot(label="Same prompt without the adapter", elem_id="chat-side", height=300, visible=False)
+    chat_votes.layout(w)  # Left is better / Right is better / Both bad, and where a vote went
     w["images"] = gr.File(
         label="Images for the next message (drop, upload or paste; for a model marked as taking images)",
         file_count="multiple",
@@ -714,7 +723,8 @@ def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
             choices=[NO_ADAPTER], value=NO_ADAPTER, label="Answer with", elem_id="chat-use-adapter"
         )
         w["side_by_side"] = gr.Checkbox(
-            label="Side by side: also answer without the adapter", elem_id="chat-side-by-side"
+            label="Side by side: also answer without the adapter (no adapter: a second sample)",
+            elem_id="chat-side-by-side",
         )
         w["adapter_status"] = gr.Markdown(elem_id="chat-adapter-status")
 
@@ -817,6 +827,7 @@ def build(ctx: AppContext) -> dict[str, gr.components.Component]:
     w = layout(ctx)
     wire(tab, w)
     chat_history.wire(tab, w)  # the conversation and settings are kept in the browser
+    chat_votes.wire(tab, w)  # votes on the replies become preference data
     w["tab"] = tab  # the handlers, for the page-load refresh and for tests
     return w
 
