@@ -21,6 +21,8 @@ from studio.engines.chat_defaults import SamplingDefaults
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.formats import is_gguf
+from studio.models.gguf_vision import find_projector, is_projector_name
+from studio.models.gguf_vision import takes_images as takes_gguf_images
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.models.vision import is_vision_config
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
@@ -67,7 +69,7 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
         choices.append(starter)
     for rec, spec in [*ctx.manager.models("chat"), *ctx.manager.models("vision")]:
         if spec.source_type != "starter":
-            sees = TAKES_IMAGES if spec.kind == "vision" else ""
+            sees = TAKES_IMAGES if spec.kind == "vision" or takes_gguf_images(spec) else ""
             choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}{sees}", spec.source))
     from studio.ui.export_panel import exported_models
 
@@ -107,7 +109,10 @@ def local_chat_models(models: Path) -> list[tuple[str, str]]:
         elif any(str(a).endswith("ForCausalLM") for a in architectures):
             found.append((f"{config.parent.name} (folder)", str(config.parent)))
     for gguf in sorted(models.glob("*.gguf")):
-        found.append((f"{gguf.name} (single file)", str(gguf)))
+        if is_projector_name(gguf):  # a vision model's projector goes with its model, not on its own
+            continue
+        sees = TAKES_IMAGES if find_projector(gguf) is not None else ""
+        found.append((f"{gguf.name} (single file){sees}", str(gguf)))
     return found
 
 
