@@ -1,0 +1,58 @@
+"""Which GGUF files see images: the projector beside a model (one of several chosen by name), an explicit one, and
+the Chat picker's mark, from file names alone (no model is loaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from studio.models.gguf_vision import find_projector, projector_path, takes_images, with_projector
+from studio.models.specs import ModelSpec
+from studio.ui.chat_tab import TAKES_IMAGES, local_chat_models
+
+
+def gguf(path: Path) -> Path:
+    path.write_bytes(b"GGUF" + b"\0" * 60)  # the magic bytes: what the pickers look at
+    return path
+
+
+def spec(path: Path, **options: str) -> ModelSpec:
+    return ModelSpec("chat", str(path), "file", backend="llama.cpp", options=tuple(options.items()))
+
+
+def test_the_only_projector_beside_a_model_is_its_own(tmp_path):
+    model = gguf(tmp_path / "gemma-3-4b-it-Q4_K_M.gguf")
+    assert find_projector(model) is None and not takes_images(spec(model))
+    projector = gguf(tmp_path / "mmproj-model-f16.gguf")
+    assert find_projector(model) == projector and takes_images(spec(model))
+    assert find_projector(projector) is None  # a projector has no projector
+    assert not takes_images(ModelSpec("chat", str(model), "file"))  # through transformers it does not see
+
+
+def test_of_several_projectors_the_one_named_like_the_model_is_taken(tmp_path):
+    model = gguf(tmp_path / "Qwen2.5-VL-3B-Instruct-Q4_K_M.gguf")
+    gguf(tmp_path / "mmproj-gemma-3-4b-it-f16.gguf")
+    mine = gguf(tmp_path / "mmproj-Qwen2.5-VL-3B-Instruct-f16.gguf")
+    assert find_projector(model) == mine
+
+
+def test_an_explicit_projector_wins_and_is_part_of_the_spec(tmp_path):
+    model = gguf(tmp_path / "model.gguf")
+    gguf(tmp_path / "mmproj-beside.gguf")
+    elsewhere = gguf(tmp_path.parent / f"{tmp_path.name}-mmproj-other.gguf")
+    chosen = with_projector(spec(model), elsewhere)
+    assert projector_path(chosen) == elsewhere.resolve()
+    assert chosen.key != with_projector(spec(model)).key  # another projector is another model in the manager
+
+
+def test_the_picker_marks_a_gguf_with_its_projector_and_leaves_the_projector_out(tmp_path):
+    gguf(tmp_path / "seeing.gguf")
+    gguf(tmp_path / "mmproj-seeing.gguf")
+    labels = dict((value, label) for label, value in local_chat_models(tmp_path))
+    assert labels[str(tmp_path / "seeing.gguf")] == f"seeing.gguf (single file){TAKES_IMAGES}"
+    assert str(tmp_path / "mmproj-seeing.gguf") not in labels
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    gguf(alone / "words.gguf")
+    assert (
+        dict((v, lbl) for lbl, v in local_chat_models(alone))[str(alone / "words.gguf")] == "words.gguf (single file)"
+    )
