@@ -119,8 +119,13 @@ def auto_engine(spec: ModelSpec) -> ModelSpec:
 def chat_spec(device: str, source: str, precision: str) -> ModelSpec:
     """A chat model typed or picked in a form. Precision "auto": llama.cpp for a GGUF file, else NF4 on CUDA and
     fp32 on the CPU through transformers; any other precision means transformers at that precision."""
+    from studio.models.gguf_vision import catalog_spec
     from studio.models.specs import spec_from_form
 
+    if precision == AUTO and available():  # a GGUF vision model of the catalog: its cached file and projector
+        found = catalog_spec(source or "", device)
+        if found is not None:
+            return found
     if precision != AUTO:
         return spec_from_form(device, "chat", source, precision)
     spec = spec_from_form(device, "chat", source, "nf4" if device == "cuda" else "fp32")

@@ -59,6 +59,46 @@ CATALOG: tuple[GgufVisionEntry, ...] = (
 )
 
 
+def catalog_value(entry: GgufVisionEntry) -> str:
+    """What the Chat picker gives for a catalog entry: "owner/repo/model-file.gguf"."""
+    return f"{entry.repo}/{entry.model_file}"
+
+
+def catalog_for(source: str) -> GgufVisionEntry | None:
+    return next((e for e in CATALOG if catalog_value(e) == source.strip()), None)
+
+
+def catalog_files(entry: GgufVisionEntry, cache_dir: Path | None = None) -> tuple[Path, Path]:
+    """The model and projector files of a catalog entry in the Hugging Face cache (never networks), or a
+    ModelLoadError with the command that downloads them (both files: several GB, so not on a pick)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = []
+    for name in (entry.model_file, entry.projector_file):
+        hit = try_to_load_from_cache(entry.repo, name, cache_dir=cache_dir)
+        if isinstance(hit, str) and Path(hit).is_file():
+            found.append(Path(hit))
+    if len(found) < 2:
+        raise ModelLoadError(
+            f"{entry.label} is not downloaded yet: it needs {entry.model_file} and its projector "
+            f"{entry.projector_file} from {entry.repo}.",
+            f"Download both once with `hf download {entry.repo} {entry.model_file} {entry.projector_file}`, then pick "
+            "it again.",
+        )
+    return found[0], found[1]
+
+
+def catalog_spec(source: str, device: str, cache_dir: Path | None = None) -> ModelSpec | None:
+    """A GGUF vision catalog entry picked by its value as a llama.cpp spec of its cached file and projector, or None
+    when `source` is no such entry."""
+    entry = catalog_for(source)
+    if entry is None:
+        return None
+    model, projector = catalog_files(entry, cache_dir)
+    spec = ModelSpec("chat", str(model), "file", device=device, backend="llama.cpp", label=entry.label)
+    return with_projector(spec, projector)
+
+
 def is_projector_name(path: Path) -> bool:
     return path.name.lower().endswith(".gguf") and "mmproj" in path.name.lower()
 

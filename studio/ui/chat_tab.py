@@ -21,7 +21,8 @@ from studio.engines.chat_defaults import SamplingDefaults
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.formats import is_gguf
-from studio.models.gguf_vision import find_projector, is_projector_name
+from studio.models.gguf_vision import CATALOG as GGUF_VISION_CATALOG
+from studio.models.gguf_vision import catalog_value, find_projector, is_projector_name
 from studio.models.gguf_vision import takes_images as takes_gguf_images
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.models.vision import is_vision_config
@@ -81,6 +82,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
             choices.append(
                 (f"{entry.label}{' · takes images' if entry.images else ''} — {entry.hub_id}", entry.hub_id)
             )
+    for gguf_entry in GGUF_VISION_CATALOG:  # llama.cpp with its projector; fetched once with `hf download`
+        choices.append((f"{gguf_entry.label}{TAKES_IMAGES} — {gguf_entry.repo}", catalog_value(gguf_entry)))
     seen, unique = set(), []
     for label, value in choices:
         if value not in seen:

@@ -3,8 +3,13 @@ the Chat picker's mark, from file names alone (no model is loaded)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
+
+from studio.engines import llamacpp
+from studio.errors import ModelLoadError
 from studio.models.gguf_vision import find_projector, projector_path, takes_images, with_projector
 from studio.models.specs import ModelSpec
 from studio.ui.chat_tab import TAKES_IMAGES, local_chat_models
@@ -56,3 +61,50 @@ def test_the_picker_marks_a_gguf_with_its_projector_and_leaves_the_projector_out
     assert (
         dict((v, lbl) for lbl, v in local_chat_models(alone))[str(alone / "words.gguf")] == "words.gguf (single file)"
     )
+
+
+def hub_cache(root: Path, repo: str, *files: str) -> None:
+    """The Hugging Face cache's layout for `files` of `repo` (refs/main -> a snapshot folder), as a download leaves
+    it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snapshot = repo_dir / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        gguf(snapshot / name)
+
+
+@pytest.mark.skipif(
+    not llamacpp.available(), reason="llama-cpp-python is not installed (precision auto is transformers)"
+)
+def test_a_catalog_gguf_vision_model_runs_its_cached_file_with_its_projector(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from studio.models.gguf_vision import CATALOG, catalog_value
+
+    entry = CATALOG[0]
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    hub_cache(tmp_path, entry.repo, entry.model_file)  # the projector is missing: not downloaded yet
+    with pytest.raises(ModelLoadError, match=re.escape(f"{entry.label} is not downloaded yet")) as info:
+        llamacpp.chat_spec("cpu", catalog_value(entry), llamacpp.AUTO)
+    assert f"hf download {entry.repo} {entry.model_file} {entry.projector_file}" in info.value.tip
+    hub_cache(tmp_path, entry.repo, entry.projector_file)
+    spec = llamacpp.chat_spec("cpu", catalog_value(entry), llamacpp.AUTO)
+    assert (spec.source_type, spec.backend, spec.name) == ("file", "llama.cpp", entry.label)
+    assert Path(spec.source).name == entry.model_file and projector_path(spec).name == entry.projector_file
+    assert takes_images(spec)
+
+
+def test_the_picker_offers_the_gguf_vision_catalog_as_taking_images(tmp_path):
+    from studio.config import StudioConfig
+    from studio.context import build_context
+    from studio.models.gguf_vision import CATALOG, catalog_value
+    from studio.ui.chat_tab import model_choices
+    from tests.fakes import FakeGpuProbe
+
+    ctx = build_context(StudioConfig(data_dir=tmp_path), probe=FakeGpuProbe(), start_monitor=False)
+    labels = dict((value, label) for label, value in model_choices(ctx))
+    for entry in CATALOG:
+        assert labels[catalog_value(entry)] == f"{entry.label}{TAKES_IMAGES} — {entry.repo}"
