@@ -148,3 +148,19 @@ def test_an_explicit_projector_of_another_model_is_refused_before_loading(engine
         list(engine.stream(spec, ask("red"), GREEDY))
     with pytest.raises(ModelLoadError, match=r"tiny-vlm\.gguf is not a vision projector"):
         list(engine.stream(file_spec(model, mmproj=str(model)), ask("red"), GREEDY))
+
+
+def test_more_image_tokens_than_the_context_holds_is_one_clear_line(engine, model):
+    many = [{"type": "image_url", "image_url": {"url": data_url(c)}} for c in ["red", "blue"] * 8]
+    messages = [{"role": "user", "content": [*many, {"type": "text", "text": "Which is first?"}]}]
+    small = replace(GREEDY, context_len=64, max_new_tokens=8)
+    with pytest.raises(InputError, match=rf"\({16 * IMAGE_TOKENS} of them for 16 images\), but the context holds 64"):
+        list(engine.stream(file_spec(model), messages, small))
+
+
+def test_stop_ends_an_image_reply_within_a_few_tokens(engine, model):
+    seen = []
+    long = replace(GREEDY, max_new_tokens=300, temperature=0.8, seed=3)
+    for chunk in engine.stream(file_spec(model), ask("red"), long, should_stop=lambda: len(seen) >= 3):
+        seen.append(chunk)
+    assert seen[-1].stats.finish_reason == "stopped" and seen[-1].stats.new_tokens <= 8
