@@ -29,7 +29,14 @@ from studio.errors import InputError, ModelLoadError
 from studio.models.estimate import Estimate, Workload
 from studio.models.formats import WeightsInfo, gguf_info, is_gguf
 from studio.models.gguf_vision import OPTION as PROJECTOR
-from studio.models.gguf_vision import ProjectorInfo, check_pair, estimate_note, projector_info, with_projector
+from studio.models.gguf_vision import (
+    ProjectorInfo,
+    check_pair,
+    estimate_note,
+    projector_info,
+    projector_path,
+    with_projector,
+)
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
 
@@ -335,9 +342,10 @@ def estimate(spec: ModelSpec, workload: Workload, models_dir: Path | None = None
 
 
 def projector_of(spec: ModelSpec) -> ProjectorInfo | None:
-    """The header of the spec's projector (its "mmproj" option), or None for a text-only GGUF."""
-    path = dict(spec.options).get(PROJECTOR)
-    return projector_info(Path(path)) if path else None
+    """The header of the spec's projector (its "mmproj" option, or the one beside the model), or None for a
+    text-only GGUF."""
+    path = projector_path(spec)
+    return projector_info(path) if path is not None else None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(
 from studio.engines.chat import ChatEngine, ChatParams  # noqa: E402
 from studio.errors import InputError, ModelLoadError  # noqa: E402
 from studio.models import gguf_vision  # noqa: E402
+from studio.models.estimate import Workload  # noqa: E402
 from studio.models.records import LOADED  # noqa: E402
 from studio.models.specs import ModelSpec  # noqa: E402
 from studio.models.tiny_gguf_vision import IMAGE_TOKENS, build_tiny_gguf_vlm, build_tiny_mmproj  # noqa: E402
@@ -62,6 +63,11 @@ def test_the_projector_beside_the_model_is_found_and_read_from_its_header(model)
     info = gguf_vision.projector_info(projector)
     assert (info.projector_type, info.projection_dim, info.image_tokens) == ("mlp", 64, IMAGE_TOKENS)
     assert not gguf_vision.takes_images(replace(spec, backend=""))  # the transformers path does not run it
+    # the plan before a load (a spec without options): the projector found beside the model is counted
+    est, lay = llamacpp.estimate(spec, Workload()), llamacpp.layout_of_file(model)
+    assert est.weights_bytes == lay.weights_bytes + info.weights_bytes > lay.weights_bytes
+    text_runtime = lay.kv_bytes(512, "f16") + lay.compute_bytes(512, False)  # the tiny LM's own 512-token context
+    assert est.runtime_bytes == text_runtime + info.runtime_bytes(1)  # plus one pass of the image encoder
 
 
 def test_an_image_message_streams_a_reply_under_the_manager(engine, model):
