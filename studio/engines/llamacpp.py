@@ -579,7 +579,7 @@ def load(
         )
     threads = threads or cpu_cores()
     vision_info = projector_of(spec)
-    if vision_info is not None:  # before loading: llama.cpp aborts the process on a projector of another width
+    if vision_info is not None:  # before loading: llama.cpp only logs why it refuses a projector of another width
         check_pair(path, lay.hidden, vision_info)
     try:
         llm = module.Llama(

@@ -63,7 +63,8 @@ def open_projector(llm: Any, info: ProjectorInfo, *, threads: int, use_gpu: bool
         raise ModelLoadError(
             f"{info.path.name}: llama.cpp could not open the vision projector (projector type "
             f"{info.projector_type!r}).",
-            "This llama.cpp build may not know the projector type; update llama-cpp-python, or use the model as text.",
+            "The projector may belong to another model, or this llama.cpp build may not know its type; use the "
+            "mmproj file published with the model, or update llama-cpp-python.",
         )
     projector = Projector(ctx, info)
     if not mtmd.mtmd_support_vision(ctx):

@@ -235,8 +235,8 @@ def projector_info(path: Path) -> ProjectorInfo:
 
 
 def check_pair(model: Path, embedding_length: int, info: ProjectorInfo) -> None:
-    """Refuse a projector made for another model (its image tokens would not fit the model's embeddings; llama.cpp
-    would abort the process on it)."""
+    """Refuse a projector made for another model before anything loads (its image tokens would not fit the model's
+    embeddings; llama.cpp refuses it too, but says why only in its log)."""
     if info.projection_dim and embedding_length and info.projection_dim != embedding_length:
         raise ModelLoadError(
             f"{info.path.name} projects images to {info.projection_dim} numbers per token, but {model.name}'s "
