@@ -33,6 +33,7 @@ from studio.models.gguf_vision import (
     ProjectorInfo,
     check_pair,
     estimate_note,
+    find_projector,
     projector_info,
     projector_path,
     with_projector,
@@ -135,8 +136,13 @@ def chat_spec(device: str, source: str, precision: str) -> ModelSpec:
             return found
     if precision != AUTO:
         return spec_from_form(device, "chat", source, precision)
-    spec = spec_from_form(device, "chat", source, "nf4" if device == "cuda" else "fp32")
-    return auto_engine(spec)
+    spec = auto_engine(spec_from_form(device, "chat", source, "nf4" if device == "cuda" else "fp32"))
+    if is_llamacpp(spec) and spec.source_type == "file":
+        # the projector beside the path as given (a snapshot's symlink in the HF cache resolves to a nameless blob)
+        beside = find_projector(Path(source.strip()).expanduser())
+        if beside is not None:
+            return with_projector(spec, beside)
+    return spec
 
 
 def fallback_notice(spec: ModelSpec) -> str:

@@ -2,9 +2,9 @@
 llama.cpp's CLIP-style image encoder and projector), what the projector's header says, and its share of the memory
 estimate.
 
-A spec names its projector as the option ("mmproj", path), given explicitly or found beside the model: the one
-`mmproj*.gguf` file in the model's folder (with several, the one whose name shares the model's stem, else the first
-by name). Everything here reads GGUF headers through the `gguf` package; nothing imports llama_cpp.
+A spec names its projector as the option ("mmproj", path), given explicitly or found beside the model: the
+`mmproj*.gguf` file in the model's folder named like the model, or any one when the model is the folder's only
+model (`find_projector`). Everything here reads GGUF headers through the `gguf` package; nothing imports llama_cpp.
 """
 
 from __future__ import annotations
@@ -104,18 +104,20 @@ def is_projector_name(path: Path) -> bool:
 
 
 def find_projector(model: Path) -> Path | None:
-    """The projector beside a GGUF model file: the only mmproj*.gguf in its folder, or (several) the one whose name
-    holds the model's stem before its quantization suffix, else the first by name. None when there is none."""
+    """The projector beside a GGUF model file: the mmproj*.gguf in its folder whose name holds the model's stem
+    (before its quantization suffix); when the model is the folder's only one, else the first projector by name.
+    None when there is none (or, among several models, none named like this one)."""
     if is_projector_name(model):
         return None
     try:
-        found = sorted(p for p in model.parent.iterdir() if is_projector_name(p) and p.is_file())
+        ggufs = sorted(p for p in model.parent.iterdir() if p.name.lower().endswith(".gguf"))
     except OSError:
         return None
-    if len(found) <= 1:
-        return found[0] if found else None
+    found = [p for p in ggufs if is_projector_name(p) and p.is_file()]
     stem = model.stem.lower().split("-q")[0].split(".q")[0]
-    return next((p for p in found if stem and stem in p.name.lower()), found[0])
+    named = next((p for p in found if stem and stem in p.name.lower()), None)
+    alone = all(p == model or is_projector_name(p) for p in ggufs)
+    return named or (found[0] if alone and found else None)
 
 
 def projector_path(spec: ModelSpec) -> Path | None:

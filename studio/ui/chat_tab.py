@@ -123,7 +123,8 @@ def _with_engine(ctx: AppContext, label: str, value: str) -> str:
     """A picker label that says which engine runs the model with precision auto."""
     path = Path(value)
     if value.endswith(".gguf") or (path.is_absolute() and path.is_file() and is_gguf(path)):
-        return f"{label} · {_gguf_engine(ctx, path)}"
+        sees = TAKES_IMAGES if TAKES_IMAGES not in label and find_projector(path) is not None else ""
+        return f"{label} · {_gguf_engine(ctx, path)}{sees}"
     return f"{label} · transformers"
 
 

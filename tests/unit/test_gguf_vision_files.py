@@ -13,6 +13,7 @@ from studio.errors import ModelLoadError
 from studio.models.gguf_vision import find_projector, projector_path, takes_images, with_projector
 from studio.models.specs import ModelSpec
 from studio.ui.chat_tab import TAKES_IMAGES, local_chat_models
+from tests.fakes import FakeGpuProbe
 
 
 def gguf(path: Path) -> Path:
@@ -102,9 +103,44 @@ def test_the_picker_offers_the_gguf_vision_catalog_as_taking_images(tmp_path):
     from studio.context import build_context
     from studio.models.gguf_vision import CATALOG, catalog_value
     from studio.ui.chat_tab import model_choices
-    from tests.fakes import FakeGpuProbe
 
     ctx = build_context(StudioConfig(data_dir=tmp_path), probe=FakeGpuProbe(), start_monitor=False)
     labels = dict((value, label) for label, value in model_choices(ctx))
     for entry in CATALOG:
         assert labels[catalog_value(entry)] == f"{entry.label}{TAKES_IMAGES} — {entry.repo}"
+
+
+@pytest.mark.skipif(
+    not llamacpp.available(), reason="llama-cpp-python is not installed (precision auto is transformers)"
+)
+def test_a_snapshot_of_symlinks_to_nameless_blobs_keeps_its_projector(tmp_path):
+    """In the Hugging Face cache a snapshot's files are symlinks to blobs named by hash: the projector is found beside
+    the path as given, though the spec's source is the resolved blob."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snapshot.mkdir(parents=True)
+    for name, blob in (("Model-Q4_K_M.gguf", "1111"), ("mmproj-Model-f16.gguf", "2222")):
+        gguf(blobs / blob)
+        (snapshot / name).symlink_to(blobs / blob)
+    spec = llamacpp.chat_spec("cpu", str(snapshot / "Model-Q4_K_M.gguf"), llamacpp.AUTO)
+    assert spec.source == str(blobs / "1111") and spec.backend == "llama.cpp"
+    assert projector_path(spec) == blobs / "2222" and takes_images(spec)
+    assert projector_path(llamacpp.chat_spec("cpu", str(blobs / "1111"), llamacpp.AUTO)) is None  # by the blob alone
+
+
+def test_a_discovered_gguf_with_its_projector_is_marked_in_the_picker(tmp_path):
+    from studio.config import StudioConfig
+    from studio.context import build_context
+    from studio.ui.chat_tab import model_choices
+
+    llms = tmp_path / "llms"
+    llms.mkdir()
+    gguf(llms / "seeing.gguf")
+    gguf(llms / "mmproj-seeing.gguf")
+    gguf(llms / "words.gguf")
+    config = StudioConfig(data_dir=tmp_path / "data", models_dir=(llms,))
+    ctx = build_context(config, probe=FakeGpuProbe(), start_monitor=False)
+    labels = dict((value, label) for label, value in model_choices(ctx))
+    assert labels[str(llms / "seeing.gguf")].endswith(TAKES_IMAGES)
+    assert TAKES_IMAGES not in labels[str(llms / "words.gguf")]
+    assert str(llms / "mmproj-seeing.gguf") not in labels  # discovery leaves projectors out
