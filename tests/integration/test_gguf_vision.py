@@ -170,3 +170,37 @@ def test_stop_ends_an_image_reply_within_a_few_tokens(engine, model):
     for chunk in engine.stream(file_spec(model), ask("red"), long, should_stop=lambda: len(seen) >= 3):
         seen.append(chunk)
     assert seen[-1].stats.finish_reason == "stopped" and seen[-1].stats.new_tokens <= 8
+
+
+def test_a_follow_up_question_still_sees_the_image_of_an_earlier_turn(engine, model):
+    def follow_up(color: str) -> list[dict]:
+        return [
+            *ask(color),
+            {"role": "assistant", "content": "A square."},
+            {"role": "user", "content": "And its colour?"},
+        ]
+
+    spec = llamacpp.llamacpp_spec(file_spec(model))
+    with engine.manager.acquire(spec) as lease:
+        from studio.engines.chat import check_messages
+
+        lm = lease.model
+        ids = lm.template_ids(check_messages(follow_up("red")))
+        assert ids.image_tokens == IMAGE_TOKENS and ids.images == 1
+        rows = []
+        for color in ("red", "blue"):
+            prompt = lm.template_ids(check_messages(follow_up(color)))
+            (*_, row), *_ = list(
+                lm.tokens(
+                    prompt,
+                    max_new_tokens=1,
+                    temperature=0,
+                    top_p=1,
+                    top_k=0,
+                    repetition_penalty=1,
+                    seed=1,
+                    logits=True,
+                )
+            )
+            rows.append(row)
+    assert abs(rows[0] - rows[1]).max() > 1e-2  # the earlier image still reaches the model
