@@ -10,12 +10,13 @@ model (`find_projector`). Everything here reads GGUF headers through the `gguf` 
 from __future__ import annotations
 
 import functools
+import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from studio.errors import ModelLoadError
-from studio.models.formats import gguf_info, is_gguf
+from studio.models.formats import BAD_FILE_TIP, gguf_info, is_gguf
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
 
@@ -182,8 +183,8 @@ def _metadata(path: Path) -> dict[str, Any]:
 
     try:
         reader = gguf.GGUFReader(str(path), "r")
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"{path.name}: not a readable GGUF file ({exc}).", NOT_A_PROJECTOR_TIP) from None
+    except (OSError, ValueError, IndexError, struct.error) as exc:
+        raise ModelLoadError(f"{path.name}: a damaged GGUF file ({exc}).", BAD_FILE_TIP) from None
     out: dict[str, Any] = {}
     for name, fld in reader.fields.items():
         if name.startswith(("clip.", "general.architecture")):
@@ -197,6 +198,13 @@ def _metadata(path: Path) -> dict[str, Any]:
 @functools.lru_cache(maxsize=32)
 def _info(path: str, size: int, mtime: float) -> ProjectorInfo:
     file = Path(path)
+    weights = gguf_info(file)  # the studio's own header reader: a damaged header is one clear line
+    if weights.config.get("data_end", 0) > size:
+        raise ModelLoadError(
+            f"{file.name}: the projector file is cut short ({fmt_bytes(size)} of the "
+            f"{fmt_bytes(weights.config['data_end'])} its header describes).",
+            "The download or copy was interrupted; fetch the file again.",
+        )
     meta = _metadata(file)
     if meta.get("general.architecture") != "clip" or not meta.get("clip.has_vision_encoder", True):
         raise ModelLoadError(
@@ -221,7 +229,7 @@ def _info(path: str, size: int, mtime: float) -> ProjectorInfo:
         blocks=num("block_count", 24),
         projection_dim=num("projection_dim"),
         merge=int(scale),
-        weights_bytes=gguf_info(file).stored_bytes,
+        weights_bytes=weights.stored_bytes,
     )
 
 

@@ -204,3 +204,13 @@ def test_a_follow_up_question_still_sees_the_image_of_an_earlier_turn(engine, mo
             )
             rows.append(row)
     assert abs(rows[0] - rows[1]).max() > 1e-2  # the earlier image still reaches the model
+
+
+def test_a_cut_short_projector_is_one_line_and_the_studio_keeps_answering(engine, model, tmp_path):
+    whole = (model.parent / "mmproj-tiny-vlm.gguf").read_bytes()
+    cut = tmp_path / "mmproj-cut.gguf"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ModelLoadError, match=r"mmproj-cut\.gguf: the projector file is cut short"):
+        list(engine.stream(file_spec(model, mmproj=str(cut)), ask("red"), GREEDY))
+    reply = engine.complete(file_spec(model), [{"role": "user", "content": "Hello?"}], GREEDY)  # still serving
+    assert reply.stats.new_tokens == 6
