@@ -401,12 +401,14 @@ def _entry(
 
 def model_object(ctx: AppContext, m: ServedModel) -> dict[str, Any]:
     from studio.engines.llamacpp import engine_label
+    from studio.models.gguf_vision import sees_images
 
     label = engine_label(m.spec).split(" · ctx")[0]  # "llama.cpp · Q4_1", "transformers · FP32"
     engine, _, detail = label.partition(" · ")
     precision = detail if engine == "llama.cpp" and detail else m.spec.precision
     entry = _entry(ctx, m.id, "chat", m.spec, engine, precision, m.created)
-    entry["input_modalities"] = ["text", "image"] if m.spec.kind == "vision" else ["text"]  # what messages may hold
+    sees = m.spec.kind == "vision" or (engine == "llama.cpp" and sees_images(m.spec))  # GGUF: with a projector
+    entry["input_modalities"] = ["text", "image"] if sees else ["text"]  # what messages may hold
     return entry
 
 

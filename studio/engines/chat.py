@@ -22,6 +22,7 @@ from studio.engines.llamacpp import LlamaCppLM, is_llamacpp, llamacpp_spec, tran
 from studio.engines.vision import is_image_part
 from studio.errors import InputError, ModelLoadError, StudioError, StudioOutOfMemory, is_oom
 from studio.models.estimate import Workload
+from studio.models.gguf_vision import takes_images as takes_gguf_images
 from studio.models.specs import ModelSpec
 from studio.models.vision import is_vision_source, vision_spec
 from studio.text import blank, fmt_bytes, invalid_text
@@ -750,11 +751,12 @@ class ChatEngine:
         """The vision-language models the manager holds (loaded or parked), most recently used first."""
         from studio.models.records import LOADED, PARKED
 
-        return [s for _rec, s in self.manager.models("vision", (LOADED, PARKED))]
+        held = [s for _rec, s in self.manager.models("vision", (LOADED, PARKED))]
+        return held + [s for _rec, s in self.manager.models("chat", (LOADED, PARKED)) if takes_gguf_images(s)]
 
     def check_takes_images(self, spec: ModelSpec) -> None:
         """Raise InputError when `spec` cannot see images, naming it and the vision models that are loaded."""
-        if not is_llamacpp(spec) and is_vision_source(spec):
+        if (not is_llamacpp(spec) and is_vision_source(spec)) or takes_gguf_images(spec):
             return
         loaded = [s.name for s in self.vision_models()]
         tip = (

@@ -28,6 +28,16 @@ from typing import Any
 from studio.errors import InputError, ModelLoadError
 from studio.models.estimate import Estimate, Workload
 from studio.models.formats import WeightsInfo, gguf_info, is_gguf
+from studio.models.gguf_vision import OPTION as PROJECTOR
+from studio.models.gguf_vision import (
+    ProjectorInfo,
+    check_pair,
+    estimate_note,
+    find_projector,
+    projector_info,
+    projector_path,
+    with_projector,
+)
 from studio.models.specs import ModelSpec
 from studio.text import fmt_bytes
 
@@ -97,7 +107,7 @@ def llamacpp_spec(spec: ModelSpec, context_len: int = 0, kv_type: str = "f16", f
             f"Set the context length to {lay.context_length} or less (0 = the model's own, at most 4096).",
         )
     options = (("ctx", str(context)), ("kv", kv_type), ("fa", "1" if flash_attn else "0"))
-    return replace(spec, options=options)
+    return with_projector(replace(spec, options=options), dict(spec.options).get(PROJECTOR))
 
 
 AUTO = "auto"  # the chat pickers' precision that lets the file choose: llama.cpp for GGUF, else transformers
@@ -117,12 +127,22 @@ def auto_engine(spec: ModelSpec) -> ModelSpec:
 def chat_spec(device: str, source: str, precision: str) -> ModelSpec:
     """A chat model typed or picked in a form. Precision "auto": llama.cpp for a GGUF file, else NF4 on CUDA and
     fp32 on the CPU through transformers; any other precision means transformers at that precision."""
+    from studio.models.gguf_vision import catalog_spec
     from studio.models.specs import spec_from_form
 
+    if precision == AUTO and available():  # a GGUF vision model of the catalog: its cached file and projector
+        found = catalog_spec(source or "", device)
+        if found is not None:
+            return found
     if precision != AUTO:
         return spec_from_form(device, "chat", source, precision)
-    spec = spec_from_form(device, "chat", source, "nf4" if device == "cuda" else "fp32")
-    return auto_engine(spec)
+    spec = auto_engine(spec_from_form(device, "chat", source, "nf4" if device == "cuda" else "fp32"))
+    if is_llamacpp(spec) and spec.source_type == "file":
+        # the projector beside the path as given (a snapshot's symlink in the HF cache resolves to a nameless blob)
+        beside = find_projector(Path(source.strip()).expanduser())
+        if beside is not None:
+            return with_projector(spec, beside)
+    return spec
 
 
 def fallback_notice(spec: ModelSpec) -> str:
@@ -314,12 +334,24 @@ def estimate(spec: ModelSpec, workload: Workload, models_dir: Path | None = None
     lay, context, kv_type, flash = _sizes(spec, workload, models_dir)
     runtime = lay.kv_bytes(context, kv_type) + lay.compute_bytes(context, flash)
     kind = f"{lay.file_type}, " if lay.file_type else ""
+    method = f"GGUF header, {kind}KV cache {kv_type} for {context} tokens"
+    vision = projector_of(spec)
+    if vision is None:
+        return Estimate(weights_bytes=lay.weights_bytes, runtime_bytes=runtime, params=lay.info.params, method=method)
+    # the projector's weights and one encoder pass; image tokens are prompt tokens, inside the context's KV cache
     return Estimate(
-        weights_bytes=lay.weights_bytes,
-        runtime_bytes=runtime,
-        params=lay.info.params,
-        method=f"GGUF header, {kind}KV cache {kv_type} for {context} tokens",
+        weights_bytes=lay.weights_bytes + vision.weights_bytes,
+        runtime_bytes=runtime + vision.runtime_bytes(max(1, workload.batch)),
+        params=lay.info.params + gguf_info(vision.path).params,
+        method=f"{method}; {estimate_note(vision)}",
     )
+
+
+def projector_of(spec: ModelSpec) -> ProjectorInfo | None:
+    """The header of the spec's projector (its "mmproj" option, or the one beside the model), or None for a
+    text-only GGUF."""
+    path = projector_path(spec)
+    return projector_info(path) if path is not None else None
 
 
 @dataclass(frozen=True)
@@ -347,7 +379,8 @@ def offload(spec: ModelSpec, workload: Workload, room: int, models_dir: Path | N
     lay, context, kv_type, flash = _sizes(spec, workload, models_dir)
     if not lay.layers or not lay.per_layer:
         return None
-    fixed = lay.compute_bytes(context, flash)
+    vision = projector_of(spec)
+    fixed = lay.compute_bytes(context, flash) + (vision.weights_bytes + vision.runtime_bytes() if vision else 0)
     per_layer = lay.per_layer + lay.kv_bytes(context, kv_type, layers=1)
     layers = min(lay.layers - 1, (room - fixed) // per_layer) if room > fixed else 0
     if layers < 1:
@@ -381,6 +414,7 @@ class LlamaCppLM:
     layout: GgufLayout
     device_weight_bytes: int
     _formatter: Any = field(default=None, repr=False)
+    vision: Any = None  # the open projector (studio.engines.llamacpp_vision.Projector) of a GGUF vision model
 
     # the chat engine asks these of every loaded chat model
     @property
@@ -394,7 +428,14 @@ class LlamaCppLM:
     def template_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The conversation through the model's own chat template (GGUF metadata), tokenized as llama.cpp does
         for its chat completions (special tokens parsed; BOS only if the template did not write it). `tools`
-        (OpenAI's function tools) go to the template as its `tools` variable."""
+        (OpenAI's function tools) go to the template as its `tools` variable. With images (a vision model), the
+        ids of text and image chunks as llama.cpp's mtmd splits them (studio/engines/llamacpp_vision.py)."""
+        if any(m.get("images") for m in messages):
+            if self.vision is None:
+                raise InputError(f"{self.path.name} is a text-only model: it cannot see images.")
+            from studio.engines.llamacpp_vision import prompt_ids
+
+            return prompt_ids(self, self._formatter, messages, tools)
         try:
             result = self._formatter(messages=messages, tools=tools)
         except Exception as exc:  # noqa: BLE001 - a template may raise_exception() on roles it does not take
@@ -429,10 +470,19 @@ class LlamaCppLM:
         import llama_cpp
 
         llm = self.llm
-        if not reuse_prefix:
+        if not reuse_prefix and not hasattr(prompt, "pictures"):
             llm.reset()
         llm.set_seed(seed)
         vocab = llm._model.vocab
+        if hasattr(prompt, "pictures"):  # a VisionPrompt: evaluated here (images through the projector), then cached
+            from studio.engines.llamacpp_vision import evaluate
+
+            try:
+                prompt = evaluate(self, prompt)
+            except RuntimeError as exc:
+                if any(f"llama_decode returned {code}" in str(exc) for code in (1, -2, -3)):
+                    raise MemoryError(f"llama.cpp ran out of memory ({exc})") from None
+                raise
         gen = llm.generate(
             prompt,
             top_k=top_k,
@@ -494,6 +544,9 @@ class LlamaCppLM:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
+            if self.vision is not None:
+                self.vision.close()
+        with contextlib.suppress(Exception):
             self.llm.close()
 
 
@@ -531,6 +584,9 @@ def load(
             "Turn flash attention on, or use the f16 KV cache.",
         )
     threads = threads or cpu_cores()
+    vision_info = projector_of(spec)
+    if vision_info is not None:  # before loading: llama.cpp only logs why it refuses a projector of another width
+        check_pair(path, lay.hidden, vision_info)
     try:
         llm = module.Llama(
             model_path=str(path),
@@ -565,7 +621,19 @@ def load(
     )
     on_device = lay.layers if layers < 0 else min(layers, lay.layers)
     device_weights = lay.weights_bytes if spec.device == "cpu" or layers < 0 else on_device * lay.per_layer
-    return LlamaCppLM(llm, path, context, kv_type, flash, layers, lay, device_weights, formatter)
+    vision = None
+    if vision_info is not None:
+        from studio.engines.llamacpp_vision import open_projector
+
+        try:
+            vision = open_projector(
+                llm, vision_info, threads=threads, use_gpu=spec.device == "cuda" and layers != 0, flash_attn=flash
+            )
+        except ModelLoadError:
+            llm.close()
+            raise
+        device_weights += vision_info.weights_bytes
+    return LlamaCppLM(llm, path, context, kv_type, flash, layers, lay, device_weights, formatter, vision)
 
 
 def measure(model: Any, spec: ModelSpec) -> int:

@@ -21,6 +21,9 @@ from studio.engines.chat_defaults import SamplingDefaults
 from studio.errors import InputError, StudioError
 from studio.models.estimate import Workload
 from studio.models.formats import is_gguf
+from studio.models.gguf_vision import CATALOG as GGUF_VISION_CATALOG
+from studio.models.gguf_vision import catalog_value, find_projector, is_projector_name
+from studio.models.gguf_vision import takes_images as takes_gguf_images
 from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.models.vision import is_vision_config
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
@@ -67,7 +70,7 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
         choices.append(starter)
     for rec, spec in [*ctx.manager.models("chat"), *ctx.manager.models("vision")]:
         if spec.source_type != "starter":
-            sees = TAKES_IMAGES if spec.kind == "vision" else ""
+            sees = TAKES_IMAGES if spec.kind == "vision" or takes_gguf_images(spec) else ""
             choices.append((f"{rec.name} ({rec.state}) · {rec.engine or rec.precision}{sees}", spec.source))
     from studio.ui.export_panel import exported_models
 
@@ -79,6 +82,8 @@ def model_choices(ctx: AppContext) -> list[tuple[str, str]]:
             choices.append(
                 (f"{entry.label}{' · takes images' if entry.images else ''} — {entry.hub_id}", entry.hub_id)
             )
+    for gguf_entry in GGUF_VISION_CATALOG:  # llama.cpp with its projector; fetched once with `hf download`
+        choices.append((f"{gguf_entry.label}{TAKES_IMAGES} — {gguf_entry.repo}", catalog_value(gguf_entry)))
     seen, unique = set(), []
     for label, value in choices:
         if value not in seen:
@@ -107,7 +112,10 @@ def local_chat_models(models: Path) -> list[tuple[str, str]]:
         elif any(str(a).endswith("ForCausalLM") for a in architectures):
             found.append((f"{config.parent.name} (folder)", str(config.parent)))
     for gguf in sorted(models.glob("*.gguf")):
-        found.append((f"{gguf.name} (single file)", str(gguf)))
+        if is_projector_name(gguf):  # a vision model's projector goes with its model, not on its own
+            continue
+        sees = TAKES_IMAGES if find_projector(gguf) is not None else ""
+        found.append((f"{gguf.name} (single file){sees}", str(gguf)))
     return found
 
 
@@ -115,7 +123,8 @@ def _with_engine(ctx: AppContext, label: str, value: str) -> str:
     """A picker label that says which engine runs the model with precision auto."""
     path = Path(value)
     if value.endswith(".gguf") or (path.is_absolute() and path.is_file() and is_gguf(path)):
-        return f"{label} · {_gguf_engine(ctx, path)}"
+        sees = TAKES_IMAGES if TAKES_IMAGES not in label and find_projector(path) is not None else ""
+        return f"{label} · {_gguf_engine(ctx, path)}{sees}"
     return f"{label} · transformers"
 
 
