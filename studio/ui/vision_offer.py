@@ -114,7 +114,7 @@ class VisionOffer:
 
     @msg.user_errors
     def use(self, pick: str | None, choice: str | None, precision: str, request: gr.Request = None) -> tuple:
-        """ "Use <model>": the picker takes the vision model (at the precision it is loaded with, when the picked
+        """The offer taken: the picker takes the vision model (at the precision it is loaded with, when the picked
         precision would load it again) and the offer hides; the reply that follows answers with it."""
         if not (pick or "").strip():
             raise InputError(msg.PICK_MODEL.format(what="a vision model"))
