@@ -2,6 +2,9 @@
 kept in the visitor's own browser (gr.BrowserState, i.e. local storage), never on the server, so a shared studio's
 visitors never see each other's chats.
 
+A message's images are kept on the server (outputs/chat-images/, by content: chat_images.keep) and named in the
+browser's stores, so that a reopened or reloaded conversation shows them and sends them to a vision model again.
+
 Three stores per browser: `current` (the open conversation, rewritten in the page on every change of the chat, by a
 small script, so a streaming reply costs no server call), `archive` (past conversations, rewritten only by New chat,
 reopen and Delete, capped in size) and `settings` (the tab's settings). What the Past chats list shows is always the
@@ -20,6 +23,7 @@ from typing import Any
 import gradio as gr
 
 from studio.errors import InputError
+from studio.ui import chat_images
 from studio.ui import messages as msg
 
 STORAGE_PREFIX = "ml-studio-chat-"  # local storage keys: ml-studio-chat-current, -archive, -settings
@@ -55,13 +59,21 @@ SAVE_CURRENT_JS = """
   if (signature === NOT_RESTORED) return [current, signature];
   const text = (c) => typeof c === "string" ? c : Array.isArray(c) ? c.map(text).join("")
     : c && typeof c === "object" ? String(c.text ?? c.content ?? "") : "";
+  // a user message's images by name only (they are kept on the server, in outputs/chat-images/)
+  const images = (c) => Array.isArray(c) ? c.flatMap(images)
+    : c && typeof c === "object" && c.type === "file" && c.file
+      ? [String(c.file.path || "").split(/[\\\\/]/).pop()].filter((n) => STORED_NAME.test(n)) : [];
   const kept = (messages || []).filter((m) => m && (m.role === "user" || m.role === "assistant"))
-    .map((m) => ({role: m.role, content: text(m.content)}));
+    .map((m) => {
+      const names = m.role === "user" ? images(m.content) : [];
+      return names.length ? {role: m.role, content: text(m.content), images: names}
+        : {role: m.role, content: text(m.content)};
+    });
   const id = (current && current.id) || Date.now().toString(36) + Math.random().toString(36).slice(2, 8);
   const first = kept.find((m) => m.role === "user");
   return [{id, messages: kept, updated: Date.now() / 1000}, first ? id + "\\n" + first.content : ""];
 }
-""".replace("NOT_RESTORED", json.dumps(NOT_RESTORED))
+""".replace("NOT_RESTORED", json.dumps(NOT_RESTORED)).replace("STORED_NAME", f"/^{chat_images.STORED_NAME.pattern}$/")
 SAVE_SETTINGS_JS = """
 (signature, settings, ...values) => signature === NOT_RESTORED ? settings
   : Object.fromEntries(NAMES.map((name, i) => [name, values[i]]))
@@ -75,13 +87,29 @@ def new_id() -> str:
     return secrets.token_hex(6)
 
 
-def clean_messages(raw: Any) -> list[dict[str, str]]:
-    """The user and assistant turns of a stored conversation, as text (what a browser sends back is not trusted)."""
+def clean_messages(raw: Any) -> list[dict[str, Any]]:
+    """The user and assistant turns of a stored conversation, as text, a user message with the names of its kept
+    images (what a browser sends back is not trusted: a name is only ever a kept image's, never a path)."""
     kept = []
     for m in raw if isinstance(raw, list) else []:
         if isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str):
-            kept.append({"role": m["role"], "content": m["content"]})
+            entry = {"role": m["role"], "content": m["content"]}
+            names = chat_images.clean_names(m.get("images")) if m["role"] == "user" else []
+            if names:
+                entry["images"] = names
+            kept.append(entry)
     return kept
+
+
+def shown(messages: list[dict[str, Any]], images: Path) -> list[dict[str, Any]]:
+    """A stored conversation as the Chatbot shows it: a message's kept images (from the `images` store) before its
+    text; an image no longer in the store is left out."""
+    return [
+        chat_images.user_message(m["content"], chat_images.stored_paths(images, m["images"]))
+        if m.get("images")
+        else {"role": m["role"], "content": m["content"]}
+        for m in messages
+    ]
 
 
 def _updated(raw: Any) -> float:
@@ -210,6 +238,7 @@ class PastChats:
     def __init__(self, tab: Any, widgets: dict[str, Any]) -> None:
         self.tab = tab
         self.widgets = widgets
+        self.images = chat_images.store(tab.ctx.paths.outputs)  # where the messages' images are kept
 
     def restore(self, current: Any, archive: Any, settings: Any) -> tuple:
         """On every page load: the open conversation, the Past chats list and the settings, as this browser left
@@ -226,7 +255,8 @@ class PastChats:
                 continue
             value = setting_value(component, value)
             values.append(gr.skip() if value is None else value)
-        return current["messages"], current, signature(current), self.listed(chats, current), *values
+        shown_now = shown(current["messages"], self.images)
+        return shown_now, current, signature(current), self.listed(chats, current), *values
 
     def list_changed(self, current: Any, archive: Any) -> gr.Dropdown:
         """The open conversation got its first question, or was emptied: the list says so."""
@@ -272,7 +302,7 @@ class PastChats:
             new = {"id": opened["id"], "messages": opened["messages"], "updated": opened["updated"]}
         else:
             new = {"id": new_id(), "messages": [], "updated": time.time()}
-        return {"chats": chats}, new, new["messages"], [], "", self.listed(chats, new)
+        return {"chats": chats}, new, shown(new["messages"], self.images), [], "", self.listed(chats, new)
 
 
 # ----- layout and wiring --------------------------------------------------------------------------------------------

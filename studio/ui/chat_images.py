@@ -1,5 +1,7 @@
 """Images in the Chat tab: a user message with images as the Chatbot shows it, the same message as the chat engine
-reads it (OpenAI-style content parts with the image bytes), and the images of an exported conversation.
+reads it (OpenAI-style content parts with the image bytes), the images of an exported conversation, and the store
+that keeps a message's images on the server (outputs/chat-images/) so that Past chats and a reload show them again:
+the browser keeps only their names.
 
 No torch and no image decoding here: the engine checks each image (not an image, damaged, too big, too many) and
 its message reaches the page as the reply's error, with the conversation kept.
@@ -7,9 +9,16 @@ its message reaches the page as the reply's error, with the conversation kept.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+STORE = "chat-images"  # the folder under outputs/ where chat messages' images are kept
+# a kept image's name: the first 16 hex digits of its SHA-256, then its own name (in the characters Gradio keeps)
+STORED_NAME = re.compile(r"[0-9a-f]{16}-[A-Za-z0-9._-]{1,80}")
+MAX_KEPT = 16  # images per message a browser may name back (the engine takes at most 16 per request)
 
 
 def user_message(text: str | None, files: list | None) -> dict:
@@ -87,6 +96,62 @@ def export_images(history: list[dict], folder: Path, stem: str) -> list[list[str
             names.append(f"{images.name}/{dest.name}")
         copied.append(names)
     return copied
+
+
+def store(outputs: Path) -> Path:
+    """The folder that keeps chat messages' images (served, as all of outputs/ is)."""
+    return Path(outputs) / STORE
+
+
+def keep(files: list | None, folder: Path) -> list[str]:
+    """Copy uploaded files into the store under their content's name (the same image is kept once); returns the kept
+    paths, in order. A file that cannot be read stays where it is (the engine names it when it reads the message)."""
+    kept = []
+    for path in (file_path(f) for f in files or ()):
+        if not path:
+            continue
+        src = Path(path)
+        try:
+            data = src.read_bytes()
+        except OSError:
+            kept.append(path)
+            continue
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        kept_already = src.name.startswith(f"{digest}-") and STORED_NAME.fullmatch(src.name)  # Gradio's copy of one
+        dest = Path(folder) / (src.name if kept_already else f"{digest}-{_safe_name(src.name)}")
+        if not dest.is_file():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            partial = dest.with_name(f".{dest.name}.partial")
+            partial.write_bytes(data)
+            partial.replace(dest)  # never a half-written image under the kept name
+        kept.append(str(dest))
+    return kept
+
+
+def _safe_name(name: str) -> str:
+    stem, dot, suffix = name.rpartition(".")
+    if not dot:
+        stem, suffix = name, ""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_")[:60] or "image"
+    suffix = re.sub(r"[^A-Za-z0-9]+", "", suffix)[:10]
+    return f"{stem}.{suffix}" if suffix else stem
+
+
+def clean_names(raw: Any) -> list[str]:
+    """The image names a browser sent back that can be kept images' (nothing else: no paths, no other files)."""
+    if not isinstance(raw, list):
+        return []
+    return [n for n in raw if isinstance(n, str) and STORED_NAME.fullmatch(n)][:MAX_KEPT]
+
+
+def stored_paths(folder: Path, names: list[str]) -> list[str]:
+    """The store's files for `names` (checked again: only plain names, only files there); gone ones are left out."""
+    found = []
+    for name in clean_names(names):
+        path = Path(folder) / name
+        if path.is_file() and not path.is_symlink():
+            found.append(str(path))
+    return found
 
 
 # An image pasted into the message box goes into the images box (as if dropped there); pasted text is left alone.

@@ -28,7 +28,7 @@ from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.models.vision import is_vision_config
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
-from studio.ui import chat_history, chat_images, chat_votes
+from studio.ui import chat_history, chat_images, chat_votes, vision_offer
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.inputs import optional
@@ -551,11 +551,13 @@ class ChatTab:
             return gr.skip(), gr.skip(), NOT_ASKED
 
     def add_images(self, history: list | None, files: list | None, asked_after: int | None) -> tuple:
-        """The images dropped beside the message join the question `add_user` just added (then the box empties)."""
+        """The images dropped beside the message join the question `add_user` just added (then the box empties); they
+        are kept in outputs/chat-images/, so that Past chats and a reload show them again."""
         history = list(history or [])
         if not files or asked_after == NOT_ASKED or not history or history[-1].get("role") != "user":
             return gr.skip(), gr.skip()
-        history[-1] = chat_images.user_message(_text(history[-1].get("content")), files)
+        kept = chat_images.keep(files, chat_images.store(self.ctx.paths.outputs))
+        history[-1] = chat_images.user_message(_text(history[-1].get("content")), kept)
         return history, None
 
     def request_stop(self, request: gr.Request = None) -> None:
@@ -680,6 +682,7 @@ def conversation_column(w: dict[str, Any]) -> None:
         w["clear"] = gr.Button("Clear", elem_id="chat-clear")
         w["export"] = gr.Button("Export", elem_id="chat-export")
     w["stats"] = gr.Markdown(elem_id="chat-stats")
+    vision_offer.layout(w)  # a text-only model sent images: "Use <vision model>"
     w["export_files"] = gr.File(
         label="Exported conversation", file_count="multiple", visible=False, elem_id="chat-export-files"
     )
@@ -758,6 +761,8 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     held = [w["send"], w["stop"], w["regenerate"]]
     hold = {"fn": hold_buttons, "inputs": [w["asked_after"]], "outputs": held, "api_visibility": "private", **LIGHT}
     release = {"fn": release_buttons, "inputs": None, "outputs": held, "api_visibility": "private", **LIGHT}
+    w["hold"], w["release"] = hold, release
+    replies = []  # the reply events, after which the vision offer shows or hides
     # the images dropped beside the message join the question just asked (`add_images`), then the reply runs
     with_images = [w["chatbot"], w["images"], w["asked_after"]]
     sent = w["send"].click(tab.ask, [w["input"], w["chatbot"]], asked, api_visibility="private", **QUICK)
@@ -766,6 +771,7 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
         tab.add_images, with_images, [w["chatbot"], w["images"]], api_name="chat_add_images", **QUICK
     )
     answered = imaged.success(respond, reply_inputs, reply_outputs, api_name="chat", **replying)
+    replies.append(answered)
     answered.then(**release)
     answered.failure(**release)  # `then` follows a reply that ended; a failed one is followed by `failure` only
     imaged.failure(**release)
@@ -775,6 +781,7 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
         tab.add_images, with_images, [w["chatbot"], w["images"]], api_visibility="private", **QUICK
     )
     answered = imaged.success(respond, reply_inputs, reply_outputs, api_visibility="private", **replying)
+    replies.append(answered)
     answered.then(**release)
     answered.failure(**release)
     imaged.failure(**release)
@@ -786,6 +793,7 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
     dropped = w["regenerate"].click(tab.redo, [w["chatbot"]], dropped_outputs, api_visibility="private", **QUICK)
     dropped.success(**hold)
     answered = dropped.success(respond, reply_inputs, reply_outputs, api_name="chat_regenerate", **replying)
+    replies.append(answered)
     answered.then(**release)
     answered.failure(**release)
     # queued (so it carries the same session as the reply) but in its own lane: never waits behind the GPU
@@ -828,6 +836,7 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
         tab.detach, [w["model"], w["precision"], w["use_adapter"]], adapter_outputs, api_name="chat_detach", **GPU
     )
     w["side_by_side"].change(lambda on: gr.Chatbot(visible=bool(on)), [w["side_by_side"]], [w["side"]], **LIGHT)
+    vision_offer.wire(tab, w, replies, model_choices)  # images sent to a text-only model: one click to a vision model
 
 
 def build(ctx: AppContext) -> dict[str, gr.components.Component]:

@@ -214,6 +214,11 @@ DESCRIBE_NO_VISION_TIP = (
 DESCRIBE_EMPTY = "{model} gave no description for this image; try Describe again or another vision model."
 DESCRIBED = "Described by {model}: edit the prompt, then Generate."
 ASK_NO_IMAGE = "Nothing to ask about: drop an image, or click one in the gallery first."
+# the Chat tab's offer when a text-only model is sent images (studio/ui/vision_offer.py)
+VISION_OFFER = "**{model} cannot see the images of this conversation.** A vision model can answer it: {models}."
+VISION_OFFER_LOADED = "loaded: {names}"
+VISION_OFFER_RECOMMENDED = "recommended for 12 GB (downloaded when first used): {names}"
+VISION_USE = "Use {model}"
 # what Describe asks the vision model (AUTOMATIC1111's Interrogate)
 DESCRIBE_ASK = (
     "Describe this image as a Stable Diffusion prompt: one line of comma-separated phrases naming the subject, "

@@ -139,3 +139,44 @@ def test_the_browser_key_is_kept_in_the_data_dir(tmp_path):
     first = ch.browser_secret(tmp_path)
     assert first == ch.browser_secret(tmp_path) and len(first) >= 24  # the same after a restart
     assert (tmp_path / "browser-state.key").stat().st_mode & 0o077 == 0
+
+
+def test_an_image_message_keeps_its_images_by_name_and_shows_them_again(tmp_path):
+    from PIL import Image
+
+    from studio.config import StudioConfig
+    from studio.context import build_context
+    from studio.ui.chat_images import keep, store
+    from studio.ui.layout import build_app
+
+    ctx = build_context(StudioConfig(data_dir=tmp_path, device="cpu"), start_monitor=False)
+    past = build_app(ctx).studio_components["chat"]["past_chats"]
+    Image.new("RGB", (8, 6), "red").save(tmp_path / "red.png")
+    (kept,) = keep([tmp_path / "red.png"], store(ctx.paths.outputs))
+    name = kept.rsplit("/", 1)[-1]
+    stored = [
+        {"role": "user", "content": "what colour?", "images": [name, "/etc/passwd", "../red.png"]},
+        {"role": "assistant", "content": "red", "images": [name]},  # a reply has no images
+    ]
+    cleaned = ch.clean_messages(stored)
+    assert cleaned == [
+        {"role": "user", "content": "what colour?", "images": [name]},
+        {"role": "assistant", "content": "red"},
+    ]
+    assert ch.clean_messages([{"role": "user", "content": "hi", "images": "junk"}]) == [
+        {"role": "user", "content": "hi"}
+    ]
+    image_message = {"role": "user", "content": [{"path": kept}, "what colour?"]}
+    assert ch.shown(cleaned, store(ctx.paths.outputs)) == [image_message, {"role": "assistant", "content": "red"}]
+    gone = [{"role": "user", "content": "and this?", "images": ["0123456789abcdef-gone.png"]}]
+    assert ch.shown(gone, store(ctx.paths.outputs)) == [{"role": "user", "content": "and this?"}]
+
+    # a reload shows the open conversation's images; a reopened past one shows its own
+    current = {"id": "c1", "messages": stored, "updated": 5}
+    messages, restored, signature, *_ = past.restore(current, None, None)
+    assert messages == [image_message, {"role": "assistant", "content": "red"}]
+    assert restored["messages"] == cleaned and signature == "c1\nwhat colour?"
+    archive, new, chatbot, *_ = past.new_chat(current, None)
+    assert archive["chats"][0]["messages"] == cleaned and chatbot == []
+    _archive, opened, chatbot, *_ = past.open_chat("c1", new, archive)
+    assert opened["messages"] == cleaned and chatbot[0] == image_message

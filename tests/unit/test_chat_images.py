@@ -3,6 +3,7 @@ them, exported beside the Markdown) and the Image tab's Describe helpers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,16 @@ from PIL import Image
 
 from studio.config import StudioConfig
 from studio.context import build_context
-from studio.ui.chat_images import engine_content, export_images, image_paths, user_message
+from studio.ui.chat_images import (
+    STORED_NAME,
+    clean_names,
+    engine_content,
+    export_images,
+    image_paths,
+    keep,
+    stored_paths,
+    user_message,
+)
 from studio.ui.chat_tab import NOT_ASKED, ChatTab, conversation, export_conversation, local_chat_models
 from studio.ui.image_describe import chosen_image, describe_messages, prompt_from_reply
 from tests.fakes import FakeGpuProbe
@@ -79,10 +89,41 @@ def test_images_join_the_question_just_asked_and_not_one_a_clear_overtook(tmp_pa
     ctx = build_context(StudioConfig(data_dir=tmp_path / "data"), probe=FakeGpuProbe(), start_monitor=False)
     tab, png = ChatTab(ctx), _png(tmp_path)
     history, box = tab.add_images([{"role": "user", "content": [{"type": "text", "text": "hi"}]}], [str(png)], 0)
-    assert history == [{"role": "user", "content": [{"path": str(png)}, "hi"]}] and box is None
+    kept = ctx.paths.outputs / "chat-images" / f"{hashlib.sha256(png.read_bytes()).hexdigest()[:16]}-red.png"
+    assert history == [{"role": "user", "content": [{"path": str(kept)}, "hi"]}] and box is None
+    assert kept.read_bytes() == png.read_bytes()  # kept on the server, for Past chats and a reload
     skipped = gr.skip()
     assert tab.add_images([{"role": "user", "content": "hi"}], [str(png)], NOT_ASKED) == (skipped, skipped)
     assert tab.add_images([{"role": "user", "content": "hi"}], None, 0) == (skipped, skipped)
+
+
+def test_images_are_kept_once_by_content_under_a_plain_name(tmp_path):
+    store = tmp_path / "chat-images"
+    png, same = _png(tmp_path), _png(tmp_path / "..", "red copy (1).png")
+    other = tmp_path / "blue.png"
+    Image.new("RGB", (8, 6), "blue").save(other)
+    kept = keep([str(png), {"path": str(same)}, str(other)], store)
+    names = [Path(p).name for p in kept]
+    assert all(Path(p).parent == store and STORED_NAME.fullmatch(n) for p, n in zip(kept, names, strict=True))
+    assert names[0].endswith("-red.png") and names[1].endswith("-red_copy_1.png") and names[2].endswith("-blue.png")
+    assert names[0][:16] == names[1][:16] != names[2][:16]  # named by content
+    assert Path(kept[0]).read_bytes() == png.read_bytes()
+    assert keep(kept[:1], store) == kept[:1]  # an image kept already stays as it is
+    assert sorted(p.name for p in store.iterdir()) == sorted(names)  # no partial files left behind
+    missing = str(tmp_path / "gone.png")
+    assert keep([missing], store) == [missing]  # the engine names it when it reads the message
+
+
+def test_a_browser_names_kept_images_only(tmp_path):
+    store = tmp_path / "chat-images"
+    (kept,) = keep([_png(tmp_path)], store)
+    name = Path(kept).name
+    (tmp_path / "secret.txt").write_text("no")
+    (store / "0123456789abcdef-link.png").symlink_to(tmp_path / "secret.txt")
+    raw = [name, "../secret.txt", "/etc/passwd", str(kept), "0123456789abcdef-../x", 7, None, "red.png"]
+    assert clean_names(raw) == [name]
+    assert clean_names("junk") == [] and len(clean_names([name] * 40)) == 16
+    assert stored_paths(store, [name, "0123456789abcdef-link.png", "fedcba9876543210-gone.png"]) == [kept]
 
 
 def test_describe_helpers():
