@@ -141,6 +141,9 @@ def endless_lm(folder: Path) -> Path:
     model = AutoModelForCausalLM.from_pretrained(folder)
     with torch.no_grad():
         model.get_input_embeddings().weight[model.generation_config.eos_token_id].zero_()
+    # its own sampling defaults are the long-reply ones too, so a late answer of the page's model-defaults step
+    # (which sets the sampling fields from them) cannot shorten the reply a test set up
+    model.generation_config.update(do_sample=True, temperature=1.0, top_k=5, max_new_tokens=30000)
     model.save_pretrained(folder)
     return folder
 
