@@ -136,16 +136,16 @@ def _turns(value: list, column: str, where: str) -> list[dict[str, str]]:
     return out
 
 
-def hh_turns(text: str) -> list[dict[str, str]] | None:
+def hh_turns(text: str, prompt: bool = False) -> list[dict[str, str]] | None:
     """Anthropic HH text as turns ("\\n\\nHuman: ...\\n\\nAssistant: ..."), None when it has no such markers.
-    Text before the first marker is a system turn; a trailing empty "Assistant:" (a prompt) is dropped."""
+    Text before the first marker is a system turn; for a `prompt`, a trailing empty "Assistant:" is dropped."""
     parts = HH_TURN.split(text.strip("\n"))
     if len(parts) < 3:
         return None
     turns = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
     for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
         turns.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
-    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+    if prompt and turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
         turns.pop()
     return turns
 
@@ -157,7 +157,7 @@ def _prompt(value: Any, column: str, where: str) -> list[dict[str, str]]:
     if isinstance(value, list):
         turns = _turns(value, column, where)
     elif isinstance(value, str):
-        turns = hh_turns(value) or [{"role": "user", "content": value.strip()}]
+        turns = hh_turns(value, prompt=True) or [{"role": "user", "content": value.strip()}]
     else:
         raise _error(f"{where}: '{column}' must be text or a list of messages, not {type(value).__name__}.")
     if turns[-1]["role"] != "user":
@@ -171,6 +171,8 @@ def _prompt(value: Any, column: str, where: str) -> list[dict[str, str]]:
 def _reply(value: Any, column: str, where: str) -> str:
     """One assistant reply: text, or a message list holding one assistant turn."""
     value = _as_list(value)
+    if _blank(value):
+        raise _error(f"{where} has an empty '{column}' reply: there is nothing to learn from it.")
     if isinstance(value, list):
         turns = _turns(value, column, where)
         if len(turns) != 1 or turns[0]["role"] != "assistant":
@@ -180,9 +182,9 @@ def _reply(value: Any, column: str, where: str) -> str:
                 "Put the conversation before the reply in the prompt column.",
             )
         value = turns[0]["content"]
-    elif value is not None and not isinstance(value, str) and not _blank(value):
+    elif not isinstance(value, str):
         raise _error(f"{where}: '{column}' must be text or a list of messages, not {type(value).__name__}.")
-    text = "" if _blank(value) else value.strip()
+    text = value.strip()
     if not text:
         raise _error(f"{where} has an empty '{column}' reply: there is nothing to learn from it.")
     return text
