@@ -590,6 +590,7 @@ def dataset_column(w: dict[str, Any]) -> None:
         [(pref.NO_VOTES, "")],
         value="",
         label="…or votes collected in the Chat tab (data dir / preferences)",
+        allow_custom_value=True,  # a script may name a file collected after the page was built (checked when used)
         elem_id="ft-votes",
     )
     with gr.Accordion("Columns", open=False, elem_id="ft-columns") as w["columns_box"]:

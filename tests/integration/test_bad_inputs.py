@@ -490,6 +490,9 @@ GRADIO_CASES = [
     P("ft_estimate", job(base="base\x00model"), ("U+0000",), id="ft-nul-in-base-model"),
     P("ft_estimate", job(base="/no/such/base"), ("no such model folder",), id="ft-missing-base-model"),
     P("ft_start", start(None), ("Drop a dataset file first",), id="ft-start-no-file"),
+    P("ft_estimate", job(objective="dpo", beta=0), ("Beta must be in (0, 10], not 0",), id="ft-beta-0"),
+    P("ft_estimate", job(objective="dpo", loss_type="x"), ("Value: x is not in the list of choices",), id="ft-loss-x"),
+    P("ft_analyse", analyse(None, votes="../runs"), ("No collected vote file named '../runs'",), id="ft-votes-path"),
     P(
         "ft_start",
         start(Up("good.csv"), share=5),
