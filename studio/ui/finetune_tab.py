@@ -27,7 +27,7 @@ from studio.training.datasets import (
     load_dataset,
 )
 from studio.training.job import DPO_LOSSES, MAX_CUTOFF, SCHEDULERS, RunDir, TrainJob, cutoff_message
-from studio.training.preference import for_objective, objective_problem, vote_file
+from studio.training.preference import PREFERENCE_SHAPES, for_objective, objective_problem, vote_file
 from studio.ui import export_panel
 from studio.ui import finetune_pref as pref
 from studio.ui import messages as msg
@@ -125,8 +125,9 @@ class ColumnsForm:
     col_system: str | None
 
     def mapping(self) -> ColumnMap | None:
-        """None when the shape is 'auto' (detect it), else the columns the user picked."""
-        if not self.shape or self.shape == AUTO:
+        """None when the shape is 'auto' (detect it), else the columns the user picked. The preference shapes are
+        found by their column names (prompt, chosen, rejected; completion, label): picking one detects it."""
+        if not self.shape or self.shape in (AUTO, *PREFERENCE_SHAPES):
             return None
         return ColumnMap(
             self.shape,
