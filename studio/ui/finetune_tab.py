@@ -17,6 +17,7 @@ from studio.context import AppContext
 from studio.errors import InputError, StudioError
 from studio.models.specs import CATALOG, check_name_chars
 from studio.training import defaults as dflt
+from studio.training import pref_rows
 from studio.training import rows as rowlib
 from studio.training.datasets import (
     SHAPES,
@@ -319,7 +320,7 @@ class FinetuneTab:
         if problem:
             gr.Warning(problem)
         if dataset.mapping.shape in ("preference", "kto"):
-            stats = pref.pref_rows.measure(dataset.samples, tokenizer, cut)
+            stats = pref_rows.measure(dataset.samples, tokenizer, cut)
             return [
                 pref.summary_text(dataset, stats, cut, problem),
                 histogram_svg(stats),
