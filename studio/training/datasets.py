@@ -3,10 +3,12 @@
 Formats: .txt (one sample per line, or blocks separated by blank lines), .csv, .tsv, .json, .jsonl, .parquet.
 Shapes: plain text (a `text` column), instruction/response (alpaca: `instruction`, optional `input`, `output`, and
 LLaMA-Factory's optional `history` of earlier [user, assistant] pairs),
-chat (openai `messages` with role/content, or sharegpt `conversations` with from/value). When the shape cannot be
+chat (openai `messages` with role/content, or sharegpt `conversations` with from/value); and the preference shapes
+(pairs: prompt/chosen/rejected, KTO: prompt/completion/label; see preference.py). When the shape cannot be
 told from the column names, `NeedsColumns` says which columns there are so the page can ask.
 
-Every shape ends as the same plain sample: `{"text": str}` or `{"messages": [{"role", "content"}, ...]}`.
+Every SFT shape ends as the same plain sample: `{"text": str}` or `{"messages": [{"role", "content"}, ...]}`; the
+preference shapes as TRL's conversational rows (preference.py).
 Nothing here imports torch or transformers.
 """
 
@@ -28,12 +30,14 @@ from studio.text import json_limit
 MIB = 1024**2
 UPLOAD_LIMIT_BYTES = 200 * MIB  # larger datasets are refused before they are read
 FORMATS = (".txt", ".csv", ".tsv", ".json", ".jsonl", ".parquet")
-SHAPES = ("text", "alpaca", "messages", "sharegpt")
+SHAPES = ("text", "alpaca", "messages", "sharegpt", "preference", "kto")
 SHAPE_LABELS = {
     "text": "plain text",
     "alpaca": "instruction / response (alpaca)",
     "messages": "chat messages (openai)",
     "sharegpt": "chat conversations (sharegpt)",
+    "preference": "preference pairs (prompt / chosen / rejected)",
+    "kto": "rated completions (prompt / completion / label, KTO)",
 }
 # Column names recognised for each role, most specific first.
 TEXT_NAMES = ("text", "content", "document", "sentence", "body")
@@ -74,7 +78,7 @@ class NeedsColumns(InputError):
 class ColumnMap:
     """Which columns make a sample. Empty names are unused; `shape` decides which ones are needed."""
 
-    shape: str  # text | alpaca | messages | sharegpt
+    shape: str  # text | alpaca | messages | sharegpt | preference | kto
     text: str = ""  # text: the column with the whole sample
     instruction: str = ""  # alpaca: the instruction (the user turn)
     input: str = ""  # alpaca: optional extra input appended to the instruction
@@ -82,6 +86,11 @@ class ColumnMap:
     system: str = ""  # alpaca: optional system prompt column
     history: str = ""  # alpaca: optional column of earlier [user, assistant] pairs, turns before the instruction
     messages: str = ""  # messages / sharegpt: the column with the list of turns
+    prompt: str = ""  # preference / kto: the prompt (text or messages); preference without it: HH conversations
+    chosen: str = ""  # preference: the better reply (or the whole conversation ending with it)
+    rejected: str = ""  # preference: the worse reply (or the whole conversation ending with it)
+    completion: str = ""  # kto: the rated reply
+    label: str = ""  # kto: true when the completion is good, false when it is bad
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
@@ -93,10 +102,15 @@ class ColumnMap:
             return {"text": self.text}
         if self.shape == "alpaca":
             return {"instruction": self.instruction, "output": self.output}
+        if self.shape == "preference":
+            return {"chosen": self.chosen, "rejected": self.rejected}
+        if self.shape == "kto":
+            return {"prompt": self.prompt, "completion": self.completion, "label": self.label}
         return {"messages": self.messages}
 
     def used_columns(self) -> list[str]:
         names = [self.text, self.instruction, self.input, self.output, self.system, self.history, self.messages]
+        names += [self.prompt, self.chosen, self.rejected, self.completion, self.label]
         return [n for n in names if n]
 
 
@@ -369,6 +383,11 @@ def _pick(columns: list[str], names: tuple[str, ...]) -> str:
 
 def detect_mapping(table: Table) -> ColumnMap:
     """The shape and columns from the column names and the first rows; NeedsColumns when it cannot tell."""
+    from studio.training import preference
+
+    found = preference.detect(table)  # before the others: 'prompt' / 'completion' would read as alpaca
+    if found is not None:
+        return found
     usable = usable_columns(table)
     if not usable:
         named = [c for c in table.columns if c.lower() in (*TEXT_NAMES, *OUTPUT_NAMES, *MESSAGES_NAMES)]
@@ -458,6 +477,10 @@ def shape_row(row: dict[str, Any], mapping: ColumnMap, where: str) -> dict[str, 
             raise DatasetError(f"Pick the {role} column for the {SHAPE_LABELS[mapping.shape]} shape.")
         if column not in row:
             raise DatasetError(f"{where} has no '{column}' field.", SKIP_TIP, skippable=True)
+    if mapping.shape in ("preference", "kto"):
+        from studio.training import preference
+
+        return preference.shape_row(row, mapping, where)
     if mapping.shape == "text":
         text = _string(row.get(mapping.text))
         return {"text": text} if text.strip() else None

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from studio.training import pref_rows
 from studio.training import rows as rowlib
 from studio.training.datasets import split
 from studio.training.job import MAX_CUTOFF, MIN_CUTOFF, TrainJob, steps_for
@@ -73,7 +74,10 @@ def model_context(tokenizer: Any) -> int:
 
 
 def full_rows(samples: list[dict], tokenizer: Any, train_on_prompt: bool = False) -> list[rowlib.Row]:
-    """The samples as token rows, not truncated (cut them per cutoff with `at_cutoff`)."""
+    """The samples as token rows, not truncated (cut them per cutoff with `at_cutoff`); preference rows as
+    pref_rows.PrefRow (one per pair or KTO row)."""
+    if pref_rows.is_preference(samples):
+        return pref_rows.rows(samples, tokenizer)
     return rowlib.tokenize(samples, tokenizer, 10**9, train_on_prompt=train_on_prompt, keep_empty=True)
 
 
@@ -88,7 +92,11 @@ def at_cutoff(rows: list[rowlib.Row], cutoff: int) -> list[rowlib.Row]:
 
 
 def blocks_for(rows: list[rowlib.Row], cutoff: int, packing: bool) -> DataBlocks:
-    """The sequences the worker makes of `rows` (full rows, see `full_rows`) at `cutoff`, packed or not."""
+    """The sequences the worker makes of `rows` (full rows, see `full_rows`) at `cutoff`, packed or not.
+    Preference rows are never packed: one example (a pair, or a KTO row) each, its sequences truncated."""
+    if rows and isinstance(rows[0], pref_rows.PrefRow):
+        tokens, longest = pref_rows.sequences_at(rows, cutoff)
+        return DataBlocks(len(rows), tokens, longest)
     kept = at_cutoff(rows, cutoff)
     blocks = rowlib.pack(kept, cutoff) if packing else rowlib.single_blocks(kept)
     return DataBlocks(len(blocks), sum(len(b) for b in blocks), max((len(b) for b in blocks), default=0))

@@ -37,6 +37,10 @@ SCHEDULERS = ("cosine", "linear", "constant")
 OBJECTIVES = ("sft", "dpo", "orpo", "kto")  # sft: learn the answers; the others learn from preferences (TRL)
 PREFERENCE_OBJECTIVES = OBJECTIVES[1:]
 DPO_LOSSES = ("sigmoid", "ipo", "hinge", "robust")
+# sequences the policy runs per example, with gradients: DPO / ORPO the chosen and the rejected reply, KTO the
+# completion and its KL batch (a mismatched completion); SFT one
+POLICY_PASSES = {"sft": 1, "dpo": 2, "orpo": 2, "kto": 2}
+NEEDS_REFERENCE = ("dpo", "kto")  # ORPO and SFT compare against no reference model
 ACTIVE_STATES = ("starting", "loading", "evaluating", "training", "saving", "stopping")
 FINAL_STATES = ("done", "stopped", "failed", "interrupted")
 # LoRA targets per architecture (config.json model_type); anything else uses peft's "all-linear".
@@ -293,17 +297,33 @@ class JobEstimate:
     lora_params: int
     checkpoint_bytes: int  # one checkpoint on disk (adapter + optimizer + rest)
     disk_bytes: int  # every checkpoint the cap keeps, plus the final adapter
+    objective: str = "sft"  # what the activations were counted for (see POLICY_PASSES)
+    reference: int = 0  # DPO / KTO: the reference pass's logits (the base with the adapter off, no gradients)
 
     @property
     def total(self) -> int:
-        return self.weights + self.adapter + self.optimizer + self.activations
+        return self.weights + self.adapter + self.optimizer + self.activations + self.reference
 
     def breakdown(self) -> str:
-        return (
+        passes = POLICY_PASSES.get(self.objective, 1)
+        what = {"dpo": "chosen + rejected", "orpo": "chosen + rejected", "kto": "completion + KL batch"}
+        acts = f"activations {fmt_bytes(self.activations)}"
+        if passes > 1:
+            acts += f" ({what.get(self.objective, '')}: {passes}x SFT's at this cutoff)"
+        line = (
             f"weights {fmt_bytes(self.weights)} + adapter {fmt_bytes(self.adapter)} "
-            f"({self.lora_params / 1e6:.2f} M params) + optimizer {fmt_bytes(self.optimizer)} "
-            f"+ activations {fmt_bytes(self.activations)} = {fmt_bytes(self.total)}"
+            f"({self.lora_params / 1e6:.2f} M params) + optimizer {fmt_bytes(self.optimizer)} + {acts}"
         )
+        if self.objective in NEEDS_REFERENCE:
+            line += f" + reference pass {fmt_bytes(self.reference)}"
+        line += f" = {fmt_bytes(self.total)}"
+        if self.objective in NEEDS_REFERENCE:
+            line += (
+                ". The reference model is the base with the adapter off (LoRA): no second copy of the model is loaded"
+            )
+        elif self.objective == "orpo":
+            line += ". ORPO needs no reference model"
+        return line
 
 
 def lora_params(config: dict, rank: int, targets: tuple[str, ...]) -> int:
@@ -343,15 +363,21 @@ def estimate_job(job: TrainJob, info: WeightsInfo, model_type: str = "") -> JobE
     vocab = int(config.get("vocab_size") or 32000)
     inter = int(config.get("intermediate_size") or 4 * h)
     element = 4 if job.load_precision == "fp32" else 2
-    tokens = job.batch_size * job.cutoff_len
+    passes = POLICY_PASSES.get(job.objective, 1)
+    tokens = job.batch_size * job.cutoff_len * passes  # a preference example is `passes` sequences
     # per layer, per token (Korthikanti et al. 2022, adapted): attention + MLP intermediates and the scores
-    per_layer = tokens * (10 * h + 3 * inter) * element + job.batch_size * heads * job.cutoff_len**2 * element
+    per_layer = tokens * (10 * h + 3 * inter) * element + passes * job.batch_size * heads * job.cutoff_len**2 * element
     # with checkpointing: the layer inputs, plus one layer's intermediates while it is recomputed
     activations = layers * tokens * h * element + per_layer if job.gradient_checkpointing else layers * per_layer
     activations += tokens * vocab * 4 * 2  # fp32 logits and their gradient
+    # the reference log-probs: the same sequences through the base with the adapter off, without gradients, so
+    # only one layer's intermediates and the fp32 logits are held at a time
+    reference = tokens * vocab * 4 + tokens * (10 * h + 3 * inter) * element if job.objective in NEEDS_REFERENCE else 0
     checkpoint = adapter * 3 + 64 * 1024  # adapter + optimizer moments + scheduler/RNG/state
     disk = checkpoint * (job.max_checkpoints + 1) + adapter
-    return JobEstimate(weights, adapter, optimizer, int(activations), n_lora, checkpoint, disk)
+    return JobEstimate(
+        weights, adapter, optimizer, int(activations), n_lora, checkpoint, disk, job.objective, int(reference)
+    )
 
 
 def check_disk(folder: Path, need: int) -> int:

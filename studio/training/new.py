@@ -86,6 +86,7 @@ def make_run(dataset_path: Path, base: str, runs: Path | None, sets: dict[str, A
     from studio.config import load_config
     from studio.context import build_context
     from studio.training.datasets import load_dataset
+    from studio.training.preference import for_objective
     from studio.training.runs import RunManager
 
     if not Path(dataset_path).is_file():
@@ -108,6 +109,7 @@ def make_run(dataset_path: Path, base: str, runs: Path | None, sets: dict[str, A
         )
         job = replace(job, **sets)
         job.check()
+        dataset = for_objective(dataset, job.objective)  # preference data needs --set objective=dpo|orpo|kto
         tokenizer = rowlib.load_tokenizer(job.base_model, offline=job.offline)
         derived = dflt.choose(training, job, dataset.samples, tokenizer, eval_share, fixed=sets)
         for reason in derived.reasons.values():

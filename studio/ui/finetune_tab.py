@@ -17,6 +17,7 @@ from studio.context import AppContext
 from studio.errors import InputError, StudioError
 from studio.models.specs import CATALOG, check_name_chars
 from studio.training import defaults as dflt
+from studio.training import pref_rows
 from studio.training import rows as rowlib
 from studio.training.datasets import (
     SHAPES,
@@ -26,8 +27,10 @@ from studio.training.datasets import (
     NeedsColumns,
     load_dataset,
 )
-from studio.training.job import MAX_CUTOFF, SCHEDULERS, RunDir, TrainJob, cutoff_message
+from studio.training.job import DPO_LOSSES, MAX_CUTOFF, SCHEDULERS, RunDir, TrainJob, cutoff_message
+from studio.training.preference import PREFERENCE_SHAPES, for_objective, objective_problem, vote_file
 from studio.ui import export_panel
+from studio.ui import finetune_pref as pref
 from studio.ui import messages as msg
 from studio.ui.finetune_views import (
     AUTO,
@@ -123,8 +126,9 @@ class ColumnsForm:
     col_system: str | None
 
     def mapping(self) -> ColumnMap | None:
-        """None when the shape is 'auto' (detect it), else the columns the user picked."""
-        if not self.shape or self.shape == AUTO:
+        """None when the shape is 'auto' (detect it), else the columns the user picked. The preference shapes are
+        found by their column names (prompt, chosen, rejected; completion, label): picking one detects it."""
+        if not self.shape or self.shape in (AUTO, *PREFERENCE_SHAPES):
             return None
         return ColumnMap(
             self.shape,
@@ -146,9 +150,11 @@ class AnalyseForm(ColumnsForm):
     cutoff: int | None
     skip_bad: bool
     on_prompt: bool  # also learn the prompts: the preview highlights them too
+    objective: str | None = "sft"  # sft | dpo | orpo | kto: the summary says when the data does not fit it
+    votes: str | None = ""  # a collected vote file (data_dir/preferences), used when no file is dropped
 
     API_ORDER = ("file", "model", "cutoff", "shape", "col_text", "col_instruction", "col_input", "col_output")
-    API_ORDER += ("col_messages", "col_system", "skip_bad", "on_prompt")
+    API_ORDER += ("col_messages", "col_system", "skip_bad", "on_prompt", "objective", "votes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,6 +181,9 @@ class JobForm:
     eval_every: int | None
     seed: int | None
     keep: int | None  # checkpoints kept
+    objective: str | None = "sft"  # sft | dpo | orpo | kto
+    beta: float | None = 0.1  # DPO / KTO β, ORPO λ
+    loss_type: str | None = "sigmoid"  # DPO's loss
 
     def job(self, ctx: AppContext) -> TrainJob:
         source, source_type, label = resolve_base(ctx, self.model)
@@ -208,6 +217,9 @@ class JobForm:
             seed=whole(self.seed, "Seed"),
             offline=ctx.config.offline,
             train_rows=1,
+            objective=self.objective or "sft",
+            beta=number(self.beta, "Beta"),
+            loss_type=self.loss_type or "sigmoid",
         )
         job.check()
         return job
@@ -220,16 +232,17 @@ class DataForm(ColumnsForm):
     file: str | None
     skip_bad: bool
     eval_share: float | None  # the share of rows held out for evaluation
+    votes: str | None = ""  # a collected vote file (data_dir/preferences), used when no file is dropped
 
     API_ORDER = ("file", "shape", "col_text", "col_instruction", "col_input", "col_output", "col_messages")
-    API_ORDER += ("col_system", "skip_bad", "eval_share")
+    API_ORDER += ("col_system", "skip_bad", "eval_share", "votes")
 
 
 @dataclass(frozen=True, kw_only=True)
 class StartForm(DataForm, JobForm):
-    """A new run: its dataset, then its settings (the API order of `ft_start`)."""
+    """A new run: its dataset, then its settings, then the vote file (the API order of `ft_start`)."""
 
-    API_ORDER = DataForm.API_ORDER + tuple(field_names(JobForm))
+    API_ORDER = DataForm.API_ORDER[:-1] + tuple(field_names(JobForm)) + ("votes",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,6 +280,14 @@ class FinetuneTab:
             self.tokenizers[source] = rowlib.load_tokenizer(source, offline=self.ctx.config.offline)
         return self.tokenizers[source]
 
+    def dataset_path(self, form: Any) -> str | None:
+        """The dropped file, else the collected vote file picked (data_dir/preferences), else None."""
+        if form.file:
+            return form.file
+        if getattr(form, "votes", None):
+            return str(vote_file(self.ctx.paths.preferences, form.votes))
+        return None
+
     def read_dataset(self, path: str | None, columns: ColumnsForm, skip_bad: bool) -> Dataset:
         if not path:
             raise InputError(msg.NO_DATASET)
@@ -274,13 +295,19 @@ class FinetuneTab:
             path, columns.mapping(), skip_bad=bool(skip_bad), name=Path(path).name, limit=upload_limit(self.ctx)
         )
 
+    def dataset_for(self, form: Any) -> Dataset:
+        """The form's dataset as its objective trains on it (pairs unpaired for KTO); a mismatch says what to pick."""
+        dataset = self.read_dataset(self.dataset_path(form), form, form.skip_bad)
+        return for_objective(dataset, form.objective or "sft")
+
     @msg.user_errors
     def analyse(self, form: AnalyseForm, request: Any = None) -> list:
         """Outputs: summary, histogram, preview, columns accordion, shape, six column dropdowns."""
-        if not form.file:
+        path = self.dataset_path(form)
+        if not path:
             return ["", "", "", *[gr.skip()] * 8]
         try:
-            dataset = self.read_dataset(form.file, form, form.skip_bad)
+            dataset = self.read_dataset(path, form, form.skip_bad)
         except NeedsColumns as exc:
             gr.Warning(exc.message)
             return [f"**{exc}**", "", "", *column_updates(exc.columns, None, True)]
@@ -289,9 +316,20 @@ class FinetuneTab:
         cut = int(form.cutoff or 0)
         if not 0 <= cut <= MAX_CUTOFF:  # small values pass: they are on the way to a larger one being typed
             raise InputError(cutoff_message(cut))
+        problem = objective_problem(dataset.samples, form.objective or "sft", dataset.name)
+        if problem:
+            gr.Warning(problem)
+        if dataset.mapping.shape in ("preference", "kto"):
+            stats = pref_rows.measure(dataset.samples, tokenizer, cut)
+            return [
+                pref.summary_text(dataset, stats, cut, problem),
+                histogram_svg(stats),
+                pref.preview_html(dataset, tokenizer),
+                *column_updates(dataset.columns, dataset.mapping, False),
+            ]
         stats = rowlib.measure(dataset.samples, tokenizer, cut, train_on_prompt=bool(form.on_prompt))
         return [
-            summary_text(dataset, stats, cut),
+            summary_text(dataset, stats, cut) + pref.sft_problem_line(problem),
             histogram_svg(stats),
             preview_html(dataset, tokenizer, bool(form.on_prompt)),
             *column_updates(dataset.columns, dataset.mapping, False),
@@ -300,7 +338,8 @@ class FinetuneTab:
     def rows_for(self, form: StartForm, job: TrainJob) -> list[rowlib.Row]:
         """The full token rows of the training split Start would write (cached for the last dataset)."""
         key = (
-            form.file,
+            self.dataset_path(form),
+            job.objective,
             job.base_model,
             form.eval_share,
             job.seed,
@@ -311,7 +350,7 @@ class FinetuneTab:
         if key not in self.train_rows:
             if form.eval_share is None:
                 raise InputError(msg.EVAL_SHARE_MISSING)
-            dataset = self.read_dataset(form.file, form, form.skip_bad)
+            dataset = self.dataset_for(form)
             tokenizer = self.tokenizer_for(job.base_model)
             self.train_rows = {
                 key: dflt.train_rows(dataset.samples, tokenizer, float(form.eval_share), job.seed, job.train_on_prompt)
@@ -323,12 +362,15 @@ class FinetuneTab:
         """A new dataset: cutoff, batch and max steps chosen from it (studio.training.defaults) unless the user set
         them (a value that is neither the page's default nor the one chosen last), and the steps line.
         Outputs: cutoff, batch, max steps, the note saying what was chosen, the steps line, the values chosen."""
-        if not form.file:
+        if not self.dataset_path(form):
             return [gr.skip()] * 3 + ["", "", gr.skip()]
         try:
-            dataset = self.read_dataset(form.file, form, form.skip_bad)
+            dataset = self.read_dataset(self.dataset_path(form), form, form.skip_bad)
         except NeedsColumns:
             return [gr.skip()] * 3 + ["", "", gr.skip()]  # the analysis asks for the columns
+        if objective_problem(dataset.samples, form.objective or "sft", dataset.name):
+            return [gr.skip()] * 3 + ["", "", gr.skip()]  # the analysis says which objective or data to pick
+        dataset = for_objective(dataset, form.objective or "sft")
         job = form.job(self.ctx)
         if form.eval_share is None:
             raise InputError(msg.EVAL_SHARE_MISSING)
@@ -353,7 +395,7 @@ class FinetuneTab:
 
     def steps(self, form: StartForm, request: Any = None) -> str:
         """ "This run will make N optimizer steps over M tokens", live as the settings change (or what is wrong)."""
-        if not form.file:
+        if not form.file and not form.votes:
             return ""
         try:
             job = form.job(self.ctx)
@@ -372,7 +414,7 @@ class FinetuneTab:
     @msg.user_errors
     def start(self, form: StartForm, request: Any = None) -> tuple:
         owner_only(self.ctx, request, "start fine-tuning")
-        dataset = self.read_dataset(form.file, form, form.skip_bad)
+        dataset = self.dataset_for(form)
         job = form.job(self.ctx)
         plan = self.ctx.training.plan(job)
         if not plan.plan.fits:
@@ -443,6 +485,10 @@ class FinetuneTab:
 
     def runs(self) -> gr.Dropdown:
         return gr.Dropdown(choices=run_choices(self.ctx))
+
+    def votes_list(self, current: str | None) -> gr.Dropdown:
+        """The vote files collected in the Chat tab, each with its count (the picked one stays picked)."""
+        return pref.votes_update(self.ctx.paths.preferences, current)
 
     def listed(self, current: str | None) -> gr.Dropdown:
         """The runs list with the current run still chosen (after Start has named it), else the newest."""
@@ -542,6 +588,13 @@ def dataset_column(w: dict[str, Any]) -> None:
         type="filepath",
         elem_id="ft-file",
     )
+    w["votes"] = gr.Dropdown(
+        [(pref.NO_VOTES, "")],
+        value="",
+        label="…or votes collected in the Chat tab (data dir / preferences)",
+        allow_custom_value=True,  # a script may name a file collected after the page was built (checked when used)
+        elem_id="ft-votes",
+    )
     with gr.Accordion("Columns", open=False, elem_id="ft-columns") as w["columns_box"]:
         w["shape"] = gr.Dropdown([AUTO, *SHAPES], value=AUTO, label="Shape", elem_id="ft-shape")
         rows = (
@@ -577,6 +630,18 @@ def settings_column(ctx: AppContext, w: dict[str, Any]) -> None:
         label="Method (QLoRA: 4-bit NF4 base)",
         elem_id="ft-method",
     )
+    with gr.Row():
+        w["objective"] = gr.Radio(
+            pref.OBJECTIVE_CHOICES,
+            value="sft",
+            label="Objective (SFT: learn the answers; DPO / ORPO: chosen over rejected pairs; KTO: rated replies)",
+            elem_id="ft-objective",
+            scale=3,
+        )
+        w["beta"] = gr.Number(value=0.1, label=pref.BETA_LABELS["dpo"], visible=False, elem_id="ft-beta", scale=1)
+        w["loss_type"] = gr.Dropdown(
+            list(DPO_LOSSES), value="sigmoid", label="DPO loss", visible=False, elem_id="ft-loss-type", scale=1
+        )
     with gr.Row():
         w["rank"] = gr.Number(value=16, precision=0, label="Rank", elem_id="ft-rank")
         w["alpha"] = gr.Number(value=32, precision=0, label="Alpha", elem_id="ft-alpha")
@@ -660,16 +725,18 @@ def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
     analyse, analyse_inputs = bind(tab.analyse, AnalyseForm, w)
     analysis_out = [w[n] for n in ("data_summary", "histogram", "preview", "columns_box", "shape", *COLUMNS)]
     w["file"].change(analyse, analyse_inputs, analysis_out, api_name="ft_analyse", concurrency_id="dataset")
-    # the preview follows the tokenizer, the cutoff and what is learned
-    for changed in (w["analyse"], w["model"], w["cutoff"], w["on_prompt"], w["skip_bad"]):
+    # the preview follows the tokenizer, the cutoff and what is learned (and the objective's fit to the data)
+    for changed in (w["analyse"], w["model"], w["cutoff"], w["on_prompt"], w["skip_bad"], w["objective"]):
         event = changed.click if changed is w["analyse"] else changed.change
         event(analyse, analyse_inputs, analysis_out, api_visibility="private", concurrency_id="dataset")
     # a new dataset: settings chosen from it; then the steps line follows every setting it depends on
     defaults, defaults_inputs = bind(tab.defaults, DefaultsForm, w)
     chosen = [w["cutoff"], w["batch"], w["max_steps"], w["derived"], w["steps"], w["chosen"]]
     w["file"].change(defaults, defaults_inputs, chosen, api_name="ft_defaults", concurrency_id="dataset")
+    wire_preference(tab, w, (analyse, analyse_inputs, analysis_out), (defaults, defaults_inputs, chosen))
     steps, steps_inputs = bind(tab.steps, StartForm, w)
-    for name in ("model", "epochs", "max_steps", "batch", "accum", "cutoff", "packing", "on_prompt", "eval_share"):
+    steps_on = ("model", "epochs", "max_steps", "batch", "accum", "cutoff", "packing", "on_prompt", "eval_share")
+    for name in (*steps_on, "objective"):
         w[name].change(steps, steps_inputs, [w["steps"]], api_visibility="private", **QUICK)
     w["seed"].change(steps, steps_inputs, [w["steps"]], api_name="ft_steps", **QUICK)
     estimate, job_inputs = bind(tab.estimate, JobForm, w)
@@ -696,6 +763,18 @@ def wire(tab: FinetuneTab, w: dict[str, Any]) -> None:
     export_panel.wire(w["export_panel"], w, w["runs"], "ft")
 
 
+def wire_preference(tab: FinetuneTab, w: dict[str, Any], analysis: tuple, chosen: tuple) -> None:
+    """The objective shows its own settings; a collected vote file picked is the dataset (the dropped file is
+    cleared, and dropping a file clears the pick); the list re-reads its counts when opened."""
+    w["objective"].change(pref.objective_updates, [w["objective"]], [w["beta"], w["loss_type"]], **LIGHT)
+    (analyse, analyse_inputs, analysis_out), (defaults, defaults_inputs, chosen_out) = analysis, chosen
+    w["votes"].input(lambda: None, None, [w["file"]], api_visibility="private", **LIGHT).then(
+        analyse, analyse_inputs, analysis_out, api_visibility="private", concurrency_id="dataset"
+    ).then(defaults, defaults_inputs, chosen_out, api_visibility="private", concurrency_id="dataset")
+    w["file"].upload(lambda: "", None, [w["votes"]], api_visibility="private", **LIGHT)
+    w["votes"].focus(tab.votes_list, [w["votes"]], [w["votes"]], api_name="ft_votes", **LIGHT)
+
+
 def build(ctx: AppContext) -> dict[str, Any]:
     """Lay out the tab inside the current Blocks context and wire its events."""
     tab = FinetuneTab(ctx)
@@ -710,6 +789,7 @@ def connect_page_load(app: gr.Blocks, ft: dict[str, Any]) -> None:
     """Every page (re)load lists the runs as they are now, chooses the newest and shows it (see `page_load`)."""
     outputs = [ft["runs"], ft["progress"], ft["plot"], ft["report"], ft["seen"], ft["run_state"]]
     app.load(ft["tab"].page_load, None, outputs, api_name="ft_page", queue=False, show_progress="hidden")
+    app.load(ft["tab"].votes_list, [ft["votes"]], [ft["votes"]], api_visibility="private", **LIGHT)
 
 
 def connect_chat(ctx: AppContext, ft: dict[str, Any], chat: dict[str, Any], tabs: gr.Tabs) -> None:

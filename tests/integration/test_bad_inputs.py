@@ -223,8 +223,9 @@ def speech(audio: Any = None, **changes) -> list:
 
 
 def analyse(path: Any, **changes) -> list:
-    """The `ft_analyse` endpoint's 12 inputs (base model: the tiny LM), with `changes` applied."""
+    """The `ft_analyse` endpoint's 14 inputs (base model: the tiny LM), with `changes` applied."""
     values = {"base": LM, "cutoff": 1024, "shape": "auto", "columns": [""] * 6, "skip": False, "learn": False}
+    values |= {"objective": "sft", "votes": ""}
     values.update(changes)
     return [
         path,
@@ -234,11 +235,13 @@ def analyse(path: Any, **changes) -> list:
         *values["columns"],
         values["skip"],
         values["learn"],
+        values["objective"],
+        values["votes"],
     ]
 
 
 def job(**changes) -> list:
-    """The fine-tune settings (20 values, as `ft_estimate` takes them), with `changes` applied."""
+    """The fine-tune settings (23 values, as `ft_estimate` takes them), with `changes` applied."""
     values = {
         "base": LM,
         "method": "lora",
@@ -260,6 +263,9 @@ def job(**changes) -> list:
         "eval_every": 50,
         "seed": 42,
         "keep": 2,
+        "objective": "sft",
+        "beta": 0.1,
+        "loss_type": "sigmoid",
     }
     unknown = set(changes) - set(values)
     assert not unknown, unknown
@@ -267,8 +273,8 @@ def job(**changes) -> list:
 
 
 def start(path: Any, share: Any = 0.1, **changes) -> list:
-    """The `ft_start` endpoint's 30 inputs."""
-    return [path, "auto", "", "", "", "", "", "", False, share, *job(**changes)]
+    """The `ft_start` endpoint's 34 inputs."""
+    return [path, "auto", "", "", "", "", "", "", False, share, *job(**changes), ""]
 
 
 P = pytest.param
@@ -484,6 +490,9 @@ GRADIO_CASES = [
     P("ft_estimate", job(base="base\x00model"), ("U+0000",), id="ft-nul-in-base-model"),
     P("ft_estimate", job(base="/no/such/base"), ("no such model folder",), id="ft-missing-base-model"),
     P("ft_start", start(None), ("Drop a dataset file first",), id="ft-start-no-file"),
+    P("ft_estimate", job(objective="dpo", beta=0), ("Beta must be in (0, 10], not 0",), id="ft-beta-0"),
+    P("ft_estimate", job(objective="dpo", loss_type="x"), ("Value: x is not in the list of choices",), id="ft-loss-x"),
+    P("ft_analyse", analyse(None, votes="../runs"), ("No collected vote file named '../runs'",), id="ft-votes-path"),
     P(
         "ft_start",
         start(Up("good.csv"), share=5),

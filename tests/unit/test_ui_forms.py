@@ -38,9 +38,9 @@ def test_each_endpoint_sends_its_form_in_the_order_api_clients_use(ctx):
     cases = [
         ("chat", "chat", ReplyForm, 17),
         ("chat_regenerate", "chat", ReplyForm, 17),
-        ("ft_analyse", "finetune", AnalyseForm, 12),
-        ("ft_estimate", "finetune", JobForm, 20),
-        ("ft_start", "finetune", StartForm, 30),
+        ("ft_analyse", "finetune", AnalyseForm, 14),
+        ("ft_estimate", "finetune", JobForm, 23),
+        ("ft_start", "finetune", StartForm, 34),
         ("image_generate", "image", DrawForm, 14),
         ("image_restore", "image", RestoreForm, 12),
         ("speech_transcribe", "speech", TranscribeForm, 11),
@@ -51,7 +51,17 @@ def test_each_endpoint_sends_its_form_in_the_order_api_clients_use(ctx):
         assert len(names) == count, api_name
         assert [b._id for b in fn.inputs] == [widgets[tab][n]._id for n in names], api_name
     start = api_order(StartForm)
-    assert start[:2] == ["file", "shape"] and start[9:11] == ["eval_share", "model"] and start[-1] == "keep"
+    assert (
+        start[:2] == ["file", "shape"]
+        and start[9:11] == ["eval_share", "model"]
+        and start[-4:]
+        == [
+            "objective",
+            "beta",
+            "loss_type",
+            "votes",
+        ]
+    )
 
 
 def test_a_bound_event_builds_the_form_by_name_and_keeps_generators_streaming():
