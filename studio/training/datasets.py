@@ -4,11 +4,11 @@ Formats: .txt (one sample per line, or blocks separated by blank lines), .csv, .
 Shapes: plain text (a `text` column), instruction/response (alpaca: `instruction`, optional `input`, `output`, and
 LLaMA-Factory's optional `history` of earlier [user, assistant] pairs),
 chat (openai `messages` with role/content, or sharegpt `conversations` with from/value); and the preference shapes
-(pairs: prompt/chosen/rejected, KTO: prompt/completion/label; see preference.py). When the shape cannot be
+(pairs: prompt/chosen/rejected, KTO: prompt/completion/label; see pref_data.py). When the shape cannot be
 told from the column names, `NeedsColumns` says which columns there are so the page can ask.
 
 Every SFT shape ends as the same plain sample: `{"text": str}` or `{"messages": [{"role", "content"}, ...]}`; the
-preference shapes as TRL's conversational rows (preference.py).
+preference shapes as TRL's conversational rows (pref_data.py).
 Nothing here imports torch or transformers.
 """
 
@@ -383,9 +383,9 @@ def _pick(columns: list[str], names: tuple[str, ...]) -> str:
 
 def detect_mapping(table: Table) -> ColumnMap:
     """The shape and columns from the column names and the first rows; NeedsColumns when it cannot tell."""
-    from studio.training import preference
+    from studio.training import pref_data
 
-    found = preference.detect(table)  # before the others: 'prompt' / 'completion' would read as alpaca
+    found = pref_data.detect(table)  # before the others: 'prompt' / 'completion' would read as alpaca
     if found is not None:
         return found
     usable = usable_columns(table)
@@ -478,9 +478,9 @@ def shape_row(row: dict[str, Any], mapping: ColumnMap, where: str) -> dict[str, 
         if column not in row:
             raise DatasetError(f"{where} has no '{column}' field.", SKIP_TIP, skippable=True)
     if mapping.shape in ("preference", "kto"):
-        from studio.training import preference
+        from studio.training import pref_data
 
-        return preference.shape_row(row, mapping, where)
+        return pref_data.shape_row(row, mapping, where)
     if mapping.shape == "text":
         text = _string(row.get(mapping.text))
         return {"text": text} if text.strip() else None

@@ -86,7 +86,7 @@ def make_run(dataset_path: Path, base: str, runs: Path | None, sets: dict[str, A
     from studio.config import load_config
     from studio.context import build_context
     from studio.training.datasets import load_dataset
-    from studio.training.preference import for_objective
+    from studio.training.pref_data import for_objective
     from studio.training.runs import RunManager
 
     if not Path(dataset_path).is_file():

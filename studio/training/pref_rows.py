@@ -1,4 +1,4 @@
-"""Token lengths of preference rows (see preference.py), for the page's histogram and the dataset-derived defaults.
+"""Token lengths of preference rows (see pref_data.py), for the page's histogram and the dataset-derived defaults.
 
 A pair trains two sequences, prompt + chosen and prompt + rejected, each through the base's chat template (the
 trainer truncates each to the cutoff); a KTO row trains one, prompt + completion. The histogram counts every

@@ -10,7 +10,7 @@ from typing import Any
 
 import gradio as gr
 
-from studio.training import pref_rows, preference
+from studio.training import pref_data, pref_rows
 from studio.training import rows as rowlib
 from studio.training.datasets import Dataset
 
@@ -38,7 +38,7 @@ def _reply(turns: list[dict]) -> str:
 def preview_html(dataset: Dataset, tokenizer: Any) -> str:
     """The first rows: the prompt as the model sees it, then chosen and rejected side by side (pairs), or the
     completion and its label (KTO)."""
-    pairs = preference.kind(dataset.samples) == "pairs"
+    pairs = pref_data.kind(dataset.samples) == "pairs"
     head = "<th>Prompt</th><th>Chosen</th><th>Rejected</th>" if pairs else "<th>Prompt</th><th>Completion</th>"
     head += "" if pairs else "<th>Label</th>"
     body = []
@@ -65,7 +65,7 @@ def preview_html(dataset: Dataset, tokenizer: Any) -> str:
 def summary_text(dataset: Dataset, stats: rowlib.LengthStats, cut: int, problem: str) -> str:
     """The summary of preference data: rows, sequence lengths against the cutoff, and a mismatch with the
     objective (what to pick)."""
-    pairs = preference.kind(dataset.samples) == "pairs"
+    pairs = pref_data.kind(dataset.samples) == "pairs"
     seqs = "prompt + chosen and prompt + rejected" if pairs else "prompt + completion"
     avg = sum(stats.lengths) / max(1, len(stats.lengths))
     longest = max(stats.lengths, default=0)
@@ -95,6 +95,6 @@ def sft_problem_line(problem: str) -> str:
 
 def votes_update(folder: Path, value: str | None = None) -> gr.Dropdown:
     """The list of collected vote files with their counts; the picked one stays picked while it exists."""
-    choices = [(NO_VOTES, "")] + preference.collected(folder)
+    choices = [(NO_VOTES, "")] + pref_data.collected(folder)
     names = {name for _, name in choices}
     return gr.Dropdown(choices=choices, value=value if value in names else "")

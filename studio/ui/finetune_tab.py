@@ -28,7 +28,7 @@ from studio.training.datasets import (
     load_dataset,
 )
 from studio.training.job import DPO_LOSSES, MAX_CUTOFF, SCHEDULERS, RunDir, TrainJob, cutoff_message
-from studio.training.preference import PREFERENCE_SHAPES, for_objective, objective_problem, vote_file
+from studio.training.pref_data import PREFERENCE_SHAPES, for_objective, objective_problem, vote_file
 from studio.ui import export_panel
 from studio.ui import finetune_pref as pref
 from studio.ui import messages as msg

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from studio.training import defaults as dflt
-from studio.training import pref_rows, preference
+from studio.training import pref_data, pref_rows
 from studio.training import rows as rowlib
 from studio.training.datasets import DatasetError, load_dataset
 from studio.training.job import TrainJob, estimate_job
@@ -179,15 +179,15 @@ def test_the_objective_must_fit_the_data_and_pairs_are_unpaired_for_kto(tmp_path
     sft = load_dataset(_write(tmp_path / "sft.jsonl", [{"instruction": "Q", "output": "A"}]))
     kto = load_dataset(_write(tmp_path / "kto.jsonl", [{"prompt": "Q", "completion": "A", "label": False}]))
     with pytest.raises(DatasetError, match="pairs.jsonl holds preference pairs .*pick the DPO, ORPO or KTO objective"):
-        preference.for_objective(pairs, "sft")
+        pref_data.for_objective(pairs, "sft")
     with pytest.raises(DatasetError, match="sft.jsonl holds SFT samples .*DPO learns from preferences.*Pick the SFT"):
-        preference.for_objective(sft, "dpo")
+        pref_data.for_objective(sft, "dpo")
     with pytest.raises(DatasetError, match="kto.jsonl holds single rated completions .*Pick the KTO objective"):
-        preference.for_objective(kto, "orpo")
+        pref_data.for_objective(kto, "orpo")
     with pytest.raises(DatasetError, match="pick the KTO objective"):
-        preference.for_objective(kto, "sft")
-    assert preference.for_objective(pairs, "dpo") is pairs and preference.for_objective(sft, "sft") is sft
-    unpaired = preference.for_objective(pairs, "kto")
+        pref_data.for_objective(kto, "sft")
+    assert pref_data.for_objective(pairs, "dpo") is pairs and pref_data.for_objective(sft, "sft") is sft
+    unpaired = pref_data.for_objective(pairs, "kto")
     assert unpaired.mapping.shape == "kto" and len(unpaired.samples) == 4
     assert unpaired.samples[:2] == [
         {"prompt": EXPECTED[0]["prompt"], "completion": EXPECTED[0]["chosen"], "label": True},
@@ -197,19 +197,19 @@ def test_the_objective_must_fit_the_data_and_pairs_are_unpaired_for_kto(tmp_path
 
 def test_collected_vote_files_are_listed_with_their_counts(tmp_path):
     folder = tmp_path / "preferences"
-    assert preference.collected(folder) == []
+    assert pref_data.collected(folder) == []
     folder.mkdir()
     _write(folder / "chat-votes.jsonl", VOTES * 6)
     _write(folder / "chat-feedback.jsonl", KTO_EXPECTED + KTO_EXPECTED[:1])
     (folder / "notes.txt").write_text("not a vote file")
-    assert preference.collected(folder) == [
+    assert pref_data.collected(folder) == [
         ("chat-feedback.jsonl — 3 rated replies", "chat-feedback.jsonl"),
         ("chat-votes.jsonl — 12 pairs", "chat-votes.jsonl"),
     ]
-    assert preference.vote_file(folder, "chat-votes.jsonl") == folder / "chat-votes.jsonl"
+    assert pref_data.vote_file(folder, "chat-votes.jsonl") == folder / "chat-votes.jsonl"
     for bad in ("../chat-votes.jsonl", "", "missing.jsonl", ".hidden"):
         with pytest.raises(Exception, match="No collected vote file named"):
-            preference.vote_file(folder, bad)
+            pref_data.vote_file(folder, bad)
 
 
 def test_pair_lengths_count_prompt_plus_each_reply_through_the_chat_template(tiny_models):
