@@ -379,8 +379,11 @@ class ChatTab:
         spec = self.owned_spec(choice, precision, request)
         try:
             plan = self.ctx.manager.plan(spec, workload_for(context))
-        except ModelLoadError as exc:  # a Hub id not downloaded: whether the Hub is there, and Download
-            raise hub_panel.not_downloaded(self.ctx, spec, exc) from None
+        except ModelLoadError as exc:
+            if spec.source_type != "hub":
+                raise
+            # a Hub id not downloaded: the plan line says whether the Hub is there, and to Download (beside it)
+            return str(hub_panel.not_downloaded(self.ctx, spec, exc))
         est = plan.estimate
         fallback = llamacpp.fallback_notice(spec)
         return (
@@ -805,8 +808,8 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
             **LIGHT,
         )
     w["load"].click(tab.load, plan_inputs, [w["plan"]], api_name="chat_load", **GPU)
-    hub_panel.wire(hub_panel.HubPanel(tab.ctx, msg.DOWNLOAD_NEXT_CHAT), w["download"], [w["model"]], "chat")
-    w["download"]["done"].change(tab.show_plan, plan_inputs, [w["plan"]], api_visibility="private", **LIGHT)
+    downloads = hub_panel.HubPanel(tab.ctx, msg.DOWNLOAD_NEXT_CHAT, lambda choice, _precision: choice, tab.show_plan)
+    hub_panel.wire(downloads, w["download"], [w["model"], w["precision"]], "chat", plan_inputs, w["plan"])
     adapter_outputs = [w["use_adapter"], w["adapter_status"]]
     w["attach"].click(
         tab.attach, [w["model"], w["precision"], w["adapter_path"]], adapter_outputs, api_name="chat_attach", **GPU

@@ -73,22 +73,30 @@ def describe(status: DownloadStatus, next_step: str) -> str:
 
 
 class HubPanel:
-    """The download row's handlers. `source_of(*inputs)` turns the picker's inputs into the text to download;
-    `next_step` says what to do once it is here ("Press Load.")."""
+    """The download row's handlers, on the picker's two widgets (the Models tab's kind and source, the Chat tab's
+    model and precision): `source_of(first, second)` is the text to download; `next_step` says what to do once it
+    is here ("Press Load.")."""
 
-    def __init__(self, ctx: AppContext, next_step: str, source_of: Callable[..., str | None] = lambda v: v) -> None:
+    def __init__(
+        self,
+        ctx: AppContext,
+        next_step: str,
+        source_of: Callable[[Any, Any], str | None],
+        plan: Callable[..., str] | None = None,
+    ) -> None:
         self.ctx = ctx
         self.downloads = ctx.downloads
         self.next_step = next_step
         self.source_of = source_of
+        self.plan = plan  # the tab's plan line, on its three form widgets: planned again once a download is here
 
     def may_download(self, request: Any) -> bool:
         policy = self.ctx.security
         return policy.allow_remote_admin or not policy.is_remote(*request_facts(request))
 
-    def offer(self, *inputs: Any, request: gr.Request = None) -> tuple:
+    def offer(self, first: Any, second: Any, request: gr.Request = None) -> tuple:
         """The picker changed: (the row shown or hidden, its line, the poll timer on or off)."""
-        repo = hub_id(self.source_of(*inputs))
+        repo = hub_id(self.source_of(first, second))
         if repo is None or not self.may_download(request):
             return gr.Row(visible=False), "", gr.Timer(active=False)
         status = self.downloads.status(repo)
@@ -99,10 +107,10 @@ class HubPanel:
         return gr.Row(visible=True), msg.DOWNLOAD_OFFER.format(repo=repo), gr.Timer(active=False)
 
     @msg.user_errors
-    def start(self, *inputs: Any, request: gr.Request = None) -> tuple:
+    def start(self, first: Any, second: Any, request: gr.Request = None) -> tuple:
         """Download: start it in the background; (its line, the poll timer on)."""
         require_owner(self.ctx.security, request, "download models")
-        value = self.source_of(*inputs)
+        value = self.source_of(first, second)
         repo = hub_id(value)
         if repo is None:
             raise InputError(msg.DOWNLOAD_NOT_HUB_ID.format(value=(value or "").strip()))
@@ -112,20 +120,27 @@ class HubPanel:
         status = self.downloads.start(repo)
         return describe(status, self.next_step), gr.Timer(active=True), ""
 
-    def poll(self, *inputs: Any) -> tuple:
+    def poll(self, first: Any, second: Any) -> tuple:
         """Every second while a download runs: (its line, the timer on while it runs, the repo once it is done)."""
-        repo = hub_id(self.source_of(*inputs))
+        repo = hub_id(self.source_of(first, second))
         status = self.downloads.status(repo) if repo else None
         if status is None:
             return gr.skip(), gr.Timer(active=False), gr.skip()
         done = f"{repo}@{status.finished}" if status.state == "done" else gr.skip()
         return describe(status, self.next_step), gr.Timer(active=status.running), done
 
+    def replan(self, done: str, planned: str, a: Any, b: Any, c: Any, request: gr.Request = None) -> tuple:
+        """After each poll: the tab's plan line again, once, when a download has just finished (its size is known
+        now); (the plan line, what was planned)."""
+        if not done or done == planned or self.plan is None:
+            return gr.skip(), planned
+        return self.plan(a, b, c, request=request), done
+
     @msg.user_errors
-    def cancel(self, *inputs: Any, request: gr.Request = None) -> str:
+    def cancel(self, first: Any, second: Any, request: gr.Request = None) -> str:
         """Cancel: the download stops after the chunk it is writing (the poll then says so)."""
         require_owner(self.ctx.security, request, "download models")
-        repo = hub_id(self.source_of(*inputs)) or ""
+        repo = hub_id(self.source_of(first, second)) or ""
         status = self.downloads.cancel(repo)
         if status is None or not status.running:
             return msg.DOWNLOAD_NOTHING.format(repo=repo or "this model")
@@ -142,16 +157,27 @@ def layout(prefix: str) -> dict[str, Any]:
     w["row"] = row
     w["timer"] = gr.Timer(POLL_S, active=False)
     w["done"] = gr.State("")  # "repo@time" once a download ends well: the tab re-plans
+    w["planned"] = gr.State("")  # the `done` the plan line was last refreshed for
     return w
 
 
-def wire(panel: HubPanel, w: dict[str, Any], inputs: list, prefix: str) -> None:
-    """The row's events; `inputs` are the picker's widgets (they feed `source_of`)."""
+def wire(panel: HubPanel, w: dict[str, Any], inputs: list, prefix: str, plan_form: list, plan_out: Any) -> None:
+    """The row's events; `inputs` are the picker's two widgets (they feed `source_of`), `plan_form` the three
+    widgets of the tab's plan, `plan_out` its plan line."""
     changed = [c for c in inputs if hasattr(c, "change")]
     for c in changed:
         c.change(panel.offer, inputs, [w["row"], w["status"], w["timer"]], api_visibility="private", **LIGHT)
+    replan = {
+        "fn": panel.replan,
+        "inputs": [w["done"], w["planned"], *plan_form],
+        "outputs": [plan_out, w["planned"]],
+        "api_visibility": "private",
+        **LIGHT,
+    }
     w["start"].click(
         panel.start, inputs, [w["status"], w["timer"], w["done"]], api_name=f"{prefix}_download", **QUEUED
-    )
+    ).success(**replan)
     w["cancel"].click(panel.cancel, inputs, [w["status"]], api_name=f"{prefix}_download_cancel", **QUEUED)
-    w["timer"].tick(panel.poll, inputs, [w["status"], w["timer"], w["done"]], api_visibility="private", **LIGHT)
+    w["timer"].tick(panel.poll, inputs, [w["status"], w["timer"], w["done"]], api_visibility="private", **LIGHT).then(
+        **replan
+    )

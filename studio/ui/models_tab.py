@@ -428,11 +428,8 @@ def wire(tab: ModelsTab, w: dict[str, Any]) -> None:
         tab.refresh, refresh_inputs, refresh_outputs, **light
     )
     w["kind"].change(tab.kind_changed, [w["kind"]], [w["source"]], api_name="models_kind_sources", **light)
-    downloads = w["download"]
-    hub_panel.wire(
-        hub_panel.HubPanel(tab.ctx, msg.DOWNLOAD_NEXT_MODELS, download_source), downloads, form[:2], "models"
-    )
-    downloads["done"].change(tab.plan, form, [w["load_result"]], api_visibility="private", **planning)
+    downloads = hub_panel.HubPanel(tab.ctx, msg.DOWNLOAD_NEXT_MODELS, download_source, tab.plan)
+    hub_panel.wire(downloads, w["download"], form[:2], "models", form, w["load_result"])
     export_panel.wire(w["export_panel"], w, w["export_source"], "models")
     w["timer"] = gr.Timer(2.0)
     w["timer"].tick(tab.refresh, refresh_inputs, refresh_outputs, **light)

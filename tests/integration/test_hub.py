@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -240,3 +241,54 @@ def test_a_download_that_does_not_fit_on_the_disk_says_so_before_writing(hub_env
         disk.free_up()
         downloads.start("tiny/lm")
         assert downloads.wait("tiny/lm", 60).state == "done"
+
+
+def test_the_download_row_is_the_owners_and_follows_the_download(hub_env, tmp_path):
+    """The page's handlers: a remote visitor of a shared studio sees no Download and is refused (nothing starts)
+    unless the owner allows it; the owner's Download runs, the poll says bytes of the total, then done."""
+    import gradio as gr
+
+    from studio.config import StudioConfig
+    from studio.context import build_context
+    from studio.text import fmt_bytes
+    from studio.ui import hub_panel, models_tab
+    from studio.ui import messages as msg
+
+    local = SimpleNamespace(client=SimpleNamespace(host="127.0.0.1"), headers={})
+    remote = SimpleNamespace(client=SimpleNamespace(host="203.0.113.9"), headers={})
+    ctx = build_context(StudioConfig(device="cpu", data_dir=tmp_path / "data"), start_monitor=False)
+    allowed = build_context(
+        StudioConfig(device="cpu", data_dir=tmp_path / "open", allow_remote_admin=True), start_monitor=False
+    )
+    try:
+        panel = hub_panel.HubPanel(ctx, msg.DOWNLOAD_NEXT_MODELS, models_tab.download_source)
+        row, _, _ = panel.offer("chat", "tiny/lm", request=remote)
+        assert row.visible is False
+        with pytest.raises(gr.Error, match="Remote visitors cannot download models on this studio"):
+            panel.start("chat", "tiny/lm", request=remote)
+        assert ctx.downloads.status("tiny/lm") is None  # nothing started
+        row, line, _ = panel.offer("chat", "tiny/lm", request=local)
+        assert row.visible is True and "tiny/lm is not downloaded yet" in line
+        with pytest.raises(gr.Error, match="is not a Hugging Face id"):
+            panel.start("chat", "not an id", request=local)
+
+        line, timer, _ = panel.start("chat", "tiny/lm", request=local)
+        assert timer.active is True and "tiny/lm" in line
+        ctx.downloads.wait("tiny/lm", 120)
+        line, timer, done = panel.poll("chat", "tiny/lm")
+        status = ctx.downloads.status("tiny/lm")
+        assert line.startswith(f"✅ tiny/lm is downloaded: {fmt_bytes(status.total_bytes)} in {status.files} files"), (
+            line
+        )
+        assert "Press Load." in line and timer.active is False and done.startswith("tiny/lm@")
+        row, _, _ = hub_panel.HubPanel(allowed, msg.DOWNLOAD_NEXT_MODELS, models_tab.download_source).offer(
+            "chat", "tiny/lm", request=remote
+        )
+        assert row.visible is False  # downloaded: nothing to offer, for anyone
+        line, _, done = hub_panel.HubPanel(allowed, msg.DOWNLOAD_NEXT_MODELS, models_tab.download_source).start(
+            "chat", "tiny/lm", request=remote
+        )
+        assert "tiny/lm is downloaded already" in line and done == "tiny/lm"
+    finally:
+        ctx.close()
+        allowed.close()

@@ -1,0 +1,70 @@
+"""In Chromium: a Hub id that is not downloaded yet is offered a Download beside the Chat model picker; the
+download shows its bytes of the total, Cancel stops it, Download again resumes and finishes, and then the model
+answers in Chat with no further step. A local server plays the Hugging Face Hub (HF_ENDPOINT), so nothing leaves
+the machine."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.fake_hub import FakeHub
+from tests.ui.test_chat import _bots, _send
+
+pytestmark = pytest.mark.ui
+REPO = "tiny-hub/chat-lm"
+
+
+@pytest.fixture
+def hub_studio(tmp_path, monkeypatch, tiny_models):
+    """A fake Hub serving the tiny LM as REPO (slowly: 64 KB a second), and a studio that downloads from it into an
+    empty Hugging Face cache."""
+    from tests.ui.conftest import start_studio, stop_studio
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_models.causal_lm, repo)
+    (repo / "pytorch_model.bin").write_bytes(b"pickle weights the studio must not fetch")
+    hub = FakeHub({REPO: repo}, chunk_delay=1.0)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    studio = start_studio(tmp_path / "data", "--device", "cpu", "--budget-gb", "2", timeout=300)
+    yield hub, studio
+    stop_studio(studio)
+    hub.close()
+
+
+def test_download_a_hub_id_from_the_chat_tab_then_chat_with_it(page, hub_studio):
+    hub, studio = hub_studio
+    page.goto(studio.url)
+    box = page.locator("#chat-model input")
+    box.fill(REPO)
+    box.press("Enter")
+    plan, status = page.locator("#chat-plan"), page.locator("#chat-download-status")
+    expect(plan).to_contain_text(f"{REPO} is not downloaded yet; the Hugging Face Hub is reachable", timeout=60_000)
+    expect(plan).to_contain_text("Press Download")
+    expect(page.locator("#chat-download-row")).to_be_visible()
+    expect(status).to_contain_text(f"{REPO} is not downloaded yet")
+
+    page.locator("#chat-download").click()
+    expect(status).to_contain_text(
+        re.compile(rf"Downloading {REPO}: [\d.]+ [KM]B of [\d.]+ KB \(\d+ %\)"), timeout=60_000
+    )
+    page.locator("#chat-download-cancel").click()
+    expect(status).to_contain_text(f"Download of {REPO} cancelled at", timeout=60_000)
+    expect(plan).to_contain_text("is not downloaded yet")  # a cancelled download is not a model yet
+
+    hub.chunk_delay = 0.2
+    page.locator("#chat-download").click()
+    expect(status).to_contain_text(f"✅ {REPO} is downloaded:", timeout=120_000)
+    expect(status).to_contain_text("Send a message to chat with it")
+    expect(plan).to_contain_text("Engine: transformers", timeout=60_000)  # planned again: its size is known now
+    assert not any(g.endswith(".bin") for g in hub.gets), hub.gets
+
+    hub.close()  # no network from here: the model loads from the cache
+    _send(page, "Hello there")
+    expect(_bots(page).first).to_have_text(re.compile(r"^\s*[^\s⏳]"), timeout=120_000)  # the reply's own tokens
+    expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=120_000)
