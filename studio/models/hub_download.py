@@ -9,7 +9,6 @@ what is wrong and what to do: an unknown repository, one that needs a login, the
 
 from __future__ import annotations
 
-import io
 import shutil
 import threading
 import time
@@ -129,31 +128,53 @@ def free_bytes(folder: Path) -> int:
 
 
 def progress_bar_class(report: Callable[[int], None], should_stop: Callable[[], bool]) -> type:
-    """A tqdm class for snapshot_download: reports the bytes written (its byte bars' largest count) and stops the
-    download when `should_stop()` says so. Draws nothing."""
-    from tqdm.std import tqdm
-
+    """A progress-bar class for snapshot_download (the part of tqdm's interface it uses): reports the bytes written
+    (its byte bars' largest count) and stops the download when `should_stop()` says so. Draws nothing, and is not a
+    tqdm subclass, so what patches tqdm (Gradio's track_tqdm) leaves it alone."""
     lock = threading.Lock()
-    byte_bars: list[tqdm] = []
+    byte_bars: list[StudioBar] = []
 
-    class StudioBar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs.pop("name", None)
-            kwargs["file"] = io.StringIO()
-            kwargs["disable"] = False
-            super().__init__(*args, **kwargs)
+    class StudioBar:
+        def __init__(self, iterable=None, desc: str | None = None, total: float | None = None, **kwargs) -> None:
+            self.iterable, self.desc, self.total = iterable, desc or "", total
+            self.n = kwargs.get("initial", 0) or 0
+            self.unit = kwargs.get("unit", "it")
+            self.format_dict = {"rate": None}
             if self.unit == "B":
                 with lock:
                     byte_bars.append(self)
 
-        def update(self, n=1):
+        def __enter__(self) -> StudioBar:
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.close()
+
+        def __iter__(self):
+            yield from self.iterable or ()
+
+        def update(self, n: float | None = 1) -> None:
             if should_stop():
                 raise DownloadCancelled
-            out = super().update(n)
+            self.n += n or 0
             if self.unit == "B":
                 with lock:
-                    report(max(int(b.n) for b in byte_bars))
-            return out
+                    done = max(int(b.n) for b in byte_bars)
+                report(done)
+
+        def close(self) -> None:
+            pass
+
+        def refresh(self, *args, **kwargs) -> None:
+            pass
+
+        def set_description(self, desc: str | None = None, refresh: bool = True) -> None:
+            self.desc = desc or ""
+
+        set_description_str = set_description
+
+        def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+            pass
 
     return StudioBar
 
