@@ -128,7 +128,7 @@ def test_download_reports_bytes_of_the_total_then_the_model_loads_with_no_networ
     from studio.models.hub_download import HubDownloads
 
     hub, cache = hub_env
-    hub.chunk_delay = 0.05  # a slow network: the weights come in several steps
+    hub.chunk_delay = 0.2  # a slow network: the small files are here well before the weights
     downloads = HubDownloads()
     seen: list[tuple[int, int]] = []
     assert downloads.start("tiny/lm").state == "checking"
@@ -219,7 +219,7 @@ def test_a_download_with_the_hub_out_of_reach_says_so(hub_env):
     assert "Connect this machine to the internet" in status.message
 
 
-def test_a_download_that_does_not_fit_on_the_disk_says_so_before_writing(hub_env, tmp_path, monkeypatch):
+def test_a_download_that_does_not_fit_on_the_disk_says_so_before_and_while_writing(hub_env, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     from studio.models.hub_download import HubDownloads
@@ -239,6 +239,15 @@ def test_a_download_that_does_not_fit_on_the_disk_says_so_before_writing(hub_env
         assert "HF_HOME" in status.message
         assert "model.safetensors" not in hub.gets  # nothing was half written
         disk.free_up()
+        hub.chunk_delay = 0.5  # the disk fills up (another program) while the weights come in (seconds)
+        downloads.start("tiny/lm")
+        wait_for(lambda: 0 < (s := downloads.status("tiny/lm")).done_bytes < s.total_bytes)  # the small files
+        disk.fill()
+        status = downloads.wait("tiny/lm", 60)
+        assert status.state == "failed"
+        assert "The disk is full: tiny/lm could not be written to the Hugging Face cache" in status.message, status
+        disk.free_up()
+        hub.chunk_delay = 0.0
         downloads.start("tiny/lm")
         assert downloads.wait("tiny/lm", 60).state == "done"
 
