@@ -1,6 +1,6 @@
 """In Chromium: a Hub id that is not downloaded yet is offered a Download beside the Chat model picker; the
 download shows its bytes of the total, Cancel stops it, Download again resumes and finishes, and then the model
-answers in Chat with no further step. A local server plays the Hugging Face Hub (HF_ENDPOINT), so nothing leaves
+answers in Chat with no further step; the same in the Models tab, where Load then loads it. A local server plays the Hugging Face Hub (HF_ENDPOINT), so nothing leaves
 the machine."""
 
 from __future__ import annotations
@@ -68,3 +68,24 @@ def test_download_a_hub_id_from_the_chat_tab_then_chat_with_it(page, hub_studio)
     _send(page, "Hello there")
     expect(_bots(page).first).to_have_text(re.compile(r"^\s*[^\s⏳]"), timeout=120_000)  # the reply's own tokens
     expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=120_000)
+
+
+def test_download_a_hub_id_from_the_models_tab_then_load_it(page, hub_studio):
+    hub, studio = hub_studio
+    hub.chunk_delay = 0.3
+    page.goto(studio.url)
+    page.get_by_role("tab", name="Models").click()
+    box = page.locator("#load-source input")
+    box.fill(REPO)
+    box.press("Enter")
+    status = page.locator("#models-download-status")
+    expect(status).to_contain_text(f"{REPO} is not downloaded yet", timeout=60_000)
+    page.locator("#models-download").click()
+    expect(status).to_contain_text(f"✅ {REPO} is downloaded:", timeout=120_000)
+    expect(status).to_contain_text("Press Load.")
+    result = page.locator("#load-result")
+    expect(result).to_contain_text(f"Loading {REPO}", timeout=60_000)  # the plan, now that its size is known
+    hub.close()
+    page.locator("#load-go").click()
+    expect(result).to_contain_text(" loaded: ", timeout=120_000)
+    expect(page.locator("#models-table")).to_contain_text("chat-lm", timeout=30_000)
