@@ -89,3 +89,17 @@ def test_download_a_hub_id_from_the_models_tab_then_load_it(page, hub_studio):
     page.locator("#load-go").click()
     expect(result).to_contain_text(" loaded: ", timeout=120_000)
     expect(page.locator("#models-table")).to_contain_text("chat-lm", timeout=30_000)
+
+
+def test_a_remote_visitor_cannot_start_a_download(hub_studio):
+    """Through the real server, as a share link's visitor arrives (the tunnel's Host, a forwarding header)."""
+    from tests.ui.conftest import gradio_call
+
+    hub, studio = hub_studio
+    visitor = {"Host": "visitor.gradio.live", "X-Forwarded-For": "203.0.113.9"}
+    for api_name, args in (("models_download", ["chat", REPO]), ("chat_download", [REPO, "auto"])):
+        event, data = gradio_call(studio, api_name, args, visitor)
+        assert event == "error" and "Remote visitors cannot download models on this studio" in data, data
+    assert hub.gets == []  # nothing was fetched
+    event, data = gradio_call(studio, "models_download", ["chat", REPO])  # the owner, on this machine
+    assert event == "complete" and REPO in data, data
