@@ -17,6 +17,7 @@ from studio.memory.probes import MemoryProbe, detect_probe
 from studio.memory.timeline import EventLog, MemoryMonitor
 from studio.models.calibration import Calibration
 from studio.models.discover import ModelDiscovery
+from studio.models.hub_download import HubDownloads
 from studio.models.keepalive import KeepAliveTimer
 from studio.models.kinds import KindRegistry, LoadOptions, default_registry
 from studio.models.manager import ModelManager
@@ -50,6 +51,7 @@ class AppContext:
     sharing: ShareLink | None = None  # the public link, when the studio runs with --share
     discovery: ModelDiscovery = field(default_factory=ModelDiscovery)  # other tools' models, rescanned every 10 s
     keep_alive: KeepAliveTimer | None = None  # parks or unloads idle models (--keep-alive, per model in Models)
+    downloads: HubDownloads = field(default_factory=HubDownloads)  # Hub downloads the page starts and watches
 
     @property
     def device(self) -> str:
@@ -122,4 +124,5 @@ def build_context(
         embedding=EmbeddingEngine(manager, lane=lane, chat=chat),
         security=SecurityPolicy.from_config(config)[0],
         keep_alive=keep_alive,
+        downloads=HubDownloads(offline=config.offline),
     )

@@ -182,13 +182,20 @@ def weights_info(spec: ModelSpec) -> WeightsInfo:
 
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
-    """The snapshot folder of `repo_id` in the local Hugging Face cache, if it was downloaded. Never downloads."""
+    """The snapshot folder of `repo_id` in the local Hugging Face cache, if it was downloaded. Never downloads.
+    A snapshot the studio downloaded holds only what a model needs (huggingface_hub calls the whole repository
+    incomplete without it): then it is found as the studio's download."""
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached, not a valid id, or no huggingface_hub: all mean "unknown"
-        return None
+        from studio.models.hub import cached_snapshot
+
+        try:
+            return cached_snapshot(repo_id, revision)
+        except Exception:  # noqa: BLE001
+            return None
 
 
 # ----- runtime memory -------------------------------------------------------------------------------------

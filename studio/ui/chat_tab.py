@@ -18,7 +18,7 @@ from studio.context import AppContext
 from studio.engines import llamacpp
 from studio.engines.chat import ChatParams
 from studio.engines.chat_defaults import SamplingDefaults
-from studio.errors import InputError, StudioError
+from studio.errors import InputError, ModelLoadError, StudioError
 from studio.models.estimate import Workload
 from studio.models.formats import is_gguf
 from studio.models.gguf_vision import CATALOG as GGUF_VISION_CATALOG
@@ -28,7 +28,7 @@ from studio.models.specs import CATALOG, PRECISIONS, ModelSpec
 from studio.models.vision import is_vision_config
 from studio.security import require_loaded_choice_or_owner, require_loaded_or_owner, require_owner
 from studio.text import blank, fmt_bytes
-from studio.ui import chat_history, chat_images, chat_votes, vision_offer
+from studio.ui import chat_history, chat_images, chat_votes, hub_panel, vision_offer
 from studio.ui import messages as msg
 from studio.ui.forms import bind, whole
 from studio.ui.inputs import optional
@@ -386,7 +386,13 @@ class ChatTab:
         if not choice:
             return ""
         spec = self.owned_spec(choice, precision, request)
-        plan = self.ctx.manager.plan(spec, workload_for(context))
+        try:
+            plan = self.ctx.manager.plan(spec, workload_for(context))
+        except ModelLoadError as exc:
+            if spec.source_type != "hub":
+                raise
+            # a Hub id not downloaded: the plan line says whether the Hub is there, and to Download (beside it)
+            return str(hub_panel.not_downloaded(self.ctx, spec, exc))
         est = plan.estimate
         fallback = llamacpp.fallback_notice(spec)
         return (
@@ -647,6 +653,7 @@ def layout(ctx: AppContext) -> dict[str, gr.components.Component]:
         )
         w["load"] = gr.Button("Load", elem_id="chat-load", scale=1)
     w["plan"] = gr.Markdown(elem_id="chat-plan")
+    w["download"] = hub_panel.layout("chat")  # Download, for a Hub id not in the cache yet
     with gr.Row():
         with gr.Column(scale=3):
             chat_history.layout(w, ctx.paths.data_dir)  # Past chats, kept in the visitor's browser
@@ -828,6 +835,8 @@ def wire(tab: ChatTab, w: dict[str, Any]) -> None:
             **LIGHT,
         )
     w["load"].click(tab.load, plan_inputs, [w["plan"]], api_name="chat_load", **GPU)
+    downloads = hub_panel.HubPanel(tab.ctx, msg.DOWNLOAD_NEXT_CHAT, lambda choice, _precision: choice, tab.show_plan)
+    hub_panel.wire(downloads, w["download"], [w["model"], w["precision"]], "chat", plan_inputs, w["plan"])
     adapter_outputs = [w["use_adapter"], w["adapter_status"]]
     w["attach"].click(
         tab.attach, [w["model"], w["precision"], w["adapter_path"]], adapter_outputs, api_name="chat_attach", **GPU

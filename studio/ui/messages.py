@@ -224,3 +224,24 @@ DESCRIBE_ASK = (
     "Describe this image as a Stable Diffusion prompt: one line of comma-separated phrases naming the subject, "
     "the setting, the style, the lighting and the colours. Answer with the prompt only."
 )
+
+# ----- Hub downloads (studio/ui/hub_panel.py) ------------------------------------------------------------------
+DOWNLOAD_OFFER = (
+    "{repo} is not downloaded yet. **Download** fetches its safetensors weights, configs and tokenizer into the "
+    "Hugging Face cache (once; Load then reads them from there)."
+)
+DOWNLOAD_CHECKING = "⬇ {repo}: asking the Hub which files to fetch…"
+DOWNLOAD_RUNNING = "⬇ Downloading {repo}: {done} of {total} ({pct:.0f} %), {files} files."
+DOWNLOAD_DONE = "✅ {repo} is downloaded: {total} in {files} files, in the Hugging Face cache. {next}"
+DOWNLOAD_CANCELLED = (
+    "Download of {repo} cancelled at {done} of {total}. The files fetched so far are kept: Download resumes there."
+)
+DOWNLOAD_FAILED = "❌ {message}"
+DOWNLOAD_NEXT_MODELS = "Press Load."
+DOWNLOAD_NEXT_CHAT = "Send a message to chat with it (it loads first), or press Load."
+DOWNLOAD_ALREADY = "{repo} is downloaded already (in the Hugging Face cache). {next}"
+DOWNLOAD_NOTHING = "No download of {repo} is running."
+DOWNLOAD_NOT_HUB_ID = (
+    "{value!r} is not a Hugging Face id: Download takes owner/name, as on the model's page "
+    "(for example Qwen/Qwen2.5-0.5B-Instruct)."
+)

@@ -17,7 +17,7 @@ from studio.models.records import FreeReport, ModelRecord
 from studio.models.specs import CATALOG, KINDS, PRECISIONS, ModelSpec, spec_from_form
 from studio.security import require_owner
 from studio.text import fmt_bytes, fmt_idle
-from studio.ui import export_panel, timeline
+from studio.ui import export_panel, hub_panel, timeline
 from studio.ui import messages as msg
 
 MAX_GB = 100_000  # a budget or reserve above this is a typo, not a device
@@ -187,24 +187,8 @@ class ModelsTab:
 
     def not_downloaded(self, spec: ModelSpec, error: ModelLoadError) -> ModelLoadError:
         """Why a Hub id whose size is unknown (not downloaded) cannot be planned, with what to do: offline, the Hub
-        out of reach, or reachable (then how to download it). Anything but a Hub id keeps its own error."""
-        from studio.models.hub import NO_NETWORK_TIP, OFFLINE_TIP, hub_unreachable
-
-        if spec.source_type != "hub":
-            return error
-        if self.ctx.config.offline:
-            return ModelLoadError(
-                f"{spec.source} is not downloaded yet and the studio runs offline (--offline).", OFFLINE_TIP
-            )
-        why = hub_unreachable()
-        if why:
-            return ModelLoadError(
-                f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
-            )
-        return ModelLoadError(
-            f"{spec.source} is not downloaded yet; the Hugging Face Hub is reachable.",
-            f"Download it with `hf download {spec.source}` (its size is known once it is here), then Load.",
-        )
+        out of reach, or reachable (then Download). Anything but a Hub id keeps its own error."""
+        return hub_panel.not_downloaded(self.ctx, spec, error)
 
     def form_spec(self, kind: str, source: str, precision: str) -> ModelSpec:
         """The load form's model. Precision auto: llama.cpp for a GGUF chat model, else the device's default
@@ -267,6 +251,11 @@ class ModelsTab:
 
     def kind_changed(self, kind: str) -> gr.Dropdown:
         return gr.Dropdown(choices=[e.hub_id for e in CATALOG if e.kind == kind])
+
+
+def download_source(kind: str, source: str | None) -> str | None:
+    """What the load form's Download fetches: its Hub id (Whisper's names are not Hub ids)."""
+    return None if kind == "speech" else source
 
 
 def export_sources(ctx: AppContext) -> list[tuple[str, str]]:
@@ -344,6 +333,7 @@ def layout(ctx: AppContext) -> dict[str, Any]:
         with gr.Row():
             plan_btn = gr.Button("Show plan", elem_id="load-plan")
             load_btn = gr.Button("Load", variant="primary", elem_id="load-go")
+        download_w = hub_panel.layout("models")  # Download, for a Hub id not in the cache yet
         plan_out = gr.Markdown(elem_id="load-result")
 
     export_w: dict[str, Any] = {}
@@ -406,6 +396,7 @@ def layout(ctx: AppContext) -> dict[str, Any]:
         "timeline": plot,
         "events": events_table,
         "choices_seen": choices_seen,
+        "download": download_w,
         **export_w,
     }
 
@@ -437,6 +428,8 @@ def wire(tab: ModelsTab, w: dict[str, Any]) -> None:
         tab.refresh, refresh_inputs, refresh_outputs, **light
     )
     w["kind"].change(tab.kind_changed, [w["kind"]], [w["source"]], api_name="models_kind_sources", **light)
+    downloads = hub_panel.HubPanel(tab.ctx, msg.DOWNLOAD_NEXT_MODELS, download_source, tab.plan)
+    hub_panel.wire(downloads, w["download"], form[:2], "models", form, w["load_result"])
     export_panel.wire(w["export_panel"], w, w["export_source"], "models")
     w["timer"] = gr.Timer(2.0)
     w["timer"].tick(tab.refresh, refresh_inputs, refresh_outputs, **light)
