@@ -537,7 +537,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     if job.device == "cpu" and (processes := accelerate_cpu_processes()) > 1:  # accelerate launch --cpu -n N
         return relaunch(processes, list(sys.argv[1:] if argv is None else argv))
-    trainer = Trainer(run, job, dist, fresh=args.fresh, orphan_training=args.orphan_training)
+    trainer_class = Trainer
+    if job.objective != "sft":  # DPO, ORPO, KTO: TRL's trainers behind the same run folder (preference.py)
+        from studio.training.preference import PreferenceTrainer as trainer_class
+    trainer = trainer_class(run, job, dist, fresh=args.fresh, orphan_training=args.orphan_training)
 
     def ask_stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
         trainer.stop_requested = True
