@@ -165,11 +165,19 @@ def test_more_image_tokens_than_the_context_holds_is_one_clear_line(engine, mode
 
 
 def test_stop_ends_an_image_reply_within_a_few_tokens(engine, model):
-    seen = []
+    seen, asks = [], []
+
+    def stop() -> bool:  # the engine asks once per token (and a few times before the first)
+        asks.append(len(seen) >= 3)
+        return asks[-1]
+
     long = replace(GREEDY, max_new_tokens=300, temperature=0.8, seed=3)
-    for chunk in engine.stream(file_spec(model), ask("red"), long, should_stop=lambda: len(seen) >= 3):
+    for chunk in engine.stream(file_spec(model), ask("red"), long, should_stop=stop):
         seen.append(chunk)
-    assert seen[-1].stats.finish_reason == "stopped" and seen[-1].stats.new_tokens <= 8
+    # chunks carry up to 40 ms of tokens each (a fast machine makes dozens of this tiny model's in that time), so
+    # the count that matters is the engine's asks: it ends after the token during which Stop was first asked for
+    stats = seen[-1].stats
+    assert stats.finish_reason == "stopped" and stats.new_tokens <= asks.index(True) + 1 < 300
 
 
 def test_a_follow_up_question_still_sees_the_image_of_an_earlier_turn(engine, model):
