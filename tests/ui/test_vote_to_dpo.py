@@ -1,5 +1,6 @@
 """In Chromium, the loop no peer closes: votes cast on side-by-side answers in the Chat tab show up with their count
-in the Fine-tune tab, and a DPO run started on them trains to the end with its preference figures."""
+in the Fine-tune tab, a DPO run started on them trains to the end with its preference figures, and its adapter
+answers in Chat."""
 
 from __future__ import annotations
 
@@ -49,8 +50,11 @@ def test_votes_in_chat_feed_a_dpo_run_in_the_fine_tune_tab(page, studio, tiny_mo
     summary = page.locator("#ft-data-summary")
     expect(summary).to_contain_text("3 rows, preference pairs", timeout=90_000)
     expect(summary).not_to_contain_text("⚠")
+    # the settings chosen from the data come first; ours then replace them
+    expect(page.locator("#ft-derived")).to_contain_text("Chosen from the data", timeout=60_000)
     for elem_id, value in (("ft-max-steps", "4"), ("ft-batch", "1"), ("ft-eval-every", "0")):
         _fill(page, elem_id, value)
+        expect(page.locator(f"#{elem_id} input").first).to_have_value(value)
     page.locator("#ft-start").click()
     progress = page.locator("#ft-progress")
     expect(progress).to_contain_text(re.compile("training|done"), timeout=120_000)
@@ -63,3 +67,12 @@ def test_votes_in_chat_feed_a_dpo_run_in_the_fine_tune_tab(page, studio, tiny_mo
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert any("rewards/accuracies" in m for m in metrics), metrics[:3]
     assert json.loads((run / "report.json").read_text(encoding="utf-8"))["steps"] == 4
+
+    # the preference adapter answers in Chat like any other
+    page.locator("#ft-try-chat").click()
+    expect(page.get_by_role("tab", name="Chat")).to_have_attribute("aria-selected", "true", timeout=60_000)
+    expect(page.locator("#chat-use-adapter input")).to_have_value(run_name)
+    page.locator("#chat-side-by-side input").uncheck()
+    _send(page, "hello again")
+    expect(page.locator("#chat-stats")).to_contain_text("tok/s", timeout=90_000)
+    expect(_bots(page).last).not_to_be_empty()
