@@ -1,0 +1,82 @@
+"""A DPO run of the worker under torchrun with two CPU processes (gloo): TRL's trainer spreads the pairs over both,
+rank 0 alone writes the run folder, and the adapter loads in plain peft."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.integration.test_preference_training import _load_adapter, _make_run, _tiny_pairs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(run_path: Path, *, wait: bool = True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
+    command += ["-m", "studio.training.worker", str(run_path)]
+    if not wait:
+        return subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _train_steps(run) -> list[int]:
+    return [m["step"] for m in run.metrics() if "loss" in m]
+
+
+def test_two_process_dpo_run_finishes_and_rank_0_alone_writes_the_files(tmp_path, tiny_models):
+    run = _make_run(
+        tmp_path / "runs", tiny_models.causal_lm, _tiny_pairs(16), _tiny_pairs(4), objective="dpo", max_steps=4,
+        save_every=2, eval_every=2,
+    )  # fmt: skip
+    done = _torchrun(run.path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    status = run.status()
+    assert status["state"] == "done" and status["world"] == 2 and status["step"] == 4, status
+    metrics = run.metrics()
+    starts = [m for m in metrics if m.get("event") == "start"]
+    assert len(starts) == 1 and starts[0]["world"] == 2  # only rank 0 writes metrics.jsonl
+    steps = [m["step"] for m in metrics if "loss" in m]
+    assert steps == [1, 2, 3, 4]  # each step once
+    assert all("rewards/margins" in m for m in metrics if "loss" in m)
+    assert run.checkpoint_steps() == [2, 4] and not (run.path / ".trainer").exists()  # rank 0 moved TRL's folders
+    report = run.report()
+    assert report["world"] == 2 and report["steps"] == 4 and report["reward_accuracy"] is not None
+    model = _load_adapter(tiny_models.causal_lm, run.adapter)
+    assert model.peft_config["default"].r == 16
+
+
+def test_stop_file_stops_both_processes_together_with_a_usable_adapter(tmp_path, tiny_models):
+    run = _make_run(tmp_path / "runs", tiny_models.causal_lm, _tiny_pairs(16), [], objective="dpo", max_steps=100_000)
+    child = _torchrun(run.path, wait=False)
+    try:
+        deadline = time.monotonic() + 300
+        while len(_train_steps(run)) < 2:
+            assert child.poll() is None, child.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "timed out waiting for two steps"
+            time.sleep(0.1)
+        run.stop_file.write_text("stop")  # rank 0 sees the file; the all-reduce tells rank 1
+        out, _ = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0, out[-4000:]
+    status = run.status()
+    assert status["state"] == "stopped" and 2 <= status["step"] < 100_000 and status["world"] == 2, status
+    assert not run.stop_file.exists()
+    assert run.checkpoint_steps() == [status["step"]]  # Resume continues from exactly here
+    assert _train_steps(run) == list(range(1, status["step"] + 1))
+    model = _load_adapter(tiny_models.causal_lm, run.adapter)
+    assert model.peft_config["default"].r == 16
