@@ -3,16 +3,21 @@ rank 0 alone writes the run folder, and the adapter loads in plain peft."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.test_preference_training import _load_adapter, _make_run, _tiny_pairs
 
 ROOT = Path(__file__).resolve().parents[2]
+ACCELERATE = shutil.which("accelerate")
 
 
 def _free_port() -> int:
@@ -52,6 +57,11 @@ def test_two_process_dpo_run_finishes_and_rank_0_alone_writes_the_files(tmp_path
     assert steps == [1, 2, 3, 4]  # each step once
     assert all("rewards/margins" in m for m in metrics if "loss" in m)
     assert run.checkpoint_steps() == [2, 4] and not (run.path / ".trainer").exists()  # rank 0 moved TRL's folders
+    for step in (2, 4):  # each rank's RNG state is in (rank 0 moved the folder once both had written)
+        names = {p.name for p in (run.checkpoints / f"step-{step}").iterdir()}
+        assert {"rng_state_0.pth", "rng_state_1.pth", "state.json", "adapter_model.safetensors"} <= names, names
+    trainer_state = json.loads((run.checkpoints / "step-4" / "trainer_state.json").read_text())
+    assert trainer_state["epoch"] == 1.0  # 16 pairs, 2 a rank: TRL's sampler split the epoch over the two ranks
     report = run.report()
     assert report["world"] == 2 and report["steps"] == 4 and report["reward_accuracy"] is not None
     model = _load_adapter(tiny_models.causal_lm, run.adapter)
@@ -80,3 +90,20 @@ def test_stop_file_stops_both_processes_together_with_a_usable_adapter(tmp_path,
     assert _train_steps(run) == list(range(1, status["step"] + 1))
     model = _load_adapter(tiny_models.causal_lm, run.adapter)
     assert model.peft_config["default"].r == 16
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate command is not installed")
+def test_accelerate_cpu_launch_runs_dpo_on_two_processes(tmp_path, tiny_models):
+    run = _make_run(tmp_path / "runs", tiny_models.causal_lm, _tiny_pairs(16), [], objective="dpo", max_steps=3)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    command = [ACCELERATE, "launch", "--num_processes", "2", "--cpu", "--num_cpu_threads_per_process", "1"]
+    command += ["--main_process_port", str(_free_port()), "-m", "studio.training.worker", str(run.path)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    status = run.status()
+    assert status["state"] == "done" and status["world"] == 2 and status["step"] == 3, status
+    assert run.report()["world"] == 2
+    starts = [m for m in run.metrics() if m.get("event") == "start"]
+    assert len(starts) == 1 and starts[0]["world"] == 2  # two ranks trained; rank 0 wrote the files
+    assert _train_steps(run) == [1, 2, 3]
+    assert _load_adapter(tiny_models.causal_lm, run.adapter).peft_config["default"].r == 16
