@@ -3,15 +3,18 @@ rank 0 alone writes the run folder, and the adapter loads in plain peft."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.integration.test_preference_training import _load_adapter, _make_run, _tiny_pairs
@@ -26,13 +29,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(run_path: Path, *, wait: bool = True):
+def _torchrun(run_path: Path, *, wait: bool = True):  # noqa: ANN202 - a finished run, or the running one
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}"]
     command += ["-m", "studio.training.worker", str(run_path)]
     if not wait:
         return subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -106,4 +114,33 @@ def test_accelerate_cpu_launch_runs_dpo_on_two_processes(tmp_path, tiny_models):
     starts = [m for m in run.metrics() if m.get("event") == "start"]
     assert len(starts) == 1 and starts[0]["world"] == 2  # two ranks trained; rank 0 wrote the files
     assert _train_steps(run) == [1, 2, 3]
+    assert _load_adapter(tiny_models.causal_lm, run.adapter).peft_config["default"].r == 16
+
+
+def test_kill_9_of_both_ranks_then_resume_finishes_from_the_last_checkpoint(tmp_path, tiny_models):
+    run = _make_run(
+        tmp_path / "runs", tiny_models.causal_lm, _tiny_pairs(16), [], objective="dpo", max_steps=6, save_every=2
+    )
+    child = _torchrun(run.path, wait=False)
+    try:
+        deadline = time.monotonic() + 300
+        while run.checkpoint_steps() != [2] or len(_train_steps(run)) < 3:
+            assert child.poll() is None, child.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "timed out waiting for the checkpoint at step 2"
+            time.sleep(0.05)
+    finally:
+        # torchrun starts each rank in a session of its own: kill -9 the ranks, then torchrun, none gets to save
+        for process in [*psutil.Process(child.pid).children(recursive=True), psutil.Process(child.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+        child.communicate(timeout=60)
+    assert run.status()["state"] != "done"
+    done = _torchrun(run.path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    status = run.status()
+    assert status["state"] == "done" and status["world"] == 2 and status["step"] == 6, status
+    resumes = [m for m in run.metrics() if m.get("event") == "resume"]
+    assert [m["step"] for m in resumes] == [2]
+    assert _train_steps(run) == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint are trimmed, then redone once
+    assert run.report()["world"] == 2 and run.report()["steps"] == 6
     assert _load_adapter(tiny_models.causal_lm, run.adapter).peft_config["default"].r == 16
