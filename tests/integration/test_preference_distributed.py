@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.test_preference_training import _load_adapter, _make_run, _tiny_pairs
+from tests.integration.test_preference_training import _load_adapter, _make_run, _tiny_pairs, _unpaired
 
 ROOT = Path(__file__).resolve().parents[2]
 ACCELERATE = shutil.which("accelerate")
@@ -143,4 +143,17 @@ def test_kill_9_of_both_ranks_then_resume_finishes_from_the_last_checkpoint(tmp_
     assert [m["step"] for m in resumes] == [2]
     assert _train_steps(run) == [1, 2, 3, 4, 5, 6]  # the steps after the checkpoint are trimmed, then redone once
     assert run.report()["world"] == 2 and run.report()["steps"] == 6
+    assert _load_adapter(tiny_models.causal_lm, run.adapter).peft_config["default"].r == 16
+
+
+@pytest.mark.parametrize(
+    ("objective", "rows"), [("orpo", _tiny_pairs), ("kto", lambda n: [_unpaired(i) for i in range(n)])]
+)
+def test_orpo_and_kto_finish_on_two_processes(tmp_path, tiny_models, objective, rows):
+    run = _make_run(tmp_path / "runs", tiny_models.causal_lm, rows(16), [], objective=objective, max_steps=2)
+    done = _torchrun(run.path)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    status = run.status()
+    assert status["state"] == "done" and status["world"] == 2 and status["step"] == 2, status
+    assert _train_steps(run) == [1, 2] and run.report()["world"] == 2
     assert _load_adapter(tiny_models.causal_lm, run.adapter).peft_config["default"].r == 16
