@@ -64,6 +64,10 @@ class Dist:
     def any(self, flag: bool, device: str) -> bool:
         return self.sum([1.0 if flag else 0.0], device)[0] > 0
 
+    def wait_all(self, device: str) -> None:
+        """Return once every process of the group got here (a one-number all-reduce, so it runs on gloo and nccl)."""
+        self.sum([0.0], device)
+
 
 def _accelerate_args(cmdline: Sequence[str]) -> list[str] | None:
     """The arguments after `launch` when `cmdline` is an `accelerate launch` (any of its spellings), else None."""

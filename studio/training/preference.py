@@ -139,7 +139,9 @@ class PreferenceTrainer(Trainer):
 
     def keep_checkpoint(self, folder: Path, step: int) -> None:
         """Move TRL's finished checkpoint to checkpoints/step-N and complete it with state.json (written last: its
-        presence means complete), then keep the newest `max_checkpoints`; an older state is never touched before."""
+        presence means complete), then keep the newest `max_checkpoints`; an older state is never touched before.
+        Every rank writes its RNG state into the folder first, so rank 0 waits for all of them before moving it."""
+        self.dist.wait_all(self.device)
         if not self.dist.main or not folder.is_dir():
             return
         self.status("saving", message=f"Saving the checkpoint at step {step}")
