@@ -9,6 +9,17 @@ same way (mean loss per token over the held-out rows; target: the studio's is no
     python bench/finetune.py                        # the offline starter model (SmolLM2-135M-Instruct)
     python bench/finetune.py --model PATH           # any local causal LM folder
     python bench/finetune.py --tiny                 # the tiny random LM: a quick smoke run
+    python bench/finetune.py --method dpo           # DPO: the studio's run vs a bare TRL DPOTrainer (bench/dpo_trl.py)
+
+In the same SFT run, the studio's loop is then measured against a bare TRL `SFTTrainer` with packing on the same rows
+(target >= 0.95) by calling bench/sft_trl.py's `compare` and `report`: one run of each side, `--trl-steps` optimizer
+steps (default 4; 0 skips it), each side in its own process. Few steps keep the added time to a few minutes on the
+starter; `python bench/sft_trl.py --model starter --steps 8 --runs 2` gives steadier figures.
+
+`--method dpo` runs bench/dpo_trl.py's comparison instead (see its docstring): the studio's DPO through the worker
+on a real run folder against a bare `trl.DPOTrainer` (ref_model=None) on the same made-up pairs, the same LoRA,
+steps, batch, max_length, beta and learning rate; default 3 steps of batch 2 at cutoff 128, because one DPO step of
+the starter took 8-52 s on a loaded 2-core CPU.
 """
 
 from __future__ import annotations
@@ -25,11 +36,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import dpo_trl  # noqa: E402  (bench/ is on sys.path when this file runs)
+import sft_trl  # noqa: E402
+
 from studio.training import rows as rowlib  # noqa: E402
 from studio.training.datasets import load_dataset, split, write_jsonl  # noqa: E402
 from studio.training.job import TrainJob, new_run_dir  # noqa: E402
 
 PAD_TO = 512
+SAMPLE = ROOT / "assets" / "datasets" / "studio-faq.jsonl"
 
 
 def pick_model(args) -> Path:
@@ -141,7 +156,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a local causal LM folder (default: the starter model)")
     parser.add_argument("--tiny", action="store_true", help="use the tiny random LM (quick smoke run)")
-    parser.add_argument("--data", default=str(ROOT / "assets" / "datasets" / "studio-faq.jsonl"))
+    parser.add_argument("--method", choices=("sft", "dpo"), default="sft", help="sft (default) or dpo")
+    parser.add_argument("--data", help="SFT: a dataset file (default: the sample); DPO: a JSONL of pairs")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument(
@@ -151,10 +167,20 @@ def main(argv=None) -> int:
         help="rows per step for the padded baseline (about what one packed block holds)",
     )
     parser.add_argument("--studio-batch", type=int, default=1, help="packed 512-token blocks per step (studio)")
+    parser.add_argument(
+        "--trl-steps", type=int, default=4, help="SFT: steps of the studio vs TRL SFTTrainer comparison (0: skip)"
+    )
+    dpo_trl.add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.method == "dpo":
+        return run_dpo(args)
+    if args.trl_steps and args.trl_steps < 3:
+        parser.error(f"--trl-steps must be 0 or at least 3 (the rate is measured after step 1), not {args.trl_steps}")
+    args.data = args.data or str(SAMPLE)
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dpo_trl.resolve_device(args)
+    device = args.device
     model_path = pick_model(args)
     samples = load_dataset(args.data).samples
     train, evals = split(samples, 0.1, 42)
@@ -210,6 +236,22 @@ def main(argv=None) -> int:
         f"ratio: {ratio:.2f}x (target >= 3)  eval loss: studio {studio_eval:.4f} vs Trainer {base_eval:.4f} "
         f"({'no worse' if studio_eval <= base_eval + 1e-3 else 'WORSE'})"
     )
+    if args.trl_steps:
+        print("SFT, the studio's loop vs a bare TRL SFTTrainer (bench/sft_trl.py):", flush=True)
+        trl_args = argparse.Namespace(
+            steps=args.trl_steps, runs=1, batch=1, cutoff=PAD_TO, device=device, data=args.data, threads=0
+        )
+        sft_trl.report(sft_trl.compare(model_path, samples, trl_args))
+    return 0
+
+
+def run_dpo(args) -> int:
+    """`--method dpo`: bench/dpo_trl.py's comparison on the same model choice."""
+    dpo_trl.resolve_device(args)
+    model = args.model or ("tiny" if args.tiny else "starter")
+    with tempfile.TemporaryDirectory(prefix="bench-dpo-") as tmp:
+        found = dpo_trl.compare(dpo_trl.pick_model(model, Path(tmp)), args)
+    dpo_trl.report(found)
     return 0
 
 
