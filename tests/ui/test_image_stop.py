@@ -27,7 +27,7 @@ def settings(page, *, steps: int, seed: int, batch_count: int) -> None:
 
 def test_stop_keeps_the_finished_image_and_the_partial_one_and_stop_is_on_only_while_drawing(page, studio):
     page.goto(studio.url)
-    settings(page, steps=12, seed=6100, batch_count=3)
+    settings(page, steps=60, seed=6100, batch_count=3)  # each image outlasts the page's ~1 s progress poll
     stop = page.locator("#image-stop")
     expect(stop).to_be_disabled()
     page.get_by_role("tab", name="Speech").click()
@@ -37,7 +37,7 @@ def test_stop_keeps_the_finished_image_and_the_partial_one_and_stop_is_on_only_w
     page.locator("#image-generate").click()
     expect(stop).to_be_enabled()
     progress = page.locator(PROGRESS)
-    expect(progress).to_have_text(re.compile(r"Image 2 of 3 · step \d+ of 12"), timeout=300_000)  # one line
+    expect(progress).to_have_text(re.compile(r"Image 2 of 3 · step \d+ of 60"), timeout=300_000)  # one line
     assert LINE.match(progress.inner_text().strip()), progress.inner_text()
     stop.click()
     status = page.locator("#image-status")
@@ -54,7 +54,7 @@ def test_stop_keeps_the_finished_image_and_the_partial_one_and_stop_is_on_only_w
     assert len(list(day.glob("*/*-610?.png"))) == finished and list(day.glob(f"*/*{partial}"))
     assert not list(day.glob(f"*/*-{6101 + finished}*.png"))
     page.locator(f"#image-gallery img[src*='{partial}']").first.click()
-    expect(page.locator("#image-params textarea")).to_have_value(re.compile(r"Stopped at: step \d+ of 12$"))
+    expect(page.locator("#image-params textarea")).to_have_value(re.compile(r"Stopped at: step \d+ of 60$"))
 
 
 def test_a_page_reloaded_mid_run_shows_its_progress_and_then_its_image(page, studio):
