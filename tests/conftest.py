@@ -9,6 +9,21 @@ import pytest
 
 from studio.models.tiny import TinyModels, build_all
 
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@pytest.fixture(autouse=True)
+def _offline_env_is_per_test():
+    """A studio built in this process with --offline sets HF_HUB_OFFLINE for the libraries it starts; a later test
+    on the same worker must not inherit it (a studio it spawns would then refuse every download)."""
+    before = {name: os.environ.get(name) for name in OFFLINE_VARS}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:

@@ -321,12 +321,13 @@ class ImageEngine:
                 f"{spec.source} is not downloaded and the studio is offline.",
                 "Start the studio without --offline to download it, or pick a local folder or .safetensors file.",
             )
-        from studio.models.hub import NO_NETWORK_TIP, hub_unreachable
+        from studio.models.hub import hub_unreachable, no_network_tip
 
         why = hub_unreachable()
         if why:
             raise ModelLoadError(
-                f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
+                f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.",
+                no_network_tip(why),
             )
 
     def prepare(self, spec: ModelSpec) -> None:

@@ -25,6 +25,16 @@ NO_NETWORK_TIP = (
     "Connect this machine to the internet, or download the model elsewhere and pick its folder, or use the "
     "starter model, which needs no download."
 )
+ENV_OFFLINE = "HF_HUB_OFFLINE is set in the studio's environment, so the Hugging Face library makes no requests"
+ENV_OFFLINE_TIP = (
+    "Unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) and restart the studio to download it, or pick a local "
+    "folder, or use the starter model."
+)
+
+
+def no_network_tip(why: str) -> str:
+    """What to do when the Hub is out of reach for the reason `why` (from hub_unreachable)."""
+    return ENV_OFFLINE_TIP if why == ENV_OFFLINE else NO_NETWORK_TIP
 
 
 def hub_endpoint() -> str:
@@ -33,8 +43,18 @@ def hub_endpoint() -> str:
     return constants.ENDPOINT
 
 
+def env_offline() -> bool:
+    """Whether the Hugging Face library was told to stay offline by the environment (HF_HUB_OFFLINE), which it
+    reads once at import: a download would then fail however reachable the Hub is."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def hub_unreachable(timeout: float = 3.0) -> str:
     """Why the Hub cannot be reached ("" when it can): one TCP connection, no retries."""
+    if env_offline():
+        return ENV_OFFLINE
     url = urlparse(hub_endpoint())
     host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
     try:
@@ -77,7 +97,7 @@ def local_snapshot(spec: ModelSpec, offline: bool, cache_dir: Path | None = None
     why = hub_unreachable()
     if why:
         raise ModelLoadError(
-            f"{repo} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
+            f"{repo} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", no_network_tip(why)
         )
     return download(spec, cache_dir)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from studio.errors import ModelLoadError, is_disk_full
-from studio.models.hub import LM_IGNORE, LM_PATTERNS, NO_NETWORK_TIP, OFFLINE_TIP, cached_snapshot, hub_unreachable
+from studio.models.hub import LM_IGNORE, LM_PATTERNS, OFFLINE_TIP, cached_snapshot, hub_unreachable, no_network_tip
 from studio.text import fmt_bytes
 
 LOGIN_TIP = "Log in on this machine with `hf auth login` (or set HF_TOKEN before starting the studio), then Download."
@@ -92,7 +92,7 @@ def explain(repo: str, exc: BaseException) -> ModelLoadError:
     if any(_is_network_error(e) for e in chain):
         why = hub_unreachable() or f"the connection failed ({str(chain[-1]).splitlines()[0][:120]})"
         return ModelLoadError(
-            f"{repo} cannot be downloaded: the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
+            f"{repo} cannot be downloaded: the Hugging Face Hub is out of reach: {why}.", no_network_tip(why)
         )
     first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
     return ModelLoadError(
@@ -216,7 +216,7 @@ def download_snapshot(
     why = hub_unreachable()
     if why:
         raise ModelLoadError(
-            f"{repo} cannot be downloaded: the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
+            f"{repo} cannot be downloaded: the Hugging Face Hub is out of reach: {why}.", no_network_tip(why)
         )
     try:
         files = plan_files(repo, revision, should_stop)

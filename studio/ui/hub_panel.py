@@ -38,7 +38,7 @@ def hub_id(value: str | None) -> str | None:
 def not_downloaded(ctx: AppContext, spec: ModelSpec, error: ModelLoadError) -> ModelLoadError:
     """Why a Hub id whose size is unknown (not downloaded) cannot be planned, with what to do: offline, the Hub
     out of reach, or reachable (then Download). Anything but a Hub id keeps its own error."""
-    from studio.models.hub import NO_NETWORK_TIP, OFFLINE_TIP, hub_unreachable
+    from studio.models.hub import OFFLINE_TIP, hub_unreachable, no_network_tip
 
     if spec.source_type != "hub":
         return error
@@ -49,7 +49,8 @@ def not_downloaded(ctx: AppContext, spec: ModelSpec, error: ModelLoadError) -> M
     why = hub_unreachable()
     if why:
         return ModelLoadError(
-            f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.", NO_NETWORK_TIP
+            f"{spec.source} is not downloaded yet and the Hugging Face Hub is out of reach: {why}.",
+            no_network_tip(why),
         )
     return ModelLoadError(
         f"{spec.source} is not downloaded yet; the Hugging Face Hub is reachable.",

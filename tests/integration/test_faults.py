@@ -187,8 +187,15 @@ class SmallDisk:
 
     def fill(self, leave: int = 0) -> None:
         """Take all the free space but `leave` bytes (whole 4 KiB pages)."""
-        with open(self.filler, "wb") as f:
-            os.posix_fallocate(f.fileno(), 0, self.free_bytes() - leave)
+        for _ in range(20):  # another writer (a download, a worker) may take space between asking and taking
+            try:
+                with open(self.filler, "wb") as f:
+                    if (size := self.free_bytes() - leave) > 0:
+                        os.posix_fallocate(f.fileno(), 0, size)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
         assert self.free_bytes() <= leave
 
     def free_up(self) -> None:

@@ -219,6 +219,27 @@ def test_a_download_with_the_hub_out_of_reach_says_so(hub_env):
     assert "Connect this machine to the internet" in status.message
 
 
+def test_hf_hub_offline_in_the_environment_is_named_not_called_reachable(hub_env, monkeypatch):
+    """HF_HUB_OFFLINE=1 in the environment stops the library's every request while the Hub answers: the plan and
+    the download say it is that variable, not the network."""
+    from huggingface_hub import constants
+
+    from studio.models.hub import local_snapshot
+    from studio.models.hub_download import HubDownloads
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="HF_HUB_OFFLINE is set in the studio's environment"):
+        local_snapshot(ModelSpec("chat", "tiny/lm", "hub"), offline=False)
+    downloads = HubDownloads()
+    downloads.start("tiny/lm")
+    status = downloads.wait("tiny/lm", 30)
+    assert status.state == "failed"
+    assert "tiny/lm cannot be downloaded: the Hugging Face Hub is out of reach: HF_HUB_OFFLINE is set" in (
+        status.message
+    )
+    assert "Unset HF_HUB_OFFLINE" in status.message and "Connect this machine" not in status.message
+
+
 def test_a_download_that_does_not_fit_on_the_disk_says_so_before_and_while_writing(hub_env, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
