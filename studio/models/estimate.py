@@ -177,7 +177,8 @@ def weights_info(spec: ModelSpec) -> WeightsInfo:
         return folder_info(snapshot)
     raise ModelLoadError(
         f"{spec.source}: not in the model list and not downloaded, so its size is unknown.",
-        "Download it first, or pick a local folder or a model from the list.",
+        f"Press Download beside the model picker (Chat or Models tab) or run `hf download {spec.source}`; "
+        "or pick a local folder or a model from the list.",
     )
 
 

@@ -419,8 +419,10 @@ def test_hub_model_in_the_local_cache_is_read_from_its_snapshot(tmp_path, monkey
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
     info = weights_info(ModelSpec("chat", "someone/tiny-lm", "hub"))
     assert info.params == 36 and info.config["num_hidden_layers"] == 2
-    with pytest.raises(ModelLoadError, match="not in the model list and not downloaded"):
+    with pytest.raises(ModelLoadError, match="not in the model list and not downloaded") as err:
         weights_info(ModelSpec("chat", "someone/never-downloaded", "hub"))
+    assert "Press Download beside the model picker" in str(err.value)  # the page offers it there
+    assert "`hf download someone/never-downloaded`" in str(err.value)
 
 
 # ----- errors ---------------------------------------------------------------------------------------------
