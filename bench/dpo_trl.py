@@ -40,34 +40,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from studio.training.datasets import write_jsonl  # noqa: E402
+from studio.training.datasets import load_dataset, write_jsonl  # noqa: E402
 from studio.training.job import TrainJob, new_run_dir  # noqa: E402
 
 TARGET = 0.95  # studio / bare tokens/s at or above this: the studio's bridge costs nothing measurable
-SIGNATURE = " — Signed, the Studio."
-TOPICS = [
-    "the sea", "rain", "bread", "a lamp", "snow", "a river", "the moon", "a clock", "tea", "a garden", "a bridge",
-    "a violin", "the wind", "a forest", "a candle", "salt", "a map", "a kite", "the desert", "a library", "honey",
-    "a mirror", "thunder", "a boat", "a mountain", "coffee", "a letter", "the stars", "a key", "autumn", "a train",
-    "ice",
-]  # fmt: skip
+PAIRS = ROOT / "assets" / "datasets" / "signature-pairs.jsonl"  # the shipped sample: chosen ends with a signature
 
 
-def make_pairs(n: int = len(TOPICS)) -> list[dict]:
-    """Made-up normalised pairs: the chosen answer ends with a signature phrase, the rejected one does not."""
-    out = []
-    for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
-        prompt = [{"role": "user", "content": f"Describe {topic} in one short sentence."}]
-        answer = f"{topic[0].upper()}{topic[1:]} is quiet and old."
-        out.append(
-            {
-                "prompt": prompt,
-                "chosen": [{"role": "assistant", "content": answer + SIGNATURE}],
-                "rejected": [{"role": "assistant", "content": answer}],
-            }
-        )
-    return out
+def make_pairs(n: int = 32) -> list[dict]:
+    """`n` normalised pairs from the sample (cycled): the chosen answer ends with a signature phrase, the rejected
+    one does not."""
+    rows = load_dataset(PAIRS).samples
+    return [rows[i % len(rows)] for i in range(n)]
 
 
 @dataclass

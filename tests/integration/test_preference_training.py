@@ -14,30 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from studio.training.datasets import write_jsonl
+from studio.training.datasets import load_dataset, write_jsonl
 from studio.training.job import RunDir, TrainJob, new_run_dir
 from studio.training.runs import RunManager
 from tests.managers import cpu_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1024**3
-SIGNATURE = " — Signed, the Studio."
-TOPICS = [
-    "the sea", "rain", "bread", "a lamp", "snow", "a river", "the moon", "a clock", "tea", "a garden", "a bridge",
-    "a violin", "the wind", "a forest", "a candle", "salt", "a map", "a kite", "the desert", "a library", "honey",
-    "a mirror", "thunder", "a boat", "a mountain", "coffee", "a letter", "the stars", "a key", "autumn", "a train",
-    "ice",
-]  # fmt: skip
+SIGNATURE = " — Signed, the Studio."  # how every chosen answer of the shipped sample pairs ends
+PAIRS = ROOT / "assets" / "datasets" / "signature-pairs.jsonl"
 
 
-def _pair(i: int, topic: str) -> dict:
-    prompt = [{"role": "user", "content": f"Describe {topic} in one short sentence."}]
-    answer = f"{topic[0].upper()}{topic[1:]} is quiet and old."
-    return {
-        "prompt": prompt,
-        "chosen": [{"role": "assistant", "content": answer + SIGNATURE}],
-        "rejected": [{"role": "assistant", "content": answer}],
-    }
+def _pairs(n: int | None = None) -> list[dict]:
+    """The sample pairs (normalised by the studio's own reader), the first `n` of them cycled (all by default)."""
+    rows = load_dataset(PAIRS).samples
+    return [rows[i % len(rows)] for i in range(n or len(rows))]
 
 
 def _unpaired(i: int) -> dict:
@@ -137,7 +128,7 @@ def _preference_margin(model, tokenizer, rows: list[dict]) -> float:
 def test_dpo_on_the_starter_learns_the_chosen_style(runs, starter_folder):
     from transformers import AutoTokenizer
 
-    rows = [_pair(i, t) for i, t in enumerate(TOPICS)]
+    rows = _pairs()
     train, held_out = rows[:24], rows[24:]
     run = _make_run(
         runs.root,
@@ -174,7 +165,7 @@ def test_dpo_on_the_starter_learns_the_chosen_style(runs, starter_folder):
 
 
 def _tiny_pairs(n: int) -> list[dict]:
-    return [_pair(i, TOPICS[i % len(TOPICS)]) for i in range(n)]
+    return _pairs(n)
 
 
 @pytest.mark.parametrize(

@@ -252,3 +252,14 @@ def test_the_estimate_counts_both_sequences_and_says_the_reference_is_the_base_w
     assert "chosen + rejected: 2x SFT's at this cutoff" in dpo.breakdown()
     assert "reference model is the base with the adapter off (LoRA): no second copy" in dpo.breakdown()
     assert "ORPO needs no reference model" in orpo.breakdown() and "reference" not in sft.breakdown()
+
+
+def test_the_shipped_sample_pairs_teach_one_style():
+    """assets/datasets/signature-pairs.jsonl (the DPO sample, the benchmark's and the DPO test's data): 32 pairs
+    about distinct topics, each chosen answer the rejected one plus the signature phrase."""
+    sample = load_dataset(Path(__file__).resolve().parents[2] / "assets" / "datasets" / "signature-pairs.jsonl")
+    assert sample.mapping.shape == "preference" and len(sample.samples) == 32 and not sample.skipped
+    assert len({row["prompt"][0]["content"] for row in sample.samples}) == 32
+    for row in sample.samples:
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert chosen == rejected + " — Signed, the Studio.", row
