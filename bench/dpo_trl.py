@@ -16,8 +16,9 @@ included on both), over the tokens TRL counts (`num_tokens`: chosen + rejected, 
 pairs/s of both, first losses (equal: LoRA starts as the identity, so both begin at log 2 for the sigmoid loss) and
 the ratio studio / bare (target >= 0.95). The runs alternate which side goes first.
 
-One DPO step of the starter (batch 2, cutoff 128) took 8-52 s on a loaded 2-core CPU, so the default is 3 steps and
-one run of each side (about 10 minutes in all with the model loads).
+One DPO step of the starter (batch 2, cutoff 128) takes about 3.5 s on a quiet 2-core CPU (8-52 s on a loaded one),
+so the default is 6 steps and 2 runs of each side after one untimed warm-up run (about 5 minutes with the model
+loads): on a machine that sat idle the first process was about 30 % slower whichever side it was.
 
     python bench/finetune.py --method dpo                 # the offline starter (SmolLM2-135M-Instruct)
     python bench/finetune.py --method dpo --tiny          # the tiny random LM: a quick smoke run
@@ -40,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import alternate  # noqa: E402
 from studio.training.datasets import load_dataset, write_jsonl  # noqa: E402
 from studio.training.job import TrainJob, new_run_dir  # noqa: E402
 
@@ -252,18 +254,16 @@ def compare(model: Path, args: argparse.Namespace) -> dict[str, list[Side]]:
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
         flush=True,
     )
-    found: dict[str, list[Side]] = {"studio": [], "bare": []}
-    for r in range(args.runs):
-        for name in ("studio", "bare") if r % 2 == 0 else ("bare", "studio"):
-            side = in_child(name, model, args)
-            found[name].append(side)
-            print(
-                f"  run {r + 1} {name:6s} {side.rate:8.1f} tokens/s, {side.pair_rate:6.3f} pairs/s; {side.tokens} "
-                f"tokens, {side.pairs} pairs in {side.steps} steps, {side.seconds:.1f} s; first loss "
-                f"{side.losses[0]:.4f}, last {side.losses[-1]:.4f}; load average {os.getloadavg()[0]:.1f}",
-                flush=True,
-            )
-    return found
+    return alternate(
+        ("studio", "bare"),
+        args.runs,
+        lambda name: in_child(name, model, args),
+        lambda side: (
+            f"{side.rate:8.1f} tokens/s, {side.pair_rate:6.3f} pairs/s; {side.tokens} tokens, {side.pairs} pairs in "
+            f"{side.steps} steps, {side.seconds:.1f} s; first loss {side.losses[0]:.4f}, last {side.losses[-1]:.4f}"
+        ),
+        warmup=args.warmup,
+    )
 
 
 def report(found: dict[str, list[Side]]) -> float:
@@ -284,12 +284,17 @@ def report(found: dict[str, list[Side]]) -> float:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=3, help="DPO: optimizer steps per side (default 3: slow on CPU)")
-    parser.add_argument("--runs", type=int, default=1, help="DPO: runs of each side, alternating which goes first")
+    parser.add_argument("--steps", type=int, default=6, help="DPO: optimizer steps per side (default 6)")
+    parser.add_argument(
+        "--runs", type=int, default=2, help="DPO: runs of each side, alternating which goes first (default 2)"
+    )
     parser.add_argument("--batch", type=int, default=2, help="DPO: pairs per step")
     parser.add_argument("--cutoff", type=int, default=128, help="DPO: max_length of prompt + answer")
     parser.add_argument("--beta", type=float, default=0.1, help="DPO: beta")
     parser.add_argument("--dpo-lr", dest="dpo_lr", type=float, default=5e-5, help="DPO: learning rate")
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="DPO: untimed runs before the timed ones (0: none; default 1)"
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 

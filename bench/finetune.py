@@ -18,8 +18,8 @@ starter; `python bench/sft_trl.py --model starter --steps 8 --runs 2` gives stea
 
 `--method dpo` runs bench/dpo_trl.py's comparison instead (see its docstring): the studio's DPO through the worker
 on a real run folder against a bare `trl.DPOTrainer` (ref_model=None) on the same made-up pairs, the same LoRA,
-steps, batch, max_length, beta and learning rate; default 3 steps of batch 2 at cutoff 128, because one DPO step of
-the starter took 8-52 s on a loaded 2-core CPU.
+steps, batch, max_length, beta and learning rate; default 6 steps of batch 2 at cutoff 128, 2 runs of each side
+after one untimed warm-up run.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import alternate  # noqa: E402
 from studio.training import rows as rowlib  # noqa: E402
 from studio.training.datasets import load_dataset, write_jsonl  # noqa: E402
 from studio.training.job import TrainJob, default_targets, new_run_dir  # noqa: E402
@@ -319,20 +320,16 @@ def compare(model: Path, samples: list[dict], args: argparse.Namespace) -> dict[
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
         flush=True,
     )
-    found: dict[str, list[Side]] = {"studio": [], "trl": []}
-    for r in range(args.runs):
-        for name in ("studio", "trl") if r % 2 == 0 else ("trl", "studio"):
-            side = in_child(name, model, args)
-            found[name].append(side)
-            print(
-                f"  run {r + 1} {name:6s} {side.rate:8.1f} tokens/s, {side.cpu_rate:8.1f} per CPU-second; "
-                f"{sum(side.tokens)} tokens ({sum(side.learned)} learned) in {len(side.tokens)} steps, "
-                f"first loss {side.losses[0]:.4f}, peak RSS {mib(side.rss_peak)}"
-                + (f", CUDA peak {mib(side.cuda_peak)}" if side.cuda_peak else "")
-                + f"; load average {os.getloadavg()[0]:.1f}",
-                flush=True,
-            )
-    return found
+    return alternate(
+        ("studio", "trl"),
+        args.runs,
+        lambda name: in_child(name, model, args),
+        lambda side: (
+            f"{side.rate:8.1f} tokens/s, {side.cpu_rate:8.1f} per CPU-second; {sum(side.tokens)} tokens "
+            f"({sum(side.learned)} learned) in {len(side.tokens)} steps, first loss {side.losses[0]:.4f}, peak RSS "
+            f"{mib(side.rss_peak)}" + (f", CUDA peak {mib(side.cuda_peak)}" if side.cuda_peak else "")
+        ),
+    )
 
 
 def report(found: dict[str, list[Side]]) -> float:

@@ -10,34 +10,22 @@ Behaviour only, no timings.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from studio.models.tiny import build_tiny_causal_lm
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_dpo_trl", ROOT / "bench" / "dpo_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return importlib.import_module("bench.dpo_trl")  # bench/ is a folder of scripts: a namespace package here
 
 
 def _args(**over) -> argparse.Namespace:
-    values = dict(steps=2, runs=1, batch=2, cutoff=64, beta=0.1, dpo_lr=1e-2, device="cpu", data=None)
+    values = dict(steps=2, runs=1, batch=2, cutoff=64, beta=0.1, dpo_lr=1e-2, device="cpu", data=None, warmup=0)
     return argparse.Namespace(**{**values, **over})
 
 

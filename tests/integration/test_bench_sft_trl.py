@@ -9,30 +9,18 @@ would differ. Behaviour only, no timings.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
 from studio.models.tiny import build_tiny_causal_lm
 from studio.training.datasets import load_dataset
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_sft_trl", ROOT / "bench" / "sft_trl.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def bench():
-    return load_bench()
+    return importlib.import_module("bench.sft_trl")  # bench/ is a folder of scripts: a namespace package here
 
 
 def test_both_sides_train_the_same_tokens_with_finite_losses(tmp_path, bench):
