@@ -279,3 +279,39 @@ def test_kto_with_a_batch_of_one_and_pairs_for_kto_are_refused(tmp_path, tiny_mo
     assert _worker(pairs).returncode == 1
     message = pairs.status()["message"]
     assert "row 1 has no completion, label" in message and "KTO trains on prompt/completion/label rows" in message
+
+
+def test_a_dpo_adapter_exports_to_gguf_and_llama_cpp_gives_the_tuned_logits(runs, tiny_models, tmp_path):
+    """Merge and export take a preference run as they take an SFT one: the merged F16 GGUF gives llama.cpp the
+    logits of base + DPO adapter (not the base's), and the GGUF LoRA file is written beside it."""
+    import numpy as np
+    import torch
+
+    from studio.engines import llamacpp
+
+    if not llamacpp.available():
+        pytest.skip(f"llama-cpp-python is missing ({llamacpp.unavailable_reason()})")
+    import llama_cpp
+
+    from studio.export import ExportRequest, export
+
+    run = _make_run(runs.root, tiny_models.causal_lm, _tiny_pairs(8), [], objective="dpo", max_steps=4)
+    runs.start(run)
+    _finish(runs, run)
+    merged = export(ExportRequest(str(run.path), "f16", data_dir=tmp_path))
+    lora = export(ExportRequest(str(run.path), "lora", data_dir=tmp_path))
+    assert merged.path.parent == lora.path.parent == run.path / "export"
+    assert merged.modelfile is not None and merged.modelfile.is_file() and lora.path.stat().st_size > 0
+    ids = [1, 5, 9, 42, 77, 3]
+    tuned = _load_adapter(tiny_models.causal_lm, run.adapter)
+    with torch.no_grad():
+        want = tuned(input_ids=torch.tensor([ids])).logits[0].numpy()
+        with tuned.disable_adapter():
+            base = tuned(input_ids=torch.tensor([ids])).logits[0].numpy()
+    llm = llama_cpp.Llama(model_path=str(merged.path), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)])
+    llm.close()
+    scale = max(1.0, float(np.abs(want).max()))
+    assert np.abs(got - want).max() < 5e-3 * scale  # F16 rounding
+    assert np.abs(base - want).max() > 50 * np.abs(got - want).max()  # and the adapter's change is far above it
