@@ -131,14 +131,12 @@ def run_bare(job: TrainJob, pairs: list[dict], workdir: Path) -> Side:
     """A bare TRL DPOTrainer on the same base, LoRA settings, pairs and settings; ref_model=None."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from studio.engines.chat import FALLBACK_TEMPLATE
     from studio.training import rows as rowlib
-    from studio.training.job import default_targets
-    from studio.training.lora import load_base
+    from studio.training.lora import load_base, lora_config
 
     side = Side("bare")
     tokenizer = rowlib.load_tokenizer(job.base_model, offline=True)
@@ -146,14 +144,7 @@ def run_bare(job: TrainJob, pairs: list[dict], workdir: Path) -> Side:
         tokenizer.chat_template = FALLBACK_TEMPLATE  # as the studio does for a base without one (the tiny LM)
     base = load_base(job)
     base.config.use_cache = False
-    targets = list(job.target_modules) or list(default_targets(getattr(base.config, "model_type", "")))
-    lora = LoraConfig(
-        r=job.rank,
-        lora_alpha=job.alpha,
-        lora_dropout=job.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type="CAUSAL_LM",
-    )
+    lora = lora_config(job, base)
 
     class Timed(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):

@@ -19,6 +19,23 @@ from studio.training import rows as rowlib
 from studio.training.job import RunDir, TrainJob, check_disk
 
 
+def lora_config(job: TrainJob, base: Any):
+    """The peft LoraConfig of `job` for `base`: its rank, alpha and dropout, on its target modules (the model type's
+    defaults when the job names none)."""
+    from peft import LoraConfig
+
+    from studio.training.job import default_targets
+
+    targets = list(job.target_modules) or list(default_targets(getattr(base.config, "model_type", "")))
+    return LoraConfig(
+        r=job.rank,
+        lora_alpha=job.alpha,
+        lora_dropout=job.dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+        task_type="CAUSAL_LM",
+    )
+
+
 def load_base(job: TrainJob, device_index: int = 0):
     """The base model for training: at its precision, or 4-bit NF4 for QLoRA (bitsandbytes), loaded safely."""
     from transformers import AutoModelForCausalLM

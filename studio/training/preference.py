@@ -23,7 +23,7 @@ from studio.engines.chat import FALLBACK_TEMPLATE
 from studio.errors import StudioError
 from studio.training import rows as rowlib
 from studio.training.datasets import read_jsonl
-from studio.training.job import check_disk, default_targets, steps_for, write_atomic
+from studio.training.job import check_disk, steps_for, write_atomic
 from studio.training.worker import Trainer
 
 log = logging.getLogger("studio.training.preference")
@@ -169,18 +169,12 @@ class PreferenceTrainer(Trainer):
 
     def build_trainer(self, train: list[dict[str, Any]], evals: list[dict[str, Any]]):
         from datasets import Dataset
-        from peft import LoraConfig
+
+        from studio.training.lora import lora_config
 
         job = self.job
         base = load_for_training(job, self.dist.local_rank)
-        targets = list(job.target_modules) or list(default_targets(getattr(base.config, "model_type", "")))
-        lora = LoraConfig(
-            r=job.rank,
-            lora_alpha=job.alpha,
-            lora_dropout=job.dropout,
-            target_modules="all-linear" if targets == ["all-linear"] else targets,
-            task_type="CAUSAL_LM",
-        )
+        lora = lora_config(job, base)
         config_class, trainer_class = trl_classes(job.objective)
         config = config_class(**self.trl_settings(bool(evals)))
         try:

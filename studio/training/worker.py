@@ -39,8 +39,8 @@ from studio.text import fmt_bytes
 from studio.training import rows as rowlib
 from studio.training.datasets import read_jsonl
 from studio.training.dist import Dist, accelerate_cpu_processes, relaunch
-from studio.training.job import RunDir, TrainJob, check_disk, default_targets, steps_for, write_atomic
-from studio.training.lora import load_base, merge, token_loss
+from studio.training.job import RunDir, TrainJob, check_disk, steps_for, write_atomic
+from studio.training.lora import load_base, lora_config, merge, token_loss
 
 log = logging.getLogger("studio.training.worker")
 STATUS_EVERY = 0.5  # seconds between status writes while training
@@ -179,7 +179,7 @@ class Trainer:
 
     def build_model(self):
         import torch
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         job = self.job
         base = load_base(job, self.dist.local_rank)
@@ -195,20 +195,13 @@ class Trainer:
             )
         elif job.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
-        targets = list(job.target_modules) or list(default_targets(getattr(base.config, "model_type", "")))
-        config = LoraConfig(
-            r=job.rank,
-            lora_alpha=job.alpha,
-            lora_dropout=job.dropout,
-            target_modules="all-linear" if targets == ["all-linear"] else targets,
-            task_type="CAUSAL_LM",
-        )
+        config = lora_config(job, base)
         torch.manual_seed(job.seed)  # the LoRA initialisation
         try:
             self.peft_model = get_peft_model(base, config)
         except ValueError as exc:
             raise StudioError(
-                f"LoRA target modules {', '.join(targets)} do not fit this model ({str(exc).splitlines()[0][:160]}).",
+                f"LoRA target modules {', '.join(_names(config.target_modules))} do not fit this model ({str(exc).splitlines()[0][:160]}).",
                 "Leave target modules empty for the default of its architecture.",
             ) from None
         self.peft_model.train()
@@ -572,3 +565,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _names(targets: Any) -> list[str]:
+    """peft's target_modules (a set of names, or one string such as "all-linear") as a list to print."""
+    return [targets] if isinstance(targets, str) else sorted(targets)

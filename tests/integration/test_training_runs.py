@@ -303,3 +303,21 @@ def test_the_status_returns_to_training_right_after_a_save_or_an_eval(tmp_path, 
     trainer.step = 7
     trainer.status("training", force=False)  # the same state again within the throttle: not rewritten
     assert run.status()["step"] == 4
+
+
+def test_lora_target_modules_the_model_lacks_are_named(tmp_path, tiny_models):
+    from studio.training.dist import Dist
+    from studio.training.worker import Trainer
+
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"instruction": "Hi", "output": "Hello"}) + "\n")
+    job = TrainJob(
+        base_model=str(tiny_models.causal_lm),
+        train_rows=1,
+        max_steps=1,
+        target_modules=("no_such_proj",),
+        offline=True,
+    )
+    run = _runs(tmp_path).create(job, load_dataset(tmp_path / "rows.jsonl"), eval_fraction=0.0)
+    with pytest.raises(StudioError, match="LoRA target modules no_such_proj do not fit this model") as err:
+        Trainer(run, run.job(), Dist.from_env()).run_job()
+    assert "Leave target modules empty" in err.value.tip
