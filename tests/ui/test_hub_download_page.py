@@ -31,6 +31,8 @@ def hub_studio(tmp_path, monkeypatch, tiny_models):
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):  # this studio is online, whatever ran before it here
+        monkeypatch.delenv(name, raising=False)
     studio = start_studio(tmp_path / "data", "--device", "cpu", "--budget-gb", "2", timeout=300)
     yield hub, studio
     stop_studio(studio)
