@@ -43,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 from bench.common import alternate  # noqa: E402
 from studio.training import rows as rowlib  # noqa: E402
 from studio.training.datasets import load_dataset, write_jsonl  # noqa: E402
-from studio.training.job import TrainJob, default_targets, new_run_dir  # noqa: E402
+from studio.training.job import TrainJob, new_run_dir  # noqa: E402
+from studio.training.lora import lora_config  # noqa: E402
 
 SAMPLE = ROOT / "assets" / "datasets" / "studio-faq.jsonl"
 TARGET = 0.95  # TRL / studio tokens/s below this: the studio keeps its own loop for SFT
@@ -99,19 +100,6 @@ def make_job(model: Path, samples: list[dict], args: argparse.Namespace) -> Trai
         save_every=0,
         train_rows=len(samples),
         offline=True,
-    )
-
-
-def lora_config(job: TrainJob, model_type: str):
-    from peft import LoraConfig
-
-    targets = list(job.target_modules) or list(default_targets(model_type))
-    return LoraConfig(
-        r=job.rank,
-        lora_alpha=job.alpha,
-        lora_dropout=job.dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type="CAUSAL_LM",
     )
 
 
@@ -265,7 +253,7 @@ def run_trl(job: TrainJob, samples: list[dict], workdir: Path) -> Side:
         args=config,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
-        peft_config=lora_config(job, getattr(base.config, "model_type", "")),
+        peft_config=lora_config(job, base),
         callbacks=[Steps()],
     )
     trainer.train()
